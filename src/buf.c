@@ -1,0 +1,104 @@
+/* Growable buffer: doubling growth so appends are amortised O(1). */
+#include "buf.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int px_buf_reserve(px_buf_t *b, size_t extra)
+{
+    size_t need = b->len + extra, cap = b->cap ? b->cap : 256;
+    char *p;
+
+    if (need <= b->cap)
+        return 0;
+    while (cap < need)
+        cap *= 2;
+    p = realloc(b->data, cap);
+    if (!p)
+        return -ENOMEM;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+int px_buf_append(px_buf_t *b, const void *p, size_t n)
+{
+    if (px_buf_reserve(b, n))
+        return -ENOMEM;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+int px_buf_puts(px_buf_t *b, const char *s)
+{
+    return px_buf_append(b, s, strlen(s));
+}
+
+int px_buf_printf(px_buf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || px_buf_reserve(b, (size_t)n + 1))
+        return -ENOMEM;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+int px_buf_json_string(px_buf_t *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    if (px_buf_reserve(b, n + 2))
+        return -ENOMEM;
+    b->data[b->len++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+        const char *e = NULL;
+        size_t elen = 2;
+
+        switch (c) {
+        case '"':
+            e = "\\\"";
+            break;
+        case '\\':
+            e = "\\\\";
+            break;
+        case '\n':
+            e = "\\n";
+            break;
+        case '\r':
+            e = "\\r";
+            break;
+        case '\t':
+            e = "\\t";
+            break;
+        default:
+            if (c < 0x20) {
+                e = esc;
+                elen = 6;
+            }
+        }
+        if (e ? px_buf_append(b, e, elen) : px_buf_append(b, &s[i], 1))
+            return -ENOMEM;
+    }
+    return px_buf_append(b, "\"", 1);
+}
+
+void px_buf_free(px_buf_t *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}

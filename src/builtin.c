@@ -1,0 +1,72 @@
+/* Built-in ops. echo and fail prove the plumbing; sleep stands in for I/O-bound work, which is
+ * what parexd's worker threads exist for. */
+#include "handler.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#define SLEEP_MAX_MS 60000
+
+static int echo_run(const px_handler_t *h, const px_req_t *req, px_result_t *res)
+{
+    res->value = json_incref(req->payload);
+    return 0;
+}
+
+static int sleep_validate(const px_handler_t *h, const json_t *payload, char *msg, size_t msglen)
+{
+    json_t *ms = json_is_object(payload) ? json_object_get(payload, "ms") : NULL;
+
+    if (!json_is_integer(ms) || json_integer_value(ms) < 0 ||
+        json_integer_value(ms) > SLEEP_MAX_MS) {
+        snprintf(msg, msglen, "op 'sleep' needs payload {\"ms\": N} with N an integer from 0 to %d",
+                 SLEEP_MAX_MS);
+        return -1;
+    }
+    return 0;
+}
+
+static int sleep_run(const px_handler_t *h, const px_req_t *req, px_result_t *res)
+{
+    json_int_t ms = json_integer_value(json_object_get(req->payload, "ms"));
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+        ;
+    res->value = json_pack("{sI}", "slept_ms", ms);
+    return 0;
+}
+
+static int fail_validate(const px_handler_t *h, const json_t *payload, char *msg, size_t msglen)
+{
+    if (!json_is_null(payload) &&
+        !(json_is_object(payload) && json_is_string(json_object_get(payload, "message")))) {
+        snprintf(msg, msglen, "op 'fail' needs payload {\"message\": \"...\"} (or none)");
+        return -1;
+    }
+    return 0;
+}
+
+static int fail_run(const px_handler_t *h, const px_req_t *req, px_result_t *res)
+{
+    json_t *m = json_object_get(req->payload, "message");
+
+    return px_fail(res, "handler_error", "%s", m ? json_string_value(m) : "failed as asked");
+}
+
+int px_builtin_register(px_registry_t *reg)
+{
+    static const px_handler_t builtins[] = {
+        {.name = "echo", .run = echo_run},
+        {.name = "sleep", .validate = sleep_validate, .run = sleep_run},
+        {.name = "fail", .validate = fail_validate, .run = fail_run},
+    };
+    int rc;
+
+    for (size_t i = 0; i < sizeof builtins / sizeof builtins[0]; i++)
+        if ((rc = px_registry_add(reg, &builtins[i])))
+            return rc;
+    return 0;
+}

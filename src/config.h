@@ -1,0 +1,44 @@
+/* Daemon configuration: defaults, the JSON file, then command-line flags, validated once at
+ * start-up. Every mistake is reported as one line naming the key, the value and the limit. */
+#ifndef PX_CONFIG_H
+#define PX_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PX_EX_USAGE 64  /* sysexits.h EX_USAGE */
+#define PX_EX_CONFIG 78 /* sysexits.h EX_CONFIG */
+
+typedef struct px_config {
+    char listen[128];
+    char metrics_listen[128];
+    int64_t workers; /* 0 in the file means 2 x online CPUs; resolved by px_config_finish */
+    int64_t queue_capacity;
+    int64_t max_line_bytes;
+    int64_t max_connections;
+    int64_t drain_timeout_ms;
+    int64_t log_level;
+    double backpressure_threshold;
+    int64_t supervise_interval_ms;
+    int64_t stall_after_ms;
+    int64_t dead_after_ms;
+    int64_t on_stall; /* PX_ON_STALL_* */
+} px_config_t;
+
+enum { PX_ON_STALL_REPORT, PX_ON_STALL_REPLACE };
+
+void px_config_defaults(px_config_t *c);
+/* Loads FILE over c. On error returns -1 with one line in err ("config FILE: key 'x': ..."). */
+int px_config_load_file(px_config_t *c, const char *path, char *err, size_t errlen);
+/* Loads a JSON text (the file's contents); origin names it in messages. */
+int px_config_load_text(px_config_t *c, const char *text, size_t len, const char *origin, char *err,
+                        size_t errlen);
+/* Sets one key from a command-line string (--workers 8 sets "workers"). */
+int px_config_set(px_config_t *c, const char *key, const char *value, char *err, size_t errlen);
+/* Resolves derived values (workers = 0) and checks cross-key rules. */
+int px_config_finish(px_config_t *c, char *err, size_t errlen);
+
+/* Splits "HOST:PORT" ("[::1]:7400" for IPv6). Returns 0, or -1 when malformed. */
+int px_parse_hostport(const char *s, char *host, size_t hostlen, int *port);
+
+#endif

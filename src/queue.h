@@ -1,0 +1,30 @@
+/* A bounded FIFO of pointers shared by one producer side (the event loop) and the worker thread
+ * that drains it. Push never blocks: a full queue says so at once, which is parexd's
+ * backpressure. Pop blocks, with a timeout so an idle worker can keep its heartbeat. */
+#ifndef PX_QUEUE_H
+#define PX_QUEUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct px_queue px_queue_t;
+
+px_queue_t *px_queue_new(uint32_t capacity);
+void px_queue_free(px_queue_t *q);
+
+/* 0, -EAGAIN when full, -EPIPE once closed. Any thread. */
+int px_queue_push(px_queue_t *q, void *item);
+/* Waits up to timeout_ns for an item: 0 with *item set, -ETIMEDOUT, or -EPIPE when closed and
+ * empty (a closed queue still hands out what it holds, so a drain finishes the work). */
+int px_queue_pop(px_queue_t *q, void **item, uint64_t timeout_ns);
+/* Removes up to max queued items in FIFO order into out; returns how many. */
+size_t px_queue_take_all(px_queue_t *q, void **out, size_t max);
+/* Removes the first item for which match(item, arg) is true; returns it or NULL. */
+void *px_queue_remove_if(px_queue_t *q, int (*match)(void *item, void *arg), void *arg);
+void px_queue_close(px_queue_t *q);
+
+/* Lock-free reads for metrics; may be a moment stale. */
+uint32_t px_queue_depth(const px_queue_t *q);
+uint32_t px_queue_capacity(const px_queue_t *q);
+
+#endif

@@ -1,0 +1,306 @@
+/* The front end's lifecycle: bind, serve, drain, stop. Completed requests come back from the
+ * pool in batches (one wake-up for many) and are handed to their connections here. */
+#include "server.h"
+
+#include "clock.h"
+#include "conn.h"
+#include "log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double ns_ms(uint64_t ns)
+{
+    return (double)ns / 1e6;
+}
+
+/* Loop thread: a batch of finished requests, in completion order. */
+static void on_done(px_req_t *list, void *arg)
+{
+    px_server_t *srv = arg;
+
+    px_stats_begin(&srv->stats);
+    while (list) {
+        px_req_t *r = list;
+        list = r->next;
+        if (atomic_load_explicit(&r->state, memory_order_acquire) == PX_REQ_ABANDONED) {
+            /* Answered and counted when it was abandoned; the worker has let go of it now. */
+            px_req_free(r);
+            continue;
+        }
+        px_stats_add(r->ok ? &srv->stats.c.ok : &srv->stats.c.failed, 1);
+        px_stats_add(&srv->stats.c.in_flight, -1);
+        px_conn_deliver(r->conn, r->out.data, r->out.len);
+        px_req_free(r);
+    }
+    px_stats_end(&srv->stats);
+    px_conn_flush_all(srv);
+    px_server_check_drained(srv);
+}
+
+static void on_closed_noop(uv_handle_t *h) {}
+
+static void close_handles(px_server_t *srv)
+{
+    if (srv->listening) {
+        uv_close((uv_handle_t *)&srv->listener, on_closed_noop);
+        srv->listening = 0;
+    }
+    if (!uv_is_closing((uv_handle_t *)&srv->sigterm)) {
+        uv_close((uv_handle_t *)&srv->sigterm, on_closed_noop);
+        uv_close((uv_handle_t *)&srv->sigint, on_closed_noop);
+        uv_close((uv_handle_t *)&srv->drain_timer, on_closed_noop);
+    }
+}
+
+void px_server_check_drained(px_server_t *srv)
+{
+    px_counts_t n;
+
+    if (!srv->draining)
+        return;
+    if (!srv->finishing) {
+        px_stats_snapshot(&srv->stats, &n);
+        if (n.in_flight > 0 || px_pool_live(srv->pool) > 0)
+            return;
+        srv->finishing = 1;
+        px_notice("drain: all requests answered (%llu ok, %llu failed); closing %u connections",
+                  (unsigned long long)n.ok, (unsigned long long)n.failed, srv->nconns);
+        px_conn_close_all(srv, 0);
+    }
+    if (srv->nconns == 0 && srv->pool) {
+        /* Last step: nothing is left to answer or write. Threads that are stuck in a handler
+         * after a forced stop keep the pool alive; the process exit takes them. */
+        if (px_pool_live(srv->pool) == 0)
+            px_pool_destroy(srv->pool);
+        else
+            uv_stop(srv->loop);
+        srv->pool = NULL;
+        close_handles(srv);
+    }
+}
+
+/* The drain ran out of time or was told to hurry: cancel what is queued, abandon what runs. */
+static void force(px_server_t *srv)
+{
+    px_req_t **v;
+    size_t n;
+
+    if (srv->forced || srv->finishing)
+        goto close;
+    srv->forced = 1;
+    n = px_pool_take_all(srv->pool, &v);
+    px_warn("drain: forced stop; cancelling %zu queued or running requests", n);
+    px_stats_begin(&srv->stats);
+    for (size_t i = 0; i < n; i++) {
+        px_req_t *r = v[i];
+        int running = atomic_load(&r->state) == PX_REQ_ABANDONED;
+        px_resp_t resp = {.id = px_req_id(r),
+                          .id_len = r->id_len,
+                          .status = "failed",
+                          .worker = (int)r->worker,
+                          .code = "cancelled",
+                          .message = running ? "parexd stopped before this request finished running"
+                                             : "parexd stopped before this request could run",
+                          .queue_ms = ns_ms(px_now_ns() - r->recv_ns),
+                          .run_ms = 0};
+        px_buf_t line = {0};
+
+        px_resp_format(&line, &resp);
+        px_stats_add(&srv->stats.c.failed, 1);
+        px_stats_add(&srv->stats.c.in_flight, -1);
+        px_conn_deliver(r->conn, line.data, line.len);
+        px_buf_free(&line);
+        if (!running)
+            px_req_free(r); /* a running one still belongs to its worker until it comes back */
+    }
+    px_stats_end(&srv->stats);
+    free(v);
+    px_conn_flush_all(srv);
+    /* Stuck workers will never report: treat the drain as complete. */
+    srv->finishing = 1;
+    px_conn_close_all(srv, 0);
+    px_server_check_drained(srv);
+    return;
+close:
+    /* Already closing connections: clients that do not read their answers lose them now. */
+    px_conn_close_all(srv, 1);
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    px_server_t *srv = t->data;
+
+    px_warn("drain: drain_timeout_ms (%lld) passed", (long long)srv->cfg.drain_timeout_ms);
+    force(srv);
+    /* Give slow readers as long again to take their last answers, then cut them off. */
+    uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)srv->cfg.drain_timeout_ms + 1, 0);
+}
+
+void px_server_drain(px_server_t *srv)
+{
+    if (atomic_load(&srv->draining)) {
+        px_warn("drain: second signal; stopping now");
+        force(srv);
+        return;
+    }
+    srv->draining = 1;
+    px_notice("drain: stopped accepting connections; finishing in-flight requests (at most %lld "
+              "ms; a second signal stops at once)",
+              (long long)srv->cfg.drain_timeout_ms);
+    if (srv->listening) {
+        uv_close((uv_handle_t *)&srv->listener, on_closed_noop);
+        srv->listening = 0;
+    }
+    px_pool_close(srv->pool);
+    uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)srv->cfg.drain_timeout_ms, 0);
+    px_server_check_drained(srv);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    px_server_t *srv = s->data;
+
+    px_notice("received %s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    px_server_drain(srv);
+}
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+    px_server_t *srv = listener->data;
+
+    if (status < 0) {
+        /* EMFILE and friends: the pending connection stays in the backlog; libuv retries. */
+        px_warn("listener: %s", uv_strerror(status));
+        return;
+    }
+    px_conn_accept(srv);
+}
+
+static int bind_listener(px_server_t *srv, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    char host[INET6_ADDRSTRLEN + 8];
+    int port, rc, len = sizeof ss;
+
+    if (px_parse_hostport(srv->cfg.listen, host, sizeof host, &port))
+        goto bad;
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss))
+        goto bad;
+    uv_tcp_init(srv->loop, &srv->listener);
+    srv->listener.data = srv;
+    srv->listening = 1;
+    if ((rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0)) ||
+        (rc = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection))) {
+        snprintf(err, errlen, "listen %s: %s (is another parexd running? change 'listen')",
+                 srv->cfg.listen, uv_strerror(rc));
+        return -1;
+    }
+    uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);
+    if (ss.ss_family == AF_INET6) {
+        uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof host);
+        port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        snprintf(srv->listen_addr, sizeof srv->listen_addr, "[%s]:%d", host, port);
+    } else {
+        uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof host);
+        port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        snprintf(srv->listen_addr, sizeof srv->listen_addr, "%s:%d", host, port);
+    }
+    return 0;
+bad:
+    snprintf(err, errlen, "key 'listen': \"%s\" is not a numeric HOST:PORT address",
+             srv->cfg.listen);
+    return -1;
+}
+
+int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg, char *err,
+                   size_t errlen)
+{
+    int rc;
+
+    memset(srv, 0, sizeof *srv);
+    srv->loop = loop;
+    srv->cfg = *cfg;
+    srv->start_time_unix = (uint64_t)time(NULL);
+    uv_signal_init(loop, &srv->sigterm);
+    uv_signal_init(loop, &srv->sigint);
+    srv->sigterm.data = srv->sigint.data = srv;
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    uv_timer_init(loop, &srv->drain_timer);
+    srv->drain_timer.data = srv;
+    uv_unref((uv_handle_t *)&srv->drain_timer);
+    if (!(srv->reg = px_registry_new()) || px_builtin_register(srv->reg)) {
+        snprintf(err, errlen, "out of memory setting up handlers");
+        goto fail;
+    }
+    rc = px_pool_new(&srv->pool, loop, (uint32_t)cfg->workers, (uint32_t)cfg->queue_capacity,
+                     on_done, srv);
+    if (rc) {
+        snprintf(err, errlen, "cannot create %lld workers with queue_capacity %lld: %s",
+                 (long long)cfg->workers, (long long)cfg->queue_capacity, strerror(-rc));
+        goto fail;
+    }
+    if (bind_listener(srv, err, errlen))
+        goto fail_pool;
+    if (px_pool_start(srv->pool, err, errlen))
+        goto fail_pool;
+    px_notice("parexd %s: %lld workers, queue_capacity %lld; listening for requests on %s",
+              PX_VERSION, (long long)cfg->workers, (long long)cfg->queue_capacity,
+              srv->listen_addr);
+    return 0;
+
+fail_pool:
+    /* The caller runs the loop once more to let the closed handles go. */
+    px_pool_close(srv->pool);
+    px_pool_destroy(srv->pool);
+    srv->pool = NULL;
+fail:
+    close_handles(srv);
+    return -1;
+}
+
+void px_server_free(px_server_t *srv)
+{
+    px_registry_free(srv->reg);
+    srv->reg = NULL;
+}
+
+json_t *px_server_stats_json(px_server_t *srv)
+{
+    px_counts_t n;
+    json_t *o, *workers, *rej, *inv;
+
+    px_stats_snapshot(&srv->stats, &n);
+    rej = json_object();
+    for (int i = 0; i < PX_REJ_COUNT; i++)
+        json_object_set_new(rej, px_reject_code(i), json_integer((json_int_t)n.rejected[i]));
+    inv = json_object();
+    for (int i = 0; i < PX_INV_COUNT; i++)
+        json_object_set_new(inv, px_invalid_code(i), json_integer((json_int_t)n.invalid[i]));
+    workers = json_array();
+    for (uint32_t i = 0; srv->pool && i < px_pool_size(srv->pool); i++) {
+        px_worker_info_t w;
+        px_pool_info(srv->pool, i, &w);
+        json_array_append_new(
+            workers, json_pack("{sI ss sI sI sI sI sf sf ss}", "id", (json_int_t)w.id, "state",
+                               px_worker_state_name(w.state), "queue_depth", (json_int_t)w.depth,
+                               "queue_capacity", (json_int_t)w.capacity, "processed",
+                               (json_int_t)w.processed, "failed", (json_int_t)w.failed, "busy_ms",
+                               ns_ms(w.busy_ns), "heartbeat_age_ms", ns_ms(w.heartbeat_age_ns),
+                               "current_key", w.current_key));
+    }
+    o = json_pack(
+        "{sI sI sI so so sI sI sI sI sI sb sb so}", "received", (json_int_t)n.received, "accepted",
+        (json_int_t)n.accepted, "rejected", (json_int_t)px_counts_rejected(&n),
+        "rejected_by_reason", rej, "invalid_by_code", inv, "invalid",
+        (json_int_t)px_counts_invalid(&n), "ok", (json_int_t)n.ok, "failed", (json_int_t)n.failed,
+        "in_flight", (json_int_t)n.in_flight, "connections", (json_int_t)n.connections, "draining",
+        srv->draining, "invariant_holds",
+        n.received == px_counts_rejected(&n) + n.ok + n.failed + n.in_flight, "workers", workers);
+    return o;
+}

@@ -1,0 +1,55 @@
+/* The daemon's front end: the listener, signals, the drain, and the glue between connections
+ * and the worker pool. Everything here runs on the loop thread unless a comment says otherwise. */
+#ifndef PX_SERVER_H
+#define PX_SERVER_H
+
+#include "config.h"
+#include "handler.h"
+#include "stats.h"
+#include "worker.h"
+
+#include <stdatomic.h>
+#include <uv.h>
+
+struct px_conn;
+
+typedef struct px_server {
+    uv_loop_t *loop;
+    px_config_t cfg;
+    px_registry_t *reg;
+    px_pool_t *pool;
+    px_stats_t stats;
+    uint64_t start_time_unix;
+
+    uv_tcp_t listener;
+    int listening;
+    char listen_addr[160]; /* the address actually bound, port resolved */
+    uv_signal_t sigterm, sigint;
+    uv_timer_t drain_timer;
+
+    struct px_conn *conns; /* every open connection, doubly linked */
+    struct px_conn *dirty; /* connections with output to flush, singly linked */
+    uint32_t nconns;
+
+    _Atomic int draining; /* stop accepting, reject new requests; read by the metrics thread */
+    int finishing;        /* in-flight done: closing connections once flushed */
+    int forced;           /* drain cut short: queued requests were cancelled */
+
+    char readbuf[65536]; /* shared by every connection: lines are consumed within the read */
+} px_server_t;
+
+/* Sets up the listener, the pool and the signal handlers. Returns 0 or -1 with err set. */
+int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg, char *err,
+                   size_t errlen);
+/* Starts a graceful drain, or forces it when one is already running. */
+void px_server_drain(px_server_t *srv);
+/* Frees what px_server_init allocated, once uv_run has returned. */
+void px_server_free(px_server_t *srv);
+
+/* For the connection module. */
+void px_server_check_drained(px_server_t *srv);
+
+/* The /stats document (also the {"control":"stats"} reply). Any thread. */
+json_t *px_server_stats_json(px_server_t *srv);
+
+#endif

@@ -1,0 +1,54 @@
+/* The worker pool: N threads, each owning one bounded queue. The loop submits requests to the
+ * worker that owns their key; workers run the handler, build the response line and hand the
+ * request back through one completion list that wakes the loop with a single uv_async_t. */
+#ifndef PX_WORKER_H
+#define PX_WORKER_H
+
+#include "request.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct px_pool px_pool_t;
+
+/* Loop thread: the requests finished since the last call, linked by ->next in completion order
+ * (so in per-key order). A request whose state is PX_REQ_ABANDONED was already answered. */
+typedef void (*px_pool_done_cb)(px_req_t *list, void *arg);
+
+enum px_worker_state { PX_WS_IDLE, PX_WS_BUSY, PX_WS_STALLED, PX_WS_DEAD, PX_WS_COUNT };
+const char *px_worker_state_name(enum px_worker_state s);
+
+/* What a worker looks like from outside; filled without stopping it. */
+typedef struct px_worker_info {
+    uint32_t id;
+    enum px_worker_state state;
+    uint32_t depth, capacity;
+    uint64_t processed, failed, busy_ns;
+    uint64_t heartbeat_age_ns, busy_for_ns; /* busy_for_ns is 0 when idle */
+    char current_key[257];                  /* "" when idle */
+    char current_op[64];
+} px_worker_info_t;
+
+int px_pool_new(px_pool_t **out, uv_loop_t *loop, uint32_t workers, uint32_t capacity,
+                px_pool_done_cb cb, void *arg);
+/* Starts the threads; on failure stops those already started. */
+int px_pool_start(px_pool_t *p, char *err, size_t errlen);
+uint32_t px_pool_size(const px_pool_t *p);
+
+/* Loop thread. 0, -EAGAIN when the worker's queue is full, -EPIPE once closed. */
+int px_pool_submit(px_pool_t *p, px_req_t *r);
+/* Loop thread: no more submissions; workers finish what is queued, then exit. */
+void px_pool_close(px_pool_t *p);
+/* Loop thread, forced stop: takes every queued request out (returned in a malloc'd array the
+ * caller frees) and marks every running one abandoned (appended to the same array). */
+size_t px_pool_take_all(px_pool_t *p, px_req_t ***out);
+/* Loop thread: joins threads that have exited, closes the async handle; safe to call once the
+ * workers are done. Frees the pool in the close callback. */
+void px_pool_destroy(px_pool_t *p);
+/* Any thread. */
+void px_pool_info(px_pool_t *p, uint32_t worker, px_worker_info_t *out);
+/* Number of workers still running a thread (drain is complete when it reaches 0). */
+uint32_t px_pool_live(px_pool_t *p);
+
+#endif
