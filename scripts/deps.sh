@@ -2,7 +2,7 @@
 # builds and tests with, and nothing when they are all present (quiet and idempotent).
 
 PX_PACKAGES="gcc make cmake pkg-config libuv1-dev libjansson-dev libxxhash-dev libcmocka-dev \
-libmicrohttpd-dev libsystemd-dev python3 netcat-openbsd"
+libmicrohttpd-dev libsystemd-dev libcurl4-openssl-dev python3 netcat-openbsd"
 PX_TEST_PACKAGES="prometheus systemd"
 
 px_install() {

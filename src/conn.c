@@ -12,6 +12,7 @@
 #include "framer.h"
 #include "log.h"
 #include "protocol.h"
+#include "report.h"
 #include "route.h"
 
 #include <errno.h>
@@ -211,9 +212,11 @@ static void answer_invalid(px_conn_t *c, const char *id, size_t id_len, enum px_
     answer(c, &r);
 }
 
+/* retry_after_ms, when non-zero, tells the client how long to wait before a retry can get in. */
 static void answer_rejected(px_conn_t *c, const char *id, size_t id_len, int worker,
-                            enum px_reject why, const char *message)
+                            enum px_reject why, const char *message, uint64_t retry_after_ms)
 {
+    char extra[48];
     px_resp_t r = {.id = id,
                    .id_len = id_len,
                    .status = "rejected",
@@ -221,6 +224,12 @@ static void answer_rejected(px_conn_t *c, const char *id, size_t id_len, int wor
                    .code = px_reject_code(why),
                    .message = message,
                    .queue_ms = -1};
+
+    if (retry_after_ms) {
+        snprintf(extra, sizeof extra, ",\"retry_after_ms\":%llu",
+                 (unsigned long long)retry_after_ms);
+        r.extra = extra;
+    }
 
     px_stats_add(&c->srv->stats.c.rejected[why], 1);
     answer(c, &r);
@@ -232,7 +241,7 @@ static void handle_control(px_conn_t *c, px_line_t *line, const char *id, size_t
     json_t *result = NULL;
 
     if (strcmp(line->control, "stats") == 0) {
-        result = px_server_stats_json(c->srv);
+        result = px_report_stats(c->srv);
     } else {
         char msg[160];
         snprintf(msg, sizeof msg, "unknown control command '%.64s'; available: stats",
@@ -316,7 +325,8 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
     if (srv->draining) {
         answer_rejected(c, id, id_len, -1, PX_REJ_SHUTTING_DOWN,
                         "parexd is shutting down and takes no new requests; retry on another "
-                        "instance or after restart");
+                        "instance or after restart",
+                        0);
         goto out;
     }
     if (!(r = px_req_new(line.key, line.key_len, id, id_len)))
@@ -328,11 +338,13 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
     r->worker = px_route(line.key, line.key_len, px_pool_size(srv->pool));
     rc = px_pool_submit(srv->pool, r);
     if (rc) {
+        uint64_t wait = rc == -EAGAIN ? px_pool_retry_after_ms(srv->pool, r->worker) : 0;
         snprintf(msg, sizeof msg,
-                 "worker %u's queue is full (queue_capacity %lld); retry later or spread keys",
-                 r->worker, (long long)srv->cfg.queue_capacity);
+                 "worker %u's queue is full (queue_capacity %lld); retry after %llu ms or spread "
+                 "the load over more keys",
+                 r->worker, (long long)srv->cfg.queue_capacity, (unsigned long long)wait);
         answer_rejected(c, id, id_len, rc == -EAGAIN ? (int)r->worker : -1,
-                        rc == -EAGAIN ? PX_REJ_QUEUE_FULL : PX_REJ_SHUTTING_DOWN, msg);
+                        rc == -EAGAIN ? PX_REJ_QUEUE_FULL : PX_REJ_SHUTTING_DOWN, msg, wait);
         px_req_free(r);
         goto out;
     }

@@ -123,8 +123,8 @@ int main(int argc, char **argv)
         px_warn("parexd: stopped after a forced drain");
     else
         px_notice("parexd: stopped cleanly");
-    /* A forced stop may leave threads stuck in handlers; their memory goes with the process. */
-    if (srv->forced)
+    /* Threads stuck in handlers may still touch the pool; their memory goes with the process. */
+    if (srv->leaked)
         return rc;
 out:
     uv_run(&loop, UV_RUN_DEFAULT);

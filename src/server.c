@@ -5,6 +5,8 @@
 #include "clock.h"
 #include "conn.h"
 #include "log.h"
+#include "metrics.h"
+#include "supervisor.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -28,6 +30,7 @@ static void on_done(px_req_t *list, void *arg)
         list = r->next;
         if (atomic_load_explicit(&r->state, memory_order_acquire) == PX_REQ_ABANDONED) {
             /* Answered and counted when it was abandoned; the worker has let go of it now. */
+            px_stats_add(&srv->stats.c.late, 1);
             px_req_free(r);
             continue;
         }
@@ -72,15 +75,47 @@ void px_server_check_drained(px_server_t *srv)
         px_conn_close_all(srv, 0);
     }
     if (srv->nconns == 0 && srv->pool) {
-        /* Last step: nothing is left to answer or write. Threads that are stuck in a handler
-         * after a forced stop keep the pool alive; the process exit takes them. */
-        if (px_pool_live(srv->pool) == 0)
+        /* Last step: nothing is left to answer or write. The metrics thread reads the pool, so
+         * it stops first. Threads stuck in a handler (forced stop, replaced workers) keep the
+         * pool alive; the process exit takes them. */
+        px_metrics_stop(srv->metrics);
+        srv->metrics = NULL;
+        px_supervisor_stop(srv->sup);
+        srv->sup = NULL;
+        if (px_pool_live(srv->pool) == 0 && px_pool_strays(srv->pool) == 0) {
             px_pool_destroy(srv->pool);
-        else
+        } else {
+            srv->leaked = 1;
             uv_stop(srv->loop);
+        }
         srv->pool = NULL;
         close_handles(srv);
     }
+}
+
+void px_server_fail_request(px_server_t *srv, px_req_t *r, const char *code, const char *message)
+{
+    uint64_t now = px_now_ns();
+    uint64_t started = atomic_load(&r->state) == PX_REQ_ABANDONED ? r->start_ns : 0;
+    px_resp_t resp = {.id = px_req_id(r),
+                      .id_len = r->id_len,
+                      .status = "failed",
+                      .worker = (int)r->worker,
+                      .code = code,
+                      .message = message,
+                      .queue_ms = ns_ms((started ? started : now) - r->recv_ns),
+                      .run_ms = started ? ns_ms(now - started) : 0};
+    px_buf_t line = {0};
+
+    px_stats_begin(&srv->stats);
+    px_stats_add(&srv->stats.c.failed, 1);
+    px_stats_add(&srv->stats.c.in_flight, -1);
+    px_stats_end(&srv->stats);
+    if (px_resp_format(&line, &resp) == 0)
+        px_conn_deliver(r->conn, line.data, line.len);
+    else
+        px_conn_deliver(r->conn, "", 0);
+    px_buf_free(&line);
 }
 
 /* The drain ran out of time or was told to hurry: cancel what is queued, abandon what runs. */
@@ -247,13 +282,25 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg, ch
     }
     if (bind_listener(srv, err, errlen))
         goto fail_pool;
+    px_pool_set_limits(srv->pool, (uint64_t)cfg->stall_after_ms * PX_MS,
+                       (uint64_t)cfg->dead_after_ms * PX_MS);
     if (px_pool_start(srv->pool, err, errlen))
         goto fail_pool;
-    px_notice("parexd %s: %lld workers, queue_capacity %lld; listening for requests on %s",
-              PX_VERSION, (long long)cfg->workers, (long long)cfg->queue_capacity,
-              srv->listen_addr);
+    if (!(srv->sup = px_supervisor_start(srv))) {
+        snprintf(err, errlen, "out of memory starting the supervisor");
+        goto fail_pool;
+    }
+    if (px_metrics_start(&srv->metrics, srv, err, errlen))
+        goto fail_sup;
+    px_notice("parexd %s: %lld workers, queue_capacity %lld; listening for requests on %s, "
+              "metrics on %s",
+              PX_VERSION, (long long)cfg->workers, (long long)cfg->queue_capacity, srv->listen_addr,
+              px_metrics_addr(srv->metrics));
     return 0;
 
+fail_sup:
+    px_supervisor_stop(srv->sup);
+    srv->sup = NULL;
 fail_pool:
     /* The caller runs the loop once more to let the closed handles go. */
     px_pool_close(srv->pool);
@@ -268,39 +315,4 @@ void px_server_free(px_server_t *srv)
 {
     px_registry_free(srv->reg);
     srv->reg = NULL;
-}
-
-json_t *px_server_stats_json(px_server_t *srv)
-{
-    px_counts_t n;
-    json_t *o, *workers, *rej, *inv;
-
-    px_stats_snapshot(&srv->stats, &n);
-    rej = json_object();
-    for (int i = 0; i < PX_REJ_COUNT; i++)
-        json_object_set_new(rej, px_reject_code(i), json_integer((json_int_t)n.rejected[i]));
-    inv = json_object();
-    for (int i = 0; i < PX_INV_COUNT; i++)
-        json_object_set_new(inv, px_invalid_code(i), json_integer((json_int_t)n.invalid[i]));
-    workers = json_array();
-    for (uint32_t i = 0; srv->pool && i < px_pool_size(srv->pool); i++) {
-        px_worker_info_t w;
-        px_pool_info(srv->pool, i, &w);
-        json_array_append_new(
-            workers, json_pack("{sI ss sI sI sI sI sf sf ss}", "id", (json_int_t)w.id, "state",
-                               px_worker_state_name(w.state), "queue_depth", (json_int_t)w.depth,
-                               "queue_capacity", (json_int_t)w.capacity, "processed",
-                               (json_int_t)w.processed, "failed", (json_int_t)w.failed, "busy_ms",
-                               ns_ms(w.busy_ns), "heartbeat_age_ms", ns_ms(w.heartbeat_age_ns),
-                               "current_key", w.current_key));
-    }
-    o = json_pack(
-        "{sI sI sI so so sI sI sI sI sI sb sb so}", "received", (json_int_t)n.received, "accepted",
-        (json_int_t)n.accepted, "rejected", (json_int_t)px_counts_rejected(&n),
-        "rejected_by_reason", rej, "invalid_by_code", inv, "invalid",
-        (json_int_t)px_counts_invalid(&n), "ok", (json_int_t)n.ok, "failed", (json_int_t)n.failed,
-        "in_flight", (json_int_t)n.in_flight, "connections", (json_int_t)n.connections, "draining",
-        srv->draining, "invariant_holds",
-        n.received == px_counts_rejected(&n) + n.ok + n.failed + n.in_flight, "workers", workers);
-    return o;
 }

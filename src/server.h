@@ -12,6 +12,8 @@
 #include <uv.h>
 
 struct px_conn;
+struct px_metrics;
+struct px_supervisor;
 
 typedef struct px_server {
     uv_loop_t *loop;
@@ -20,6 +22,9 @@ typedef struct px_server {
     px_pool_t *pool;
     px_stats_t stats;
     uint64_t start_time_unix;
+
+    struct px_metrics *metrics;
+    struct px_supervisor *sup;
 
     uv_tcp_t listener;
     int listening;
@@ -34,6 +39,7 @@ typedef struct px_server {
     _Atomic int draining; /* stop accepting, reject new requests; read by the metrics thread */
     int finishing;        /* in-flight done: closing connections once flushed */
     int forced;           /* drain cut short: queued requests were cancelled */
+    int leaked;           /* threads stuck in handlers outlive the loop: skip the final frees */
 
     char readbuf[65536]; /* shared by every connection: lines are consumed within the read */
 } px_server_t;
@@ -48,8 +54,8 @@ void px_server_free(px_server_t *srv);
 
 /* For the connection module. */
 void px_server_check_drained(px_server_t *srv);
-
-/* The /stats document (also the {"control":"stats"} reply). Any thread. */
-json_t *px_server_stats_json(px_server_t *srv);
+/* Answers a request that will not run to completion (cancelled, stalled) as failed/code and
+ * counts it; the request itself is not freed. */
+void px_server_fail_request(px_server_t *srv, px_req_t *r, const char *code, const char *message);
 
 #endif

@@ -52,6 +52,7 @@ void px_stats_snapshot(px_stats_t *s, px_counts_t *o)
         o->in_flight = LOAD(s->c.in_flight);
         o->connections = LOAD(s->c.connections);
         o->dropped = LOAD(s->c.dropped);
+        o->late = LOAD(s->c.late);
         for (int i = 0; i < PX_REJ_COUNT; i++)
             o->rejected[i] = LOAD(s->c.rejected[i]);
         for (int i = 0; i < PX_INV_COUNT; i++)

@@ -20,19 +20,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A worker slot: one queue and the thread currently serving it. A stalled thread can be
+ * abandoned and replaced (on_stall=replace); gen tells a thread whether it still owns the slot.
+ * Counters and histograms are written by the owning thread only. */
 typedef struct slot {
     px_pool_t *pool;
     uint32_t id;
     px_queue_t *queue;
-    pthread_t thread;
-    _Atomic int started; /* set by the loop, read by px_pool_info anywhere */
-    _Atomic int running;
+    pthread_t thread;     /* loop-only */
+    _Atomic int started;  /* set by the loop, read by px_pool_info anywhere */
+    _Atomic int running;  /* the current thread has not exited */
+    _Atomic uint64_t gen; /* changed under cur_mu */
     _Atomic uint64_t heartbeat_ns, busy_since_ns; /* busy_since_ns 0 while idle */
-    _Atomic uint64_t processed, failed, busy_ns;
+    _Atomic uint64_t processed, failed, busy_ns, ewma_run_ns, replaced;
     pthread_mutex_t cur_mu;
     px_req_t *current; /* under cur_mu; the loop keeps it alive until it comes back */
     char cur_key[PX_KEY_MAX + 1], cur_op[64]; /* under cur_mu, for readers on other threads */
+    px_hist_t queue_us, run_us;
 } slot_t;
+
+typedef struct wthread {
+    slot_t *s;
+    uint64_t gen;
+} wthread_t;
 
 struct px_pool {
     uv_loop_t *loop;
@@ -40,6 +50,9 @@ struct px_pool {
     px_pool_done_cb cb;
     void *cb_arg;
     uint32_t n;
+    _Atomic int closed;
+    _Atomic uint32_t strays; /* abandoned threads still inside a handler */
+    _Atomic uint64_t stall_after_ns, dead_after_ns;
     pthread_mutex_t done_mu;
     px_req_t *done_head, *done_tail; /* under done_mu */
     slot_t slots[];
@@ -77,34 +90,38 @@ static double ms_between(uint64_t a, uint64_t b)
     return b > a ? (double)(b - a) / 1e6 : 0.0;
 }
 
-/* Worker thread: runs one request and builds its response line. */
-static void run_one(slot_t *s, px_req_t *r)
+static void add_relaxed(_Atomic uint64_t *f, uint64_t v)
 {
-    px_result_t res = {0};
-    px_resp_t resp = {0};
-    int rc, expected = PX_REQ_RUNNING;
+    atomic_store_explicit(f, atomic_load_explicit(f, memory_order_relaxed) + v,
+                          memory_order_relaxed);
+}
 
+static void set_current(slot_t *s, px_req_t *r)
+{
     pthread_mutex_lock(&s->cur_mu);
     s->current = r;
-    memcpy(s->cur_key, px_req_key(r), r->key_len);
-    s->cur_key[r->key_len] = '\0';
-    snprintf(s->cur_op, sizeof s->cur_op, "%s", r->handler->name);
+    if (r) {
+        memcpy(s->cur_key, px_req_key(r), r->key_len);
+        s->cur_key[r->key_len] = '\0';
+        snprintf(s->cur_op, sizeof s->cur_op, "%s", r->handler->name);
+    } else {
+        s->cur_key[0] = s->cur_op[0] = '\0';
+    }
     pthread_mutex_unlock(&s->cur_mu);
+}
 
-    atomic_store_explicit(&r->state, PX_REQ_RUNNING, memory_order_relaxed);
-    r->start_ns = px_now_ns();
-    atomic_store_explicit(&s->busy_since_ns, r->start_ns, memory_order_relaxed);
-    rc = r->handler->run(r->handler, r, &res);
-    r->end_ns = px_now_ns();
-    r->ok = rc == 0;
+/* Worker thread: builds the response line while the request is still ours. */
+static void format_response(px_req_t *r, px_result_t *res)
+{
+    px_resp_t resp = {0};
 
     resp.id = px_req_id(r);
     resp.id_len = r->id_len;
     resp.status = r->ok ? "ok" : "failed";
     resp.worker = (int)r->worker;
-    resp.result = res.value;
-    resp.code = res.code ? res.code : "handler_error";
-    resp.message = res.message;
+    resp.result = res->value;
+    resp.code = res->code ? res->code : "handler_error";
+    resp.message = res->message;
     resp.queue_ms = ms_between(r->recv_ns, r->start_ns);
     resp.run_ms = ms_between(r->start_ns, r->end_ns);
     if (px_resp_format(&r->out, &resp)) {
@@ -116,50 +133,115 @@ static void run_one(slot_t *s, px_req_t *r)
         resp.message = "out of memory while building the response";
         px_resp_format(&r->out, &resp);
     }
+}
+
+/* Worker thread: runs one request. Returns 0, or -1 when this thread was abandoned while it ran
+ * (the slot has a new thread; this one must touch nothing of the slot and exit). */
+static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
+{
+    px_result_t res = {0};
+    int rc, stale, expected = PX_REQ_RUNNING;
+    uint64_t run;
+
+    atomic_store_explicit(&r->state, PX_REQ_RUNNING, memory_order_relaxed);
+    r->start_ns = px_now_ns();
+    set_current(s, r);
+    atomic_store_explicit(&s->busy_since_ns, r->start_ns, memory_order_relaxed);
+    px_hist_record(&s->queue_us, (r->start_ns - r->recv_ns) / 1000);
+
+    rc = r->handler->run(r->handler, r, &res);
+
+    r->end_ns = px_now_ns();
+    r->ok = rc == 0;
+    pthread_mutex_lock(&s->cur_mu);
+    stale = atomic_load_explicit(&s->gen, memory_order_relaxed) != gen;
+    if (!stale) {
+        s->current = NULL;
+        s->cur_key[0] = s->cur_op[0] = '\0';
+    }
+    pthread_mutex_unlock(&s->cur_mu);
+    if (stale) {
+        json_decref(res.value);
+        post_done(s->pool, r); /* already answered; the loop only frees it */
+        return -1;
+    }
+    format_response(r, &res);
     json_decref(res.value);
 
-    pthread_mutex_lock(&s->cur_mu);
-    s->current = NULL;
-    s->cur_key[0] = '\0';
-    s->cur_op[0] = '\0';
-    pthread_mutex_unlock(&s->cur_mu);
-    atomic_store_explicit(&s->busy_ns,
-                          atomic_load_explicit(&s->busy_ns, memory_order_relaxed) +
-                              (r->end_ns - r->start_ns),
-                          memory_order_relaxed);
+    run = r->end_ns - r->start_ns;
+    px_hist_record(&s->run_us, run / 1000);
+    add_relaxed(&s->busy_ns, run);
+    {
+        uint64_t e = atomic_load_explicit(&s->ewma_run_ns, memory_order_relaxed);
+        atomic_store_explicit(&s->ewma_run_ns, e ? (e * 7 + run) / 8 : run, memory_order_relaxed);
+    }
     atomic_store_explicit(&s->busy_since_ns, 0, memory_order_relaxed);
 
-    /* The loop may have answered this request already (forced stop): then our result is void. */
+    /* A forced stop may have answered this request already: then our result is void. */
     if (atomic_compare_exchange_strong(&r->state, &expected, PX_REQ_DONE)) {
-        atomic_fetch_add_explicit(&s->processed, 1, memory_order_relaxed);
+        add_relaxed(&s->processed, 1);
         if (!r->ok)
-            atomic_fetch_add_explicit(&s->failed, 1, memory_order_relaxed);
+            add_relaxed(&s->failed, 1);
     }
     post_done(s->pool, r);
+    return 0;
 }
 
 static void *worker_main(void *arg)
 {
-    slot_t *s = arg;
+    wthread_t t = *(wthread_t *)arg;
+    slot_t *s = t.s;
+    px_pool_t *p = s->pool;
     char name[16];
     void *item;
     int rc;
 
+    free(arg);
     snprintf(name, sizeof name, "px-worker-%u", s->id);
     pthread_setname_np(pthread_self(), name);
     for (;;) {
-        /* Wake at least every 100 ms while idle so the heartbeat shows the thread is alive. */
-        rc = px_queue_pop(s->queue, &item, 100 * PX_MS);
+        uint64_t hb = atomic_load_explicit(&p->dead_after_ns, memory_order_relaxed) / 4;
+        /* Wake at least every 100 ms (or a quarter of dead_after_ms) while idle, so the
+         * heartbeat shows the thread is alive. */
+        rc = px_queue_pop(s->queue, &item, hb < 100 * PX_MS ? hb : 100 * PX_MS);
         atomic_store_explicit(&s->heartbeat_ns, px_now_ns(), memory_order_relaxed);
         if (rc == -ETIMEDOUT)
             continue;
         if (rc == -EPIPE)
             break;
-        run_one(s, item);
+        if (run_one(s, t.gen, item)) {
+            /* Abandoned: the last thing this thread does is say it has let go of the pool. */
+            atomic_fetch_sub_explicit(&p->strays, 1, memory_order_release);
+            return NULL;
+        }
     }
     atomic_store_explicit(&s->running, 0, memory_order_release);
-    uv_async_send(&s->pool->async); /* lets the loop notice the drain finished */
+    uv_async_send(&p->async); /* lets the loop notice the drain finished */
     return NULL;
+}
+
+static int start_thread(slot_t *s, uint64_t gen)
+{
+    wthread_t *t = malloc(sizeof *t);
+    sigset_t all, old;
+    int rc;
+
+    if (!t)
+        return ENOMEM;
+    t->s = s;
+    t->gen = gen;
+    /* Workers inherit a full mask: signals go to the loop thread, which handles them. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    atomic_store(&s->heartbeat_ns, px_now_ns());
+    atomic_store(&s->running, 1);
+    rc = pthread_create(&s->thread, NULL, worker_main, t);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc) {
+        atomic_store(&s->running, 0);
+        free(t);
+    }
+    return rc;
 }
 
 /* Loop thread: swaps the whole list out under the lock, then works without it. */
@@ -189,6 +271,8 @@ int px_pool_new(px_pool_t **out, uv_loop_t *loop, uint32_t workers, uint32_t cap
     p->n = workers;
     p->cb = cb;
     p->cb_arg = arg;
+    atomic_init(&p->stall_after_ns, 5000 * PX_MS);
+    atomic_init(&p->dead_after_ns, 10000 * PX_MS);
     if (pthread_mutex_init(&p->done_mu, NULL))
         goto fail_mu;
     for (i = 0; i < workers; i++) {
@@ -218,27 +302,52 @@ fail_mu:
 
 int px_pool_start(px_pool_t *p, char *err, size_t errlen)
 {
-    sigset_t all, old;
-    uint64_t now = px_now_ns();
     int rc = 0;
 
-    /* Workers inherit a full mask: signals go to the loop thread, which handles them. */
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
     for (uint32_t i = 0; i < p->n; i++) {
         slot_t *s = &p->slots[i];
-        atomic_store(&s->heartbeat_ns, now);
-        atomic_store(&s->running, 1);
-        rc = pthread_create(&s->thread, NULL, worker_main, s);
-        if (rc) {
-            atomic_store(&s->running, 0);
+        if ((rc = start_thread(s, 0))) {
             snprintf(err, errlen, "cannot start worker %u of %u: %s", i, p->n, strerror(rc));
-            break;
+            return -rc;
         }
-        s->started = 1;
+        atomic_store(&s->started, 1);
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    return rc ? -rc : 0;
+    return 0;
+}
+
+void px_pool_set_limits(px_pool_t *p, uint64_t stall_after_ns, uint64_t dead_after_ns)
+{
+    atomic_store(&p->stall_after_ns, stall_after_ns);
+    atomic_store(&p->dead_after_ns, dead_after_ns);
+}
+
+px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, int *rc)
+{
+    slot_t *s = &p->slots[worker];
+    px_req_t *cur;
+    int expected = PX_REQ_RUNNING;
+    uint64_t gen;
+
+    *rc = 0;
+    pthread_mutex_lock(&s->cur_mu);
+    cur = s->current;
+    if (!cur || !atomic_compare_exchange_strong(&cur->state, &expected, PX_REQ_ABANDONED)) {
+        pthread_mutex_unlock(&s->cur_mu);
+        return NULL;
+    }
+    gen = atomic_load(&s->gen) + 1;
+    atomic_store(&s->gen, gen);
+    s->current = NULL;
+    s->cur_key[0] = s->cur_op[0] = '\0';
+    atomic_fetch_add(&p->strays, 1);
+    pthread_mutex_unlock(&s->cur_mu);
+
+    /* From here the old thread touches only its request and the completion list. */
+    pthread_detach(s->thread);
+    atomic_store(&s->busy_since_ns, 0);
+    add_relaxed(&s->replaced, 1);
+    *rc = start_thread(s, gen);
+    return cur;
 }
 
 uint32_t px_pool_size(const px_pool_t *p)
@@ -253,6 +362,7 @@ int px_pool_submit(px_pool_t *p, px_req_t *r)
 
 void px_pool_close(px_pool_t *p)
 {
+    atomic_store(&p->closed, 1);
     for (uint32_t i = 0; i < p->n; i++)
         px_queue_close(p->slots[i].queue);
 }
@@ -291,6 +401,11 @@ uint32_t px_pool_live(px_pool_t *p)
     for (uint32_t i = 0; i < p->n; i++)
         n += (uint32_t)atomic_load_explicit(&p->slots[i].running, memory_order_acquire);
     return n;
+}
+
+uint32_t px_pool_strays(px_pool_t *p)
+{
+    return atomic_load_explicit(&p->strays, memory_order_acquire);
 }
 
 static void on_async_closed(uv_handle_t *h)
@@ -334,15 +449,44 @@ void px_pool_info(px_pool_t *p, uint32_t worker, px_worker_info_t *o)
     o->processed = atomic_load_explicit(&s->processed, memory_order_relaxed);
     o->failed = atomic_load_explicit(&s->failed, memory_order_relaxed);
     o->busy_ns = atomic_load_explicit(&s->busy_ns, memory_order_relaxed);
+    o->replaced = atomic_load_explicit(&s->replaced, memory_order_relaxed);
+    o->ewma_run_ns = atomic_load_explicit(&s->ewma_run_ns, memory_order_relaxed);
     hb = atomic_load_explicit(&s->heartbeat_ns, memory_order_relaxed);
     since = atomic_load_explicit(&s->busy_since_ns, memory_order_relaxed);
     o->heartbeat_age_ns = now > hb ? now - hb : 0;
     o->busy_for_ns = since && now > since ? now - since : 0;
-    o->state = since ? PX_WS_BUSY : PX_WS_IDLE;
-    if (!atomic_load_explicit(&s->running, memory_order_acquire) && s->started)
-        o->state = PX_WS_DEAD;
+    if (since)
+        o->state = o->busy_for_ns > atomic_load(&p->stall_after_ns) ? PX_WS_STALLED : PX_WS_BUSY;
+    else
+        o->state = o->heartbeat_age_ns > atomic_load(&p->dead_after_ns) ? PX_WS_DEAD : PX_WS_IDLE;
+    /* A thread gone while the pool still serves is dead; after a drain it is just done. */
+    if (atomic_load(&s->started) && !atomic_load_explicit(&s->running, memory_order_acquire))
+        o->state = atomic_load(&p->closed) ? PX_WS_IDLE : PX_WS_DEAD;
     pthread_mutex_lock(&s->cur_mu);
     memcpy(o->current_key, s->cur_key, sizeof o->current_key);
     memcpy(o->current_op, s->cur_op, sizeof o->current_op);
     pthread_mutex_unlock(&s->cur_mu);
+}
+
+void px_pool_hists(px_pool_t *p, uint32_t worker, px_hist_snap_t *queue, px_hist_snap_t *run)
+{
+    px_hist_merge(queue, &p->slots[worker].queue_us);
+    px_hist_merge(run, &p->slots[worker].run_us);
+}
+
+uint64_t px_pool_retry_after_ms(px_pool_t *p, uint32_t worker)
+{
+    slot_t *s = &p->slots[worker];
+    uint64_t ewma = atomic_load_explicit(&s->ewma_run_ns, memory_order_relaxed);
+    uint64_t since = atomic_load_explicit(&s->busy_since_ns, memory_order_relaxed);
+    uint64_t now = px_now_ns(), running = since && now > since ? now - since : 0;
+    uint64_t depth = px_queue_depth(s->queue), ns;
+
+    /* Queued requests at the recent service time, plus what is left of the running one. With
+     * no history yet, assume each takes as long as the running one has so far (a lower bound). */
+    if (ewma)
+        ns = depth * ewma + (ewma > running ? ewma - running : 0);
+    else
+        ns = depth * running;
+    return ns / PX_MS > 0 ? ns / PX_MS : 1;
 }

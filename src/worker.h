@@ -4,6 +4,7 @@
 #ifndef PX_WORKER_H
 #define PX_WORKER_H
 
+#include "hist.h"
 #include "request.h"
 
 #include <stddef.h>
@@ -24,11 +25,15 @@ typedef struct px_worker_info {
     uint32_t id;
     enum px_worker_state state;
     uint32_t depth, capacity;
-    uint64_t processed, failed, busy_ns;
+    uint64_t processed, failed, busy_ns, replaced;
     uint64_t heartbeat_age_ns, busy_for_ns; /* busy_for_ns is 0 when idle */
+    uint64_t ewma_run_ns;                   /* recent service time */
     char current_key[257];                  /* "" when idle */
     char current_op[64];
 } px_worker_info_t;
+
+/* Thresholds for the stalled and dead states (any thread may change them: config reload). */
+void px_pool_set_limits(px_pool_t *p, uint64_t stall_after_ns, uint64_t dead_after_ns);
 
 int px_pool_new(px_pool_t **out, uv_loop_t *loop, uint32_t workers, uint32_t capacity,
                 px_pool_done_cb cb, void *arg);
@@ -48,7 +53,17 @@ size_t px_pool_take_all(px_pool_t *p, px_req_t ***out);
 void px_pool_destroy(px_pool_t *p);
 /* Any thread. */
 void px_pool_info(px_pool_t *p, uint32_t worker, px_worker_info_t *out);
-/* Number of workers still running a thread (drain is complete when it reaches 0). */
+/* Slot threads still running (the drain is complete at 0). */
 uint32_t px_pool_live(px_pool_t *p);
+/* Abandoned threads still inside a handler: while any remain the pool must not be freed. */
+uint32_t px_pool_strays(px_pool_t *p);
+/* Loop thread, on_stall=replace: abandons the worker's thread and starts a fresh one on the same
+ * queue. Returns the request it was stuck on (now PX_REQ_ABANDONED, for the loop to answer) or
+ * NULL when the request finished meanwhile (then nothing is replaced). */
+px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, int *rc);
+/* Adds the worker's histograms (microseconds) into queue and run. Any thread. */
+void px_pool_hists(px_pool_t *p, uint32_t worker, px_hist_snap_t *queue, px_hist_snap_t *run);
+/* Honest wait before a retry can get in: queued requests x recent service time. Any thread. */
+uint64_t px_pool_retry_after_ms(px_pool_t *p, uint32_t worker);
 
 #endif
