@@ -1,6 +1,7 @@
 /* parexctl: the command-line client. Exit status: 0 ok, 1 the daemon answered something other
  * than ok, 2 usage or connection errors. */
 #include "client.h"
+#include "ctl_http.h"
 #include "route.h"
 
 #include <errno.h>
@@ -17,6 +18,7 @@
 #define EXIT_USAGE 2
 
 static const char *addr = "127.0.0.1:7400";
+static const char *maddr = "127.0.0.1:9400";
 
 static void usage(FILE *f)
 {
@@ -25,6 +27,10 @@ static void usage(FILE *f)
                "  parexctl send [--addr HOST:PORT] < requests.jsonl   (pipelines stdin lines)\n"
                "  parexctl route KEY --workers N\n"
                "  parexctl control NAME [--addr HOST:PORT]            (e.g. control stats)\n"
+               "  parexctl stats|health|metrics [--metrics-addr HOST:PORT]\n"
+               "  parexctl top [--metrics-addr HOST:PORT] [--interval SECONDS] [--once]\n"
+               "Defaults: --addr $PAREXD_ADDR or 127.0.0.1:7400, --metrics-addr\n"
+               "$PAREXD_METRICS_ADDR or 127.0.0.1:9400.\n"
                "Exit status: 0 ok, 1 failed/rejected/invalid, 2 usage or connection error.\n");
 }
 
@@ -243,12 +249,47 @@ static int cmd_control(int argc, char **argv)
     return rc;
 }
 
+/* stats, health, metrics, top: the commands that read the metrics endpoint. */
+static int cmd_observe(const char *cmd, int argc, char **argv)
+{
+    static const struct option opts[] = {{"metrics-addr", required_argument, NULL, 'm'},
+                                         {"interval", required_argument, NULL, 'i'},
+                                         {"once", no_argument, NULL, 'o'},
+                                         {NULL, 0, NULL, 0}};
+    double interval = 1.0;
+    int ch, once = 0, top = strcmp(cmd, "top") == 0;
+
+    while ((ch = getopt_long(argc, argv, "m:i:o", opts, NULL)) != -1) {
+        if (ch == 'm')
+            maddr = optarg;
+        else if (ch == 'i' && top && (interval = atof(optarg)) >= 0.1)
+            ;
+        else if (ch == 'o' && top)
+            once = 1;
+        else
+            return die_usage(top ? "top: takes [--metrics-addr HOST:PORT] [--interval S>=0.1] "
+                                   "[--once]"
+                                 : "takes [--metrics-addr HOST:PORT]");
+    }
+    if (optind < argc)
+        return die_usage("unexpected argument");
+    if (top)
+        return px_ctl_top(maddr, interval, once);
+    if (strcmp(cmd, "stats") == 0)
+        return px_ctl_stats(maddr);
+    if (strcmp(cmd, "health") == 0)
+        return px_ctl_health(maddr);
+    return px_ctl_metrics(maddr);
+}
+
 int main(int argc, char **argv)
 {
     const char *env = getenv("PAREXD_ADDR");
 
     if (env && *env)
         addr = env;
+    if ((env = getenv("PAREXD_METRICS_ADDR")) && *env)
+        maddr = env;
     if (argc < 2)
         return die_usage("missing command");
     if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
@@ -265,6 +306,9 @@ int main(int argc, char **argv)
         return cmd_route(argc - 1, argv + 1);
     if (strcmp(argv[1], "control") == 0)
         return cmd_control(argc - 1, argv + 1);
+    if (strcmp(argv[1], "stats") == 0 || strcmp(argv[1], "health") == 0 ||
+        strcmp(argv[1], "metrics") == 0 || strcmp(argv[1], "top") == 0)
+        return cmd_observe(argv[1], argc - 1, argv + 1);
     fprintf(stderr, "parexctl: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return EXIT_USAGE;
