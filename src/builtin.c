@@ -3,6 +3,8 @@
 #include "handler.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -56,8 +58,17 @@ static int fail_run(const px_handler_t *h, const px_req_t *req, px_result_t *res
     return px_fail(res, "handler_error", "%s", m ? json_string_value(m) : "failed as asked");
 }
 
+/* Fault injection for tests (PAREXD_FAULT_INJECTION=1): ends the worker thread mid-request, the
+ * way a buggy plugin calling pthread_exit would, so the dead-worker paths can be exercised. */
+static int exit_thread_run(const px_handler_t *h, const px_req_t *req, px_result_t *res)
+{
+    pthread_exit(NULL);
+}
+
 int px_builtin_register(px_registry_t *reg)
 {
+    static const px_handler_t fault = {.name = "fault_exit_thread", .run = exit_thread_run};
+    const char *fi = getenv("PAREXD_FAULT_INJECTION");
     static const px_handler_t builtins[] = {
         {.name = "echo", .run = echo_run},
         {.name = "sleep", .validate = sleep_validate, .run = sleep_run},
@@ -68,5 +79,7 @@ int px_builtin_register(px_registry_t *reg)
     for (size_t i = 0; i < sizeof builtins / sizeof builtins[0]; i++)
         if ((rc = px_registry_add(reg, &builtins[i])))
             return rc;
+    if (fi && strcmp(fi, "1") == 0)
+        return px_registry_add(reg, &fault);
     return 0;
 }

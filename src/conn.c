@@ -413,7 +413,7 @@ void px_conn_deliver(px_conn_t *c, const char *line, size_t len)
     conn_unref(c);
 }
 
-void px_conn_accept(px_server_t *srv)
+void px_conn_accept(px_server_t *srv, uv_stream_t *listener)
 {
     static const char full[] =
         "{\"id\":null,\"status\":\"rejected\",\"error\":{\"code\":\"too_many_connections\","
@@ -441,7 +441,7 @@ void px_conn_accept(px_server_t *srv)
     px_stats_add(&srv->stats.c.connections, 1);
     px_stats_end(&srv->stats);
 
-    if ((rc = uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&c->tcp))) {
+    if ((rc = uv_accept(listener, (uv_stream_t *)&c->tcp))) {
         px_warn("listener: accept failed: %s", uv_strerror(rc));
         conn_close(c);
         return;

@@ -9,7 +9,7 @@
 typedef struct px_conn px_conn_t;
 
 /* The listener has a connection waiting. */
-void px_conn_accept(px_server_t *srv);
+void px_conn_accept(px_server_t *srv, uv_stream_t *listener);
 /* A request of this connection finished: queue its response line (or drop it if the client is
  * gone). Releases the request's hold on the connection. */
 void px_conn_deliver(px_conn_t *c, const char *line, size_t len);

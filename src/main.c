@@ -2,6 +2,7 @@
  * systemd and scripts can tell a usage or config mistake from a crash. */
 #include "config.h"
 #include "log.h"
+#include "notify.h"
 #include "server.h"
 
 #include <getopt.h>
@@ -27,6 +28,28 @@ static void usage(FILE *f)
                "Flags override the file. See README.md for the protocol and every config key.\n");
 }
 
+/* Where the configuration comes from, kept for SIGHUP: the file, then the flags over it. */
+struct sources {
+    const char *path;
+    int nflags;
+    struct {
+        const char *key, *value;
+    } flags[16];
+};
+
+static int load_config(px_config_t *cfg, char *err, size_t errlen, void *arg)
+{
+    const struct sources *src = arg;
+
+    px_config_defaults(cfg);
+    if (src->path && px_config_load_file(cfg, src->path, err, errlen))
+        return -1;
+    for (int i = 0; i < src->nflags; i++)
+        if (px_config_set(cfg, src->flags[i].key, src->flags[i].value, err, errlen))
+            return -1;
+    return px_config_finish(cfg, err, errlen);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -40,11 +63,8 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
-    struct {
-        const char *key, *value;
-    } flags[16];
-    const char *config_path = NULL;
-    int nflags = 0, ch, rc;
+    static struct sources src;
+    int ch, rc;
     char err[512];
     px_config_t cfg;
     px_server_t *srv;
@@ -54,7 +74,7 @@ int main(int argc, char **argv)
         const char *key = NULL;
         switch (ch) {
         case 'c':
-            config_path = optarg;
+            src.path = optarg;
             break;
         case 'l':
             key = "listen";
@@ -75,15 +95,17 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         case 'V':
-            printf("parexd %s\n", PX_VERSION);
+            printf("parexd %s (libsystemd: %s)\n", PX_VERSION,
+                   px_notify_built() ? "yes, sd_notify and socket activation"
+                                     : "no, built without sd_notify and socket activation");
             return 0;
         default:
             usage(stderr);
             return PX_EX_USAGE;
         }
-        if (key && nflags < 16) {
-            flags[nflags].key = key;
-            flags[nflags++].value = optarg;
+        if (key && src.nflags < 16) {
+            src.flags[src.nflags].key = key;
+            src.flags[src.nflags++].value = optarg;
         }
     }
     if (optind < argc) {
@@ -92,13 +114,7 @@ int main(int argc, char **argv)
     }
 
     px_log_init();
-    px_config_defaults(&cfg);
-    if (config_path && px_config_load_file(&cfg, config_path, err, sizeof err))
-        goto config_error;
-    for (int i = 0; i < nflags; i++)
-        if (px_config_set(&cfg, flags[i].key, flags[i].value, err, sizeof err))
-            goto config_error;
-    if (px_config_finish(&cfg, err, sizeof err))
+    if (load_config(&cfg, err, sizeof err, &src))
         goto config_error;
     atomic_store(&px_log_level, (int)cfg.log_level);
 
@@ -111,7 +127,7 @@ int main(int argc, char **argv)
         return 1;
     }
     uv_loop_init(&loop);
-    if (px_server_init(srv, &loop, &cfg, err, sizeof err)) {
+    if (px_server_init(srv, &loop, &cfg, load_config, &src, err, sizeof err)) {
         px_err("parexd: %s", err);
         uv_run(&loop, UV_RUN_NOWAIT);
         rc = strstr(err, "key '") ? PX_EX_CONFIG : 1;

@@ -15,12 +15,9 @@ static const double le_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005
                                    0.1,    0.25,    0.5,    1,     2.5,    5,     10,   30,    60};
 #define NLE (sizeof le_bounds / sizeof le_bounds[0])
 
-int px_report_backpressure(px_server_t *srv, uint32_t worker)
+int px_report_backpressure(px_server_t *srv, const px_worker_info_t *w)
 {
-    px_worker_info_t w;
-
-    px_pool_info(srv->pool, worker, &w);
-    return (double)w.depth >= srv->cfg.backpressure_threshold * (double)w.capacity;
+    return (double)w->depth >= atomic_load(&srv->bp_threshold) * (double)w->capacity;
 }
 
 static double round3(double v)
@@ -59,7 +56,7 @@ json_t *px_report_stats(px_server_t *srv)
         int wbp;
 
         px_pool_info(srv->pool, i, &w);
-        wbp = (double)w.depth >= srv->cfg.backpressure_threshold * (double)w.capacity;
+        wbp = px_report_backpressure(srv, &w);
         bp |= wbp;
         json_array_append_new(
             workers,
@@ -121,7 +118,7 @@ int px_report_prometheus(px_server_t *srv, px_buf_t *b)
     px_stats_snapshot(&srv->stats, &n);
     for (uint32_t i = 0; i < nw; i++) {
         px_pool_info(srv->pool, i, &w[i]);
-        bp |= (double)w[i].depth >= srv->cfg.backpressure_threshold * (double)w[i].capacity;
+        bp |= px_report_backpressure(srv, &w[i]);
     }
     merged_hists(srv, q, r);
 

@@ -14,6 +14,6 @@ int px_report_prometheus(px_server_t *srv, px_buf_t *out);
 /* 0 when healthy; otherwise -1 with a one-line reason. */
 int px_report_health(px_server_t *srv, char *reason, size_t len);
 /* 1 when a worker's queue is at or above backpressure_threshold x capacity. */
-int px_report_backpressure(px_server_t *srv, uint32_t worker);
+int px_report_backpressure(px_server_t *srv, const px_worker_info_t *w);
 
 #endif

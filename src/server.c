@@ -4,8 +4,10 @@
 
 #include "clock.h"
 #include "conn.h"
+#include "listener.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 #include "supervisor.h"
 
 #include <errno.h>
@@ -13,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static double ns_ms(uint64_t ns)
 {
@@ -48,14 +51,13 @@ static void on_closed_noop(uv_handle_t *h) {}
 
 static void close_handles(px_server_t *srv)
 {
-    if (srv->listening) {
-        uv_close((uv_handle_t *)&srv->listener, on_closed_noop);
-        srv->listening = 0;
-    }
+    px_listener_close(srv);
     if (!uv_is_closing((uv_handle_t *)&srv->sigterm)) {
         uv_close((uv_handle_t *)&srv->sigterm, on_closed_noop);
         uv_close((uv_handle_t *)&srv->sigint, on_closed_noop);
+        uv_close((uv_handle_t *)&srv->sighup, on_closed_noop);
         uv_close((uv_handle_t *)&srv->drain_timer, on_closed_noop);
+        uv_close((uv_handle_t *)&srv->notify_timer, on_closed_noop);
     }
 }
 
@@ -183,13 +185,11 @@ void px_server_drain(px_server_t *srv)
         return;
     }
     srv->draining = 1;
+    px_notify("STOPPING=1\nSTATUS=draining: finishing in-flight requests");
     px_notice("drain: stopped accepting connections; finishing in-flight requests (at most %lld "
               "ms; a second signal stops at once)",
               (long long)srv->cfg.drain_timeout_ms);
-    if (srv->listening) {
-        uv_close((uv_handle_t *)&srv->listener, on_closed_noop);
-        srv->listening = 0;
-    }
+    px_listener_close(srv);
     px_pool_close(srv->pool);
     uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)srv->cfg.drain_timeout_ms, 0);
     px_server_check_drained(srv);
@@ -199,61 +199,116 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     px_server_t *srv = s->data;
 
+    if (signum == SIGHUP) {
+        px_server_reload(srv);
+        return;
+    }
     px_notice("received %s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
     px_server_drain(srv);
 }
 
-static void on_connection(uv_stream_t *listener, int status)
+/* One line for `systemctl status`: what the daemon is doing right now. */
+static void status_line(px_server_t *srv, char *out, size_t len, int *any_dead)
 {
-    px_server_t *srv = listener->data;
+    px_counts_t n;
+    uint32_t stalled = 0, dead = 0;
 
-    if (status < 0) {
-        /* EMFILE and friends: the pending connection stays in the backlog; libuv retries. */
-        px_warn("listener: %s", uv_strerror(status));
+    px_stats_snapshot(&srv->stats, &n);
+    for (uint32_t i = 0; i < px_pool_size(srv->pool); i++) {
+        px_worker_info_t w;
+        px_pool_info(srv->pool, i, &w);
+        stalled += w.state == PX_WS_STALLED;
+        dead += w.state == PX_WS_DEAD;
+    }
+    *any_dead = dead > 0;
+    snprintf(out, len,
+             "%s: %llu connections, %llu in flight, %llu ok, %llu failed, %llu rejected%s%s",
+             srv->draining ? "draining" : "serving", (unsigned long long)n.connections,
+             (unsigned long long)n.in_flight, (unsigned long long)n.ok,
+             (unsigned long long)n.failed, (unsigned long long)px_counts_rejected(&n),
+             stalled ? ", worker stalled" : "", dead ? ", WORKER DEAD" : "");
+}
+
+/* The watchdog is fed from the loop, and only while no worker is dead: a daemon that has lost a
+ * worker stops pinging and systemd restarts it (WatchdogSec, Restart=on-failure). */
+static void on_notify_tick(uv_timer_t *t)
+{
+    px_server_t *srv = t->data;
+    char status[256];
+    int any_dead;
+
+    if (!srv->pool)
         return;
+    status_line(srv, status, sizeof status, &any_dead);
+    if (strcmp(status, srv->last_status) != 0) {
+        px_notify("STATUS=%s", status);
+        snprintf(srv->last_status, sizeof srv->last_status, "%s", status);
     }
-    px_conn_accept(srv);
+    if (srv->watchdog_usec && !any_dead)
+        px_notify("WATCHDOG=1");
 }
 
-static int bind_listener(px_server_t *srv, char *err, size_t errlen)
+static void start_notify(px_server_t *srv)
 {
-    struct sockaddr_storage ss;
-    char host[INET6_ADDRSTRLEN + 8];
-    int port, rc, len = sizeof ss;
+    uint64_t every_ms = 1000;
+    int any_dead;
 
-    if (px_parse_hostport(srv->cfg.listen, host, sizeof host, &port))
-        goto bad;
-    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) &&
-        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss))
-        goto bad;
-    uv_tcp_init(srv->loop, &srv->listener);
-    srv->listener.data = srv;
-    srv->listening = 1;
-    if ((rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0)) ||
-        (rc = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection))) {
-        snprintf(err, errlen, "listen %s: %s (is another parexd running? change 'listen')",
-                 srv->cfg.listen, uv_strerror(rc));
-        return -1;
+    srv->watchdog_usec = px_notify_watchdog_usec();
+    if (srv->watchdog_usec) {
+        every_ms = srv->watchdog_usec / 2000;
+        if (every_ms < 10)
+            every_ms = 10;
+        if (every_ms > 1000)
+            every_ms = 1000;
     }
-    uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);
-    if (ss.ss_family == AF_INET6) {
-        uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof host);
-        port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-        snprintf(srv->listen_addr, sizeof srv->listen_addr, "[%s]:%d", host, port);
-    } else {
-        uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof host);
-        port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        snprintf(srv->listen_addr, sizeof srv->listen_addr, "%s:%d", host, port);
-    }
-    return 0;
-bad:
-    snprintf(err, errlen, "key 'listen': \"%s\" is not a numeric HOST:PORT address",
-             srv->cfg.listen);
-    return -1;
+    status_line(srv, srv->last_status, sizeof srv->last_status, &any_dead);
+    /* Listening and every worker is up: only now are we ready. */
+    px_notify("READY=1\nSTATUS=%s\nMAINPID=%d", srv->last_status, (int)getpid());
+    uv_timer_start(&srv->notify_timer, on_notify_tick, every_ms, every_ms);
 }
 
-int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg, char *err,
-                   size_t errlen)
+void px_server_reload(px_server_t *srv)
+{
+    px_config_t nc, *oc = &srv->cfg;
+    char err[512], kept[256] = "";
+
+    if (!srv->reload || srv->draining)
+        return;
+    px_notify("RELOADING=1\nSTATUS=reloading configuration");
+    if (srv->reload(&nc, err, sizeof err, srv->reload_arg)) {
+        px_err("reload: %s; keeping the running configuration", err);
+        goto done;
+    }
+#define KEPT(field, name)                                                                          \
+    if (memcmp(&nc.field, &oc->field, sizeof nc.field) != 0) {                                     \
+        strncat(kept, kept[0] ? ", " name : name, sizeof kept - strlen(kept) - 1);                 \
+        memcpy(&nc.field, &oc->field, sizeof nc.field);                                            \
+    }
+    KEPT(listen, "listen");
+    KEPT(metrics_listen, "metrics_listen");
+    KEPT(workers, "workers");
+    KEPT(queue_capacity, "queue_capacity");
+    KEPT(max_line_bytes, "max_line_bytes");
+#undef KEPT
+    if (kept[0])
+        px_warn("reload: %s cannot change while running; restart parexd to apply them", kept);
+    *oc = nc;
+    atomic_store(&px_log_level, (int)nc.log_level);
+    atomic_store(&srv->bp_threshold, nc.backpressure_threshold);
+    px_pool_set_limits(srv->pool, (uint64_t)nc.stall_after_ms * PX_MS,
+                       (uint64_t)nc.dead_after_ms * PX_MS);
+    px_supervisor_set_interval(srv->sup, (uint64_t)nc.supervise_interval_ms);
+    px_notice("reload: configuration applied (log_level %s, backpressure_threshold %.2f, "
+              "stall_after_ms %lld, on_stall %s)",
+              px_log_level_name((int)nc.log_level), nc.backpressure_threshold,
+              (long long)nc.stall_after_ms,
+              nc.on_stall == PX_ON_STALL_REPLACE ? "replace" : "report");
+done:
+    px_notify("READY=1\nSTATUS=%s", srv->last_status);
+}
+
+int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
+                   px_config_loader_t reload, void *reload_arg, char *err, size_t errlen)
 {
     int rc;
 
@@ -261,14 +316,22 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg, ch
     srv->loop = loop;
     srv->cfg = *cfg;
     srv->start_time_unix = (uint64_t)time(NULL);
+    srv->reload = reload;
+    srv->reload_arg = reload_arg;
+    atomic_init(&srv->bp_threshold, cfg->backpressure_threshold);
     uv_signal_init(loop, &srv->sigterm);
     uv_signal_init(loop, &srv->sigint);
-    srv->sigterm.data = srv->sigint.data = srv;
+    uv_signal_init(loop, &srv->sighup);
+    srv->sigterm.data = srv->sigint.data = srv->sighup.data = srv;
     uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
     uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    uv_signal_start(&srv->sighup, on_signal, SIGHUP);
     uv_timer_init(loop, &srv->drain_timer);
     srv->drain_timer.data = srv;
     uv_unref((uv_handle_t *)&srv->drain_timer);
+    uv_timer_init(loop, &srv->notify_timer);
+    srv->notify_timer.data = srv;
+    uv_unref((uv_handle_t *)&srv->notify_timer);
     if (!(srv->reg = px_registry_new()) || px_builtin_register(srv->reg)) {
         snprintf(err, errlen, "out of memory setting up handlers");
         goto fail;
@@ -280,7 +343,7 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg, ch
                  (long long)cfg->workers, (long long)cfg->queue_capacity, strerror(-rc));
         goto fail;
     }
-    if (bind_listener(srv, err, errlen))
+    if (px_listener_open(srv, err, errlen))
         goto fail_pool;
     px_pool_set_limits(srv->pool, (uint64_t)cfg->stall_after_ms * PX_MS,
                        (uint64_t)cfg->dead_after_ms * PX_MS);
@@ -292,6 +355,7 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg, ch
     }
     if (px_metrics_start(&srv->metrics, srv, err, errlen))
         goto fail_sup;
+    start_notify(srv);
     px_notice("parexd %s: %lld workers, queue_capacity %lld; listening for requests on %s, "
               "metrics on %s",
               PX_VERSION, (long long)cfg->workers, (long long)cfg->queue_capacity, srv->listen_addr,

@@ -11,9 +11,14 @@
 #include <stdatomic.h>
 #include <uv.h>
 
+#define PX_MAX_LISTENERS 8
+
 struct px_conn;
 struct px_metrics;
 struct px_supervisor;
+
+/* Re-reads the configuration (file, then flags) for a reload; 0 or -1 with err set. */
+typedef int (*px_config_loader_t)(px_config_t *out, char *err, size_t errlen, void *arg);
 
 typedef struct px_server {
     uv_loop_t *loop;
@@ -26,11 +31,17 @@ typedef struct px_server {
     struct px_metrics *metrics;
     struct px_supervisor *sup;
 
-    uv_tcp_t listener;
-    int listening;
-    char listen_addr[160]; /* the address actually bound, port resolved */
-    uv_signal_t sigterm, sigint;
+    uv_tcp_t listeners[PX_MAX_LISTENERS];
+    int nlisteners;
+    char listen_addr[512]; /* the addresses actually bound, ports resolved */
+    uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer;
+    uv_timer_t notify_timer; /* systemd STATUS= and WATCHDOG=1 */
+    uint64_t watchdog_usec;
+    char last_status[256];
+    px_config_loader_t reload;
+    void *reload_arg;
+    _Atomic double bp_threshold; /* live copy of cfg.backpressure_threshold for other threads */
 
     struct px_conn *conns; /* every open connection, doubly linked */
     struct px_conn *dirty; /* connections with output to flush, singly linked */
@@ -45,8 +56,10 @@ typedef struct px_server {
 } px_server_t;
 
 /* Sets up the listener, the pool and the signal handlers. Returns 0 or -1 with err set. */
-int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg, char *err,
-                   size_t errlen);
+int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
+                   px_config_loader_t reload, void *reload_arg, char *err, size_t errlen);
+/* SIGHUP: applies what can change live, names what cannot. */
+void px_server_reload(px_server_t *srv);
 /* Starts a graceful drain, or forces it when one is already running. */
 void px_server_drain(px_server_t *srv);
 /* Frees what px_server_init allocated, once uv_run has returned. */

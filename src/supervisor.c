@@ -58,11 +58,11 @@ static void on_tick(uv_timer_t *t)
         int bp;
 
         px_pool_info(srv->pool, i, &w);
-        bp = (double)w.depth >= srv->cfg.backpressure_threshold * (double)w.capacity;
+        bp = px_report_backpressure(srv, &w);
         if (bp != sup->w[i].bp) {
             if (bp)
                 px_warn("backpressure: worker %u queue at %u of %u (threshold %.2f)", i, w.depth,
-                        w.capacity, srv->cfg.backpressure_threshold);
+                        w.capacity, atomic_load(&srv->bp_threshold));
             else
                 px_notice("backpressure: worker %u back to %u of %u", i, w.depth, w.capacity);
             sup->w[i].bp = (unsigned char)bp;
@@ -120,4 +120,10 @@ void px_supervisor_stop(px_supervisor_t *sup)
 int px_supervisor_any_dead(const px_supervisor_t *sup)
 {
     return sup ? sup->any_dead : 0;
+}
+
+void px_supervisor_set_interval(px_supervisor_t *sup, uint64_t ms)
+{
+    if (sup && uv_timer_get_repeat(&sup->timer) != ms)
+        uv_timer_start(&sup->timer, on_tick, ms, ms);
 }

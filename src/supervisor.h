@@ -10,6 +10,8 @@ typedef struct px_supervisor px_supervisor_t;
 
 px_supervisor_t *px_supervisor_start(px_server_t *srv);
 void px_supervisor_stop(px_supervisor_t *sup);
+/* Changes the tick interval (config reload). */
+void px_supervisor_set_interval(px_supervisor_t *sup, uint64_t ms);
 /* Any worker dead right now (as of the last tick)? Loop thread. */
 int px_supervisor_any_dead(const px_supervisor_t *sup);
 

@@ -187,6 +187,23 @@ static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
     return 0;
 }
 
+/* Runs however the thread ends, pthread_exit from a handler included: a slot whose thread is
+ * gone while the pool still serves is dead, and the loop must hear of it. */
+static void on_thread_exit(void *arg)
+{
+    wthread_t *t = arg;
+    slot_t *s = t->s;
+
+    if (atomic_load(&s->gen) != t->gen) {
+        /* Abandoned: the slot belongs to another thread now. The last thing this thread does
+         * is say it has let go of the pool. */
+        atomic_fetch_sub_explicit(&s->pool->strays, 1, memory_order_release);
+        return;
+    }
+    atomic_store_explicit(&s->running, 0, memory_order_release);
+    uv_async_send(&s->pool->async); /* the drain finished for this worker, or it died */
+}
+
 static void *worker_main(void *arg)
 {
     wthread_t t = *(wthread_t *)arg;
@@ -199,6 +216,7 @@ static void *worker_main(void *arg)
     free(arg);
     snprintf(name, sizeof name, "px-worker-%u", s->id);
     pthread_setname_np(pthread_self(), name);
+    pthread_cleanup_push(on_thread_exit, &t);
     for (;;) {
         uint64_t hb = atomic_load_explicit(&p->dead_after_ns, memory_order_relaxed) / 4;
         /* Wake at least every 100 ms (or a quarter of dead_after_ms) while idle, so the
@@ -209,14 +227,10 @@ static void *worker_main(void *arg)
             continue;
         if (rc == -EPIPE)
             break;
-        if (run_one(s, t.gen, item)) {
-            /* Abandoned: the last thing this thread does is say it has let go of the pool. */
-            atomic_fetch_sub_explicit(&p->strays, 1, memory_order_release);
-            return NULL;
-        }
+        if (run_one(s, t.gen, item))
+            break;
     }
-    atomic_store_explicit(&s->running, 0, memory_order_release);
-    uv_async_send(&p->async); /* lets the loop notice the drain finished */
+    pthread_cleanup_pop(1);
     return NULL;
 }
 
