@@ -11,7 +11,8 @@
 
 #define SLEEP_MAX_MS 60000
 
-static int echo_run(const px_handler_t *h, const px_req_t *req, px_result_t *res)
+static int echo_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout_ns,
+                    px_result_t *res)
 {
     res->value = json_incref(req->payload);
     return 0;
@@ -30,13 +31,24 @@ static int sleep_validate(const px_handler_t *h, const json_t *payload, char *ms
     return 0;
 }
 
-static int sleep_run(const px_handler_t *h, const px_req_t *req, px_result_t *res)
+static int sleep_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout_ns,
+                     px_result_t *res)
 {
     json_int_t ms = json_integer_value(json_object_get(req->payload, "ms"));
-    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+    uint64_t ns = (uint64_t)ms * 1000000ull;
+    int cut = timeout_ns && timeout_ns < ns;
+    struct timespec ts;
 
+    /* A timeout cuts the sleep short, as it would cut off real I/O. */
+    if (cut)
+        ns = timeout_ns;
+    ts.tv_sec = (time_t)(ns / 1000000000ull);
+    ts.tv_nsec = (long)(ns % 1000000000ull);
     while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
         ;
+    if (cut)
+        return px_fail(res, "timeout", "sleep of %lld ms cut off after %.0f ms", (long long)ms,
+                       (double)timeout_ns / 1e6);
     res->value = json_pack("{sI}", "slept_ms", ms);
     return 0;
 }
@@ -51,7 +63,8 @@ static int fail_validate(const px_handler_t *h, const json_t *payload, char *msg
     return 0;
 }
 
-static int fail_run(const px_handler_t *h, const px_req_t *req, px_result_t *res)
+static int fail_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout_ns,
+                    px_result_t *res)
 {
     json_t *m = json_object_get(req->payload, "message");
 
@@ -60,19 +73,21 @@ static int fail_run(const px_handler_t *h, const px_req_t *req, px_result_t *res
 
 /* Fault injection for tests (PAREXD_FAULT_INJECTION=1): ends the worker thread mid-request, the
  * way a buggy plugin calling pthread_exit would, so the dead-worker paths can be exercised. */
-static int exit_thread_run(const px_handler_t *h, const px_req_t *req, px_result_t *res)
+static int exit_thread_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout_ns,
+                           px_result_t *res)
 {
     pthread_exit(NULL);
 }
 
 int px_builtin_register(px_registry_t *reg)
 {
-    static const px_handler_t fault = {.name = "fault_exit_thread", .run = exit_thread_run};
+    static const px_handler_t fault = {
+        .name = "fault_exit_thread", .type = "builtin", .run = exit_thread_run};
     const char *fi = getenv("PAREXD_FAULT_INJECTION");
     static const px_handler_t builtins[] = {
-        {.name = "echo", .run = echo_run},
-        {.name = "sleep", .validate = sleep_validate, .run = sleep_run},
-        {.name = "fail", .validate = fail_validate, .run = fail_run},
+        {.name = "echo", .type = "builtin", .run = echo_run},
+        {.name = "sleep", .type = "builtin", .validate = sleep_validate, .run = sleep_run},
+        {.name = "fail", .type = "builtin", .validate = fail_validate, .run = fail_run},
     };
     int rc;
 

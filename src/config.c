@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-enum kind { K_INT, K_DOUBLE, K_ADDR, K_LOGLEVEL, K_ONSTALL };
+enum kind { K_INT, K_DOUBLE, K_ADDR, K_LOGLEVEL, K_ONSTALL, K_JSON_OBJECT };
 
 struct key {
     const char *name;
@@ -35,6 +35,7 @@ static const struct key keys[] = {
     {"stall_after_ms", K_INT, F(stall_after_ms), 10, 86400000},
     {"dead_after_ms", K_INT, F(dead_after_ms), 10, 86400000},
     {"on_stall", K_ONSTALL, F(on_stall), 0, 0},
+    {"handlers", K_JSON_OBJECT, F(handlers), 0, 0},
 };
 #undef F
 
@@ -54,6 +55,12 @@ void px_config_defaults(px_config_t *c)
     c->stall_after_ms = 5000;
     c->dead_after_ms = 10000;
     c->on_stall = PX_ON_STALL_REPORT;
+}
+
+void px_config_clear(px_config_t *c)
+{
+    json_decref(c->handlers);
+    c->handlers = NULL;
 }
 
 int px_parse_hostport(const char *s, char *host, size_t hostlen, int *port)
@@ -157,6 +164,14 @@ static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, 
         *(int64_t *)field = lv;
         return 0;
     }
+    case K_JSON_OBJECT:
+        if (!json_is_object(v)) {
+            snprintf(err, errlen, "key '%s': expected an object", k->name);
+            return -1;
+        }
+        json_decref(*(json_t **)field);
+        *(json_t **)field = json_incref(v);
+        return 0;
     case K_ONSTALL:
         if (!json_is_string(v))
             goto type;

@@ -3,6 +3,7 @@
 #ifndef PX_CONFIG_H
 #define PX_CONFIG_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,11 +24,14 @@ typedef struct px_config {
     int64_t stall_after_ms;
     int64_t dead_after_ms;
     int64_t on_stall; /* PX_ON_STALL_* */
+    json_t *handlers; /* owned: the "handlers" object, or NULL */
 } px_config_t;
 
 enum { PX_ON_STALL_REPORT, PX_ON_STALL_REPLACE };
 
 void px_config_defaults(px_config_t *c);
+/* Releases what the config owns (the handlers object). */
+void px_config_clear(px_config_t *c);
 /* Loads FILE over c. On error returns -1 with one line in err ("config FILE: key 'x': ..."). */
 int px_config_load_file(px_config_t *c, const char *path, char *err, size_t errlen);
 /* Loads a JSON text (the file's contents); origin names it in messages. */

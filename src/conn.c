@@ -254,6 +254,52 @@ static void handle_control(px_conn_t *c, px_line_t *line, const char *id, size_t
     json_decref(result);
 }
 
+struct cancel_match {
+    px_conn_t *c;
+    const char *id;
+    size_t id_len;
+};
+
+static int cancel_matches(px_req_t *r, void *arg)
+{
+    struct cancel_match *m = arg;
+
+    return r->conn == m->c && r->id_len == m->id_len && memcmp(px_req_id(r), m->id, m->id_len) == 0;
+}
+
+/* {"cancel": ID}: like Future.cancel(): a request still queued is taken out and answered
+ * failed/cancelled; one already running is left alone. The reply says which. */
+static void handle_cancel(px_conn_t *c, px_line_t *line, const char *id, size_t id_len)
+{
+    px_resp_t r = {.id = id, .id_len = id_len, .status = "ok", .worker = -1, .queue_ms = -1};
+    px_buf_t target = {0};
+    struct cancel_match m = {.c = c};
+    const char *state = "unknown";
+    px_req_t *q;
+    json_t *result;
+
+    if (px_json_append(&target, line->cancel)) {
+        px_buf_free(&target);
+        conn_close(c);
+        return;
+    }
+    m.id = target.data;
+    m.id_len = target.len;
+    if ((q = px_pool_remove_if(c->srv->pool, cancel_matches, &m))) {
+        px_server_fail_request(c->srv, q, "cancelled", "cancelled by the client before it ran");
+        px_req_free(q);
+        state = "queued";
+    } else if (px_pool_running_match(c->srv->pool, cancel_matches, &m)) {
+        state = "running";
+    }
+    result = json_pack("{sO sb ss}", "cancel", line->cancel, "cancelled", q != NULL, "state",
+                       strcmp(state, "unknown") == 0 ? "not_found" : state);
+    r.result = result;
+    answer(c, &r);
+    json_decref(result);
+    px_buf_free(&target);
+}
+
 static int blank(const char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -304,6 +350,10 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
         handle_control(c, &line, id, id_len);
         goto out;
     }
+    if (line.kind == PX_LINE_CANCEL) {
+        handle_cancel(c, &line, id, id_len);
+        goto out;
+    }
     if (!(h = px_registry_find(srv->reg, line.op))) {
         char names[256];
         px_registry_names(srv->reg, names, sizeof names);
@@ -333,6 +383,10 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
         goto oom;
     r->conn = c;
     r->handler = h;
+    r->reg = srv->reg;
+    px_registry_ref(r->reg);
+    if (line.deadline_ms)
+        r->deadline_ns = c->batch_ns + (uint64_t)line.deadline_ms * 1000000ull;
     r->payload = json_incref(line.payload);
     r->recv_ns = c->batch_ns;
     r->worker = px_route(line.key, line.key_len, px_pool_size(srv->pool));

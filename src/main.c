@@ -5,6 +5,7 @@
 #include "notify.h"
 #include "server.h"
 
+#include <curl/curl.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <signal.h>
@@ -121,6 +122,7 @@ int main(int argc, char **argv)
     /* Before any thread exists: jansson's hash seed, and no SIGPIPE from a vanished client. */
     json_object_seed(0);
     signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
 
     if (!(srv = malloc(sizeof *srv))) {
         fprintf(stderr, "parexd: out of memory\n");
@@ -133,6 +135,7 @@ int main(int argc, char **argv)
         rc = strstr(err, "key '") ? PX_EX_CONFIG : 1;
         goto out;
     }
+    px_config_clear(&cfg); /* the server holds what it needs */
     uv_run(&loop, UV_RUN_DEFAULT);
     rc = 0;
     if (srv->forced)
@@ -148,9 +151,11 @@ out:
         px_warn("parexd: event loop still had open handles at exit");
     px_server_free(srv);
     free(srv);
+    curl_global_cleanup();
     return rc;
 
 config_error:
+    px_config_clear(&cfg);
     fprintf(stderr, "parexd: %s\n", err);
     return PX_EX_CONFIG;
 }

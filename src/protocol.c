@@ -3,6 +3,7 @@
  * result, which keeps the hot path to one allocation and no temporary JSON tree. */
 #include "protocol.h"
 
+#include "handler.h"
 #include "request.h"
 
 #include <stdarg.h>
@@ -59,7 +60,7 @@ static int valid_id(const json_t *id)
 void px_line_parse(px_line_t *line, const char *text, size_t len)
 {
     json_error_t err;
-    json_t *key, *op, *ctl;
+    json_t *key, *op, *ctl, *dl;
 
     memset(line, 0, sizeof *line);
     line->root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
@@ -91,6 +92,17 @@ void px_line_parse(px_line_t *line, const char *text, size_t len)
         line->control = json_string_value(ctl);
         return;
     }
+    if ((line->cancel = json_object_get(line->root, "cancel"))) {
+        if (!valid_id(line->cancel)) {
+            px_line_invalid(line, PX_INV_BAD_FIELD,
+                            "field 'cancel' must be the id (string or integer) of a request sent "
+                            "on this connection, not %s",
+                            type_name(line->cancel));
+            return;
+        }
+        line->kind = PX_LINE_CANCEL;
+        return;
+    }
     key = json_object_get(line->root, "key");
     if (!key) {
         px_line_invalid(line, PX_INV_MISSING_KEY,
@@ -119,6 +131,18 @@ void px_line_parse(px_line_t *line, const char *text, size_t len)
         return;
     }
     line->op = op ? json_string_value(op) : "echo";
+    dl = json_object_get(line->root, "deadline_ms");
+    if (dl) {
+        if (!json_is_integer(dl) || json_integer_value(dl) < 1 ||
+            json_integer_value(dl) > PX_DEADLINE_MAX_MS) {
+            px_line_invalid(line, PX_INV_BAD_FIELD,
+                            "field 'deadline_ms' must be an integer from 1 to %d (milliseconds "
+                            "from receipt)",
+                            PX_DEADLINE_MAX_MS);
+            return;
+        }
+        line->deadline_ms = json_integer_value(dl);
+    }
     line->payload = json_object_get(line->root, "payload");
     if (!line->payload)
         line->payload = json_null();
@@ -188,6 +212,7 @@ void px_req_free(px_req_t *r)
     if (!r)
         return;
     json_decref(r->payload);
+    px_registry_unref(r->reg);
     px_buf_free(&r->out);
     free(r);
 }

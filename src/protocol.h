@@ -22,7 +22,9 @@ enum px_invalid {
 };
 const char *px_invalid_code(enum px_invalid c);
 
-enum px_line_kind { PX_LINE_REQUEST, PX_LINE_CONTROL, PX_LINE_INVALID };
+enum px_line_kind { PX_LINE_REQUEST, PX_LINE_CONTROL, PX_LINE_CANCEL, PX_LINE_INVALID };
+
+#define PX_DEADLINE_MAX_MS 86400000
 
 typedef struct px_line {
     enum px_line_kind kind;
@@ -33,6 +35,8 @@ typedef struct px_line {
     const char *op;       /* "echo" when absent */
     json_t *payload;      /* never NULL: json null when absent */
     const char *control;  /* PX_LINE_CONTROL: the command name */
+    json_t *cancel;       /* PX_LINE_CANCEL: the id of the request to cancel */
+    int64_t deadline_ms;  /* 0 when absent */
     enum px_invalid code; /* PX_LINE_INVALID */
     char message[320];
 } px_line_t;

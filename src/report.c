@@ -3,6 +3,7 @@
  * worker's tiny current-key lock. */
 #include "report.h"
 
+#include "handler.h"
 #include "hist.h"
 
 #include <math.h>
@@ -31,6 +32,53 @@ static void merged_hists(px_server_t *srv, px_hist_snap_t *q, px_hist_snap_t *r)
     memset(r, 0, sizeof *r);
     for (uint32_t i = 0; i < px_pool_size(srv->pool); i++)
         px_pool_hists(srv->pool, i, q, r);
+}
+
+static const char *const fcodes[PX_F_COUNT] = {"handler_error", "timeout", "deadline_exceeded",
+                                               "other"};
+
+static double tokens_now(px_handler_ctl_t *ctl)
+{
+    double t;
+
+    pthread_mutex_lock(&ctl->mu);
+    t = ctl->tokens;
+    pthread_mutex_unlock(&ctl->mu);
+    return t;
+}
+
+static json_t *handlers_json(px_server_t *srv)
+{
+    px_registry_t *reg = px_server_registry(srv);
+    px_hist_snap_t *h = malloc(sizeof *h);
+    json_t *a = json_array();
+
+    for (size_t i = 0; h && i < px_registry_count(reg); i++) {
+        const px_handler_t *x = px_registry_at(reg, i);
+        px_handler_ctl_t *ctl = x->ctl;
+        json_t *failed = json_object();
+        json_t *o;
+
+        memset(h, 0, sizeof *h);
+        px_hist_merge(h, &ctl->run_us);
+        for (int f = 0; f < PX_F_COUNT; f++)
+            json_object_set_new(failed, fcodes[f],
+                                json_integer((json_int_t)atomic_load(&ctl->failed[f])));
+        o = json_pack(
+            "{ss ss sI sI so sI si sf sf}", "name", x->name, "type", x->type, "requests",
+            (json_int_t)atomic_load(&ctl->requests), "ok", (json_int_t)atomic_load(&ctl->ok),
+            "failed", failed, "attempts", (json_int_t)atomic_load(&ctl->attempts), "concurrency",
+            atomic_load(&ctl->concurrency), "run_p50_ms", (double)px_hist_quantile(h, 0.5) / 1e3,
+            "run_p99_ms", (double)px_hist_quantile(h, 0.99) / 1e3);
+        if (ctl->max_concurrency)
+            json_object_set_new(o, "max_concurrency", json_integer(ctl->max_concurrency));
+        if (ctl->per_second > 0)
+            json_object_set_new(o, "tokens", json_real(round3(tokens_now(ctl))));
+        json_array_append_new(a, o);
+    }
+    free(h);
+    px_registry_unref(reg);
+    return a;
 }
 
 json_t *px_report_stats(px_server_t *srv)
@@ -82,6 +130,7 @@ json_t *px_report_stats(px_server_t *srv)
                   "backpressure", bp, "draining", atomic_load(&srv->draining), "invariant_holds",
                   n.received == px_counts_rejected(&n) + n.ok + n.failed + n.in_flight, "latency",
                   lat, "workers", workers);
+    json_object_set_new(o, "handlers", handlers_json(srv));
     free(q);
     return o;
 }
@@ -100,6 +149,60 @@ static void histogram(px_buf_t *b, const char *name, const char *help, const px_
     px_buf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
                   (unsigned long long)h->count, name, (double)h->sum / 1e6, name,
                   (unsigned long long)h->count);
+}
+
+static void handlers_prometheus(px_server_t *srv, px_buf_t *b)
+{
+    px_registry_t *reg = px_server_registry(srv);
+    size_t n = px_registry_count(reg);
+    px_hist_snap_t *h = malloc(sizeof *h);
+
+    help_type(b, "parexd_handler_requests_total", "counter", "Requests each handler took.");
+    for (size_t i = 0; i < n; i++)
+        px_buf_printf(b, "parexd_handler_requests_total{handler=\"%s\"} %llu\n",
+                      px_registry_at(reg, i)->name,
+                      (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->requests));
+    help_type(b, "parexd_handler_failures_total", "counter",
+              "Requests each handler answered failed, by code.");
+    for (size_t i = 0; i < n; i++)
+        for (int f = 0; f < PX_F_COUNT; f++)
+            px_buf_printf(b, "parexd_handler_failures_total{handler=\"%s\",code=\"%s\"} %llu\n",
+                          px_registry_at(reg, i)->name, fcodes[f],
+                          (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->failed[f]));
+    help_type(b, "parexd_handler_attempts_total", "counter", "Handler runs, retries included.");
+    for (size_t i = 0; i < n; i++)
+        px_buf_printf(b, "parexd_handler_attempts_total{handler=\"%s\"} %llu\n",
+                      px_registry_at(reg, i)->name,
+                      (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->attempts));
+    help_type(b, "parexd_handler_concurrency", "gauge", "Runs of each handler in progress.");
+    for (size_t i = 0; i < n; i++)
+        px_buf_printf(b, "parexd_handler_concurrency{handler=\"%s\"} %d\n",
+                      px_registry_at(reg, i)->name,
+                      atomic_load(&px_registry_at(reg, i)->ctl->concurrency));
+    help_type(b, "parexd_handler_rate_tokens", "gauge",
+              "Tokens in each rate-limited handler's bucket (negative: callers waiting).");
+    for (size_t i = 0; i < n; i++)
+        if (px_registry_at(reg, i)->ctl->per_second > 0)
+            px_buf_printf(b, "parexd_handler_rate_tokens{handler=\"%s\"} %.3f\n",
+                          px_registry_at(reg, i)->name, tokens_now(px_registry_at(reg, i)->ctl));
+    help_type(b, "parexd_handler_run_seconds", "histogram", "Time each handler attempt ran.");
+    for (size_t i = 0; h && i < n; i++) {
+        const char *name = px_registry_at(reg, i)->name;
+        memset(h, 0, sizeof *h);
+        px_hist_merge(h, &px_registry_at(reg, i)->ctl->run_us);
+        for (size_t j = 0; j < NLE; j++)
+            px_buf_printf(b, "parexd_handler_run_seconds_bucket{handler=\"%s\",le=\"%g\"} %llu\n",
+                          name, le_bounds[j],
+                          (unsigned long long)px_hist_count_le(h, (uint64_t)(le_bounds[j] * 1e6)));
+        px_buf_printf(b,
+                      "parexd_handler_run_seconds_bucket{handler=\"%s\",le=\"+Inf\"} %llu\n"
+                      "parexd_handler_run_seconds_sum{handler=\"%s\"} %.6f\n"
+                      "parexd_handler_run_seconds_count{handler=\"%s\"} %llu\n",
+                      name, (unsigned long long)h->count, name, (double)h->sum / 1e6, name,
+                      (unsigned long long)h->count);
+    }
+    free(h);
+    px_registry_unref(reg);
 }
 
 int px_report_prometheus(px_server_t *srv, px_buf_t *b)
@@ -182,6 +285,7 @@ int px_report_prometheus(px_server_t *srv, px_buf_t *b)
     help_type(b, "parexd_late_results_discarded_total", "counter",
               "Results of requests already answered (abandoned on stall or forced stop).");
     px_buf_printf(b, "parexd_late_results_discarded_total %llu\n", (unsigned long long)n.late);
+    handlers_prometheus(srv, b);
     help_type(b, "parexd_build_info", "gauge", "Build information; always 1.");
     px_buf_printf(b, "parexd_build_info{version=\"%s\"} 1\n", PX_VERSION);
     help_type(b, "parexd_start_time_seconds", "gauge", "Start time, seconds since the epoch.");

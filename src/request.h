@@ -13,6 +13,7 @@
 
 struct px_conn;
 struct px_handler;
+struct px_registry;
 
 enum px_req_state {
     PX_REQ_QUEUED,    /* in a worker's queue */
@@ -25,8 +26,10 @@ typedef struct px_req {
     /* Written by the loop before the request is queued, read-only afterwards. */
     struct px_conn *conn; /* touched by the loop only */
     const struct px_handler *handler;
-    json_t *payload; /* owned; the worker's handler reads it */
+    struct px_registry *reg; /* holds the handler's registry alive (one reference) */
+    json_t *payload;         /* owned; the worker's handler reads it */
     uint64_t recv_ns;
+    uint64_t deadline_ns; /* 0: none */
     uint32_t worker;
     uint16_t key_len;
     uint32_t id_len; /* id as JSON text, echoed verbatim */
@@ -34,6 +37,7 @@ typedef struct px_req {
     /* Written by the worker while it owns the request. */
     uint64_t start_ns, end_ns;
     int ok;       /* 1 ok, 0 failed */
+    int attempts; /* handler runs, retries included */
     px_buf_t out; /* the response line, '\n' included */
 
     _Atomic int state;   /* enum px_req_state; RUNNING -> DONE | ABANDONED decided by one CAS */

@@ -267,8 +267,20 @@ static void start_notify(px_server_t *srv)
     uv_timer_start(&srv->notify_timer, on_notify_tick, every_ms, every_ms);
 }
 
+px_registry_t *px_server_registry(px_server_t *srv)
+{
+    px_registry_t *reg;
+
+    pthread_mutex_lock(&srv->reg_mu);
+    reg = srv->reg;
+    px_registry_ref(reg);
+    pthread_mutex_unlock(&srv->reg_mu);
+    return reg;
+}
+
 void px_server_reload(px_server_t *srv)
 {
+    px_registry_t *reg, *old;
     px_config_t nc, *oc = &srv->cfg;
     char err[512], kept[256] = "";
 
@@ -277,8 +289,21 @@ void px_server_reload(px_server_t *srv)
     px_notify("RELOADING=1\nSTATUS=reloading configuration");
     if (srv->reload(&nc, err, sizeof err, srv->reload_arg)) {
         px_err("reload: %s; keeping the running configuration", err);
+        px_config_clear(&nc);
         goto done;
     }
+    /* Handlers first: a definition that does not build keeps everything as it was. Requests
+     * already queued keep the registry they were accepted with (each holds a reference). */
+    if (!(reg = px_handlers_build(nc.handlers, err, sizeof err))) {
+        px_err("reload: %s; keeping the running configuration", err);
+        px_config_clear(&nc);
+        goto done;
+    }
+    pthread_mutex_lock(&srv->reg_mu);
+    old = srv->reg;
+    srv->reg = reg;
+    pthread_mutex_unlock(&srv->reg_mu);
+    px_registry_unref(old);
 #define KEPT(field, name)                                                                          \
     if (memcmp(&nc.field, &oc->field, sizeof nc.field) != 0) {                                     \
         strncat(kept, kept[0] ? ", " name : name, sizeof kept - strlen(kept) - 1);                 \
@@ -292,6 +317,7 @@ void px_server_reload(px_server_t *srv)
 #undef KEPT
     if (kept[0])
         px_warn("reload: %s cannot change while running; restart parexd to apply them", kept);
+    px_config_clear(oc);
     *oc = nc;
     atomic_store(&px_log_level, (int)nc.log_level);
     atomic_store(&srv->bp_threshold, nc.backpressure_threshold);
@@ -299,10 +325,10 @@ void px_server_reload(px_server_t *srv)
                        (uint64_t)nc.dead_after_ms * PX_MS);
     px_supervisor_set_interval(srv->sup, (uint64_t)nc.supervise_interval_ms);
     px_notice("reload: configuration applied (log_level %s, backpressure_threshold %.2f, "
-              "stall_after_ms %lld, on_stall %s)",
+              "stall_after_ms %lld, on_stall %s, %zu handlers)",
               px_log_level_name((int)nc.log_level), nc.backpressure_threshold,
               (long long)nc.stall_after_ms,
-              nc.on_stall == PX_ON_STALL_REPLACE ? "replace" : "report");
+              nc.on_stall == PX_ON_STALL_REPLACE ? "replace" : "report", px_registry_count(reg));
 done:
     px_notify("READY=1\nSTATUS=%s", srv->last_status);
 }
@@ -315,6 +341,7 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
     memset(srv, 0, sizeof *srv);
     srv->loop = loop;
     srv->cfg = *cfg;
+    json_incref(srv->cfg.handlers); /* the server keeps its own reference */
     srv->start_time_unix = (uint64_t)time(NULL);
     srv->reload = reload;
     srv->reload_arg = reload_arg;
@@ -332,10 +359,9 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
     uv_timer_init(loop, &srv->notify_timer);
     srv->notify_timer.data = srv;
     uv_unref((uv_handle_t *)&srv->notify_timer);
-    if (!(srv->reg = px_registry_new()) || px_builtin_register(srv->reg)) {
-        snprintf(err, errlen, "out of memory setting up handlers");
+    pthread_mutex_init(&srv->reg_mu, NULL);
+    if (!(srv->reg = px_handlers_build(cfg->handlers, err, errlen)))
         goto fail;
-    }
     rc = px_pool_new(&srv->pool, loop, (uint32_t)cfg->workers, (uint32_t)cfg->queue_capacity,
                      on_done, srv);
     if (rc) {
@@ -377,6 +403,8 @@ fail:
 
 void px_server_free(px_server_t *srv)
 {
-    px_registry_free(srv->reg);
+    px_registry_unref(srv->reg);
     srv->reg = NULL;
+    pthread_mutex_destroy(&srv->reg_mu);
+    px_config_clear(&srv->cfg);
 }

@@ -8,6 +8,7 @@
 #include "stats.h"
 #include "worker.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <uv.h>
 
@@ -23,7 +24,8 @@ typedef int (*px_config_loader_t)(px_config_t *out, char *err, size_t errlen, vo
 typedef struct px_server {
     uv_loop_t *loop;
     px_config_t cfg;
-    px_registry_t *reg;
+    px_registry_t *reg; /* written by the loop (reload) under reg_mu; readers off-loop take it */
+    pthread_mutex_t reg_mu;
     px_pool_t *pool;
     px_stats_t stats;
     uint64_t start_time_unix;
@@ -64,6 +66,9 @@ void px_server_reload(px_server_t *srv);
 void px_server_drain(px_server_t *srv);
 /* Frees what px_server_init allocated, once uv_run has returned. */
 void px_server_free(px_server_t *srv);
+
+/* Any thread: a reference to the current handler registry (px_registry_unref when done). */
+px_registry_t *px_server_registry(px_server_t *srv);
 
 /* For the connection module. */
 void px_server_check_drained(px_server_t *srv);

@@ -114,6 +114,7 @@ static void set_current(slot_t *s, px_req_t *r)
 static void format_response(px_req_t *r, px_result_t *res)
 {
     px_resp_t resp = {0};
+    char extra[32];
 
     resp.id = px_req_id(r);
     resp.id_len = r->id_len;
@@ -124,6 +125,10 @@ static void format_response(px_req_t *r, px_result_t *res)
     resp.message = res->message;
     resp.queue_ms = ms_between(r->recv_ns, r->start_ns);
     resp.run_ms = ms_between(r->start_ns, r->end_ns);
+    if (r->handler->ctl->max_attempts > 1) {
+        snprintf(extra, sizeof extra, ",\"attempts\":%d", r->attempts);
+        resp.extra = extra;
+    }
     if (px_resp_format(&r->out, &resp)) {
         r->out.len = 0;
         r->ok = 0;
@@ -141,15 +146,14 @@ static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
 {
     px_result_t res = {0};
     int rc, stale, expected = PX_REQ_RUNNING;
-    uint64_t run;
+    uint64_t run, waited;
 
     atomic_store_explicit(&r->state, PX_REQ_RUNNING, memory_order_relaxed);
     r->start_ns = px_now_ns();
     set_current(s, r);
     atomic_store_explicit(&s->busy_since_ns, r->start_ns, memory_order_relaxed);
-    px_hist_record(&s->queue_us, (r->start_ns - r->recv_ns) / 1000);
 
-    rc = r->handler->run(r->handler, r, &res);
+    rc = px_handler_invoke(r->handler, r, &res, &r->attempts, &waited);
 
     r->end_ns = px_now_ns();
     r->ok = rc == 0;
@@ -165,10 +169,14 @@ static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
         post_done(s->pool, r); /* already answered; the loop only frees it */
         return -1;
     }
+    /* Waiting for a token or a slot is queueing, not running. Written only now: until the
+     * stale check the loop may read start_ns to answer an abandoned request. */
+    r->start_ns += waited;
     format_response(r, &res);
     json_decref(res.value);
 
     run = r->end_ns - r->start_ns;
+    px_hist_record(&s->queue_us, (r->start_ns - r->recv_ns) / 1000);
     px_hist_record(&s->run_us, run / 1000);
     add_relaxed(&s->busy_ns, run);
     {
@@ -503,4 +511,27 @@ uint64_t px_pool_retry_after_ms(px_pool_t *p, uint32_t worker)
     else
         ns = depth * running;
     return ns / PX_MS > 0 ? ns / PX_MS : 1;
+}
+
+px_req_t *px_pool_remove_if(px_pool_t *p, int (*match)(px_req_t *r, void *arg), void *arg)
+{
+    for (uint32_t i = 0; i < p->n; i++) {
+        px_req_t *r = px_queue_remove_if(p->slots[i].queue, (int (*)(void *, void *))match, arg);
+        if (r)
+            return r;
+    }
+    return NULL;
+}
+
+int px_pool_running_match(px_pool_t *p, int (*match)(px_req_t *r, void *arg), void *arg)
+{
+    int found = 0;
+
+    for (uint32_t i = 0; i < p->n && !found; i++) {
+        slot_t *s = &p->slots[i];
+        pthread_mutex_lock(&s->cur_mu);
+        found = s->current && match(s->current, arg);
+        pthread_mutex_unlock(&s->cur_mu);
+    }
+    return found;
 }

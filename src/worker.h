@@ -61,6 +61,10 @@ uint32_t px_pool_strays(px_pool_t *p);
  * queue. Returns the request it was stuck on (now PX_REQ_ABANDONED, for the loop to answer) or
  * NULL when the request finished meanwhile (then nothing is replaced). */
 px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, int *rc);
+/* Loop thread: removes the first queued request (any worker) for which match is true. */
+px_req_t *px_pool_remove_if(px_pool_t *p, int (*match)(px_req_t *r, void *arg), void *arg);
+/* Loop thread: is a running request matching? (match runs under the worker's current lock.) */
+int px_pool_running_match(px_pool_t *p, int (*match)(px_req_t *r, void *arg), void *arg);
 /* Adds the worker's histograms (microseconds) into queue and run. Any thread. */
 void px_pool_hists(px_pool_t *p, uint32_t worker, px_hist_snap_t *queue, px_hist_snap_t *run);
 /* Honest wait before a retry can get in: queued requests x recent service time. Any thread. */
