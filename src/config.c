@@ -11,7 +11,17 @@
 #include <string.h>
 #include <unistd.h>
 
-enum kind { K_INT, K_DOUBLE, K_ADDR, K_LOGLEVEL, K_ONSTALL, K_JSON_OBJECT };
+enum kind {
+    K_INT,
+    K_DOUBLE,
+    K_ADDR,
+    K_LOGLEVEL,
+    K_ONSTALL,
+    K_JSON_OBJECT,
+    K_PATH,
+    K_MODE,
+    K_TOKEN
+};
 
 struct key {
     const char *name;
@@ -24,6 +34,9 @@ struct key {
 static const struct key keys[] = {
     {"listen", K_ADDR, F(listen), 0, 0},
     {"metrics_listen", K_ADDR, F(metrics_listen), 0, 0},
+    {"listen_unix", K_PATH, F(listen_unix), 0, 0},
+    {"listen_unix_mode", K_MODE, F(listen_unix_mode), 0, 0777},
+    {"auth_token", K_TOKEN, F(auth_token), 0, 0},
     {"workers", K_INT, F(workers), 0, 1024},
     {"queue_capacity", K_INT, F(queue_capacity), 1, 1 << 24},
     {"max_line_bytes", K_INT, F(max_line_bytes), 64, 64 << 20},
@@ -55,6 +68,7 @@ void px_config_defaults(px_config_t *c)
     c->stall_after_ms = 5000;
     c->dead_after_ms = 10000;
     c->on_stall = PX_ON_STALL_REPORT;
+    c->listen_unix_mode = 0660;
 }
 
 void px_config_clear(px_config_t *c)
@@ -164,6 +178,45 @@ static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, 
         *(int64_t *)field = lv;
         return 0;
     }
+    case K_PATH:
+        if (!json_is_string(v))
+            goto type;
+        s = json_string_value(v);
+        if (strlen(s) >= sizeof c->listen_unix || (*s && *s != '/')) {
+            snprintf(err, errlen, "key '%s': expected an absolute path under %zu bytes, or \"\"",
+                     k->name, sizeof c->listen_unix);
+            return -1;
+        }
+        snprintf(field, sizeof c->listen_unix, "%s", s);
+        return 0;
+    case K_MODE: {
+        char *end;
+        long m;
+        if (!json_is_string(v))
+            goto type;
+        s = json_string_value(v);
+        m = strtol(s, &end, 8);
+        if (!*s || *end || m < 0 || m > 0777) {
+            snprintf(err, errlen, "key '%s': \"%.16s\" is not an octal file mode such as \"0660\"",
+                     k->name, s);
+            return -1;
+        }
+        *(int64_t *)field = m;
+        return 0;
+    }
+    case K_TOKEN:
+        if (!json_is_string(v))
+            goto type;
+        s = json_string_value(v);
+        if (strlen(s) >= sizeof c->auth_token || (*s && strlen(s) < 16)) {
+            snprintf(err, errlen,
+                     "key '%s': expected 16 to %zu bytes (or \"\" for none); a "
+                     "short token is guessable",
+                     k->name, sizeof c->auth_token - 1);
+            return -1;
+        }
+        snprintf(field, sizeof c->auth_token, "%s", s);
+        return 0;
     case K_JSON_OBJECT:
         if (!json_is_object(v)) {
             snprintf(err, errlen, "key '%s': expected an object", k->name);

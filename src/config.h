@@ -13,6 +13,9 @@
 typedef struct px_config {
     char listen[128];
     char metrics_listen[128];
+    char listen_unix[108];    /* Unix-domain request socket path; "" = none */
+    int64_t listen_unix_mode; /* its file mode, e.g. 0660 */
+    char auth_token[256];     /* shared token requests must carry; "" = none */
     int64_t workers; /* 0 in the file means 2 x online CPUs; resolved by px_config_finish */
     int64_t queue_capacity;
     int64_t max_line_bytes;

@@ -26,7 +26,10 @@
 #define OUT_LOW (256u << 10)
 
 struct px_conn {
-    uv_tcp_t tcp;
+    union {
+        uv_tcp_t tcp;   /* clients of a TCP listener */
+        uv_pipe_t pipe; /* clients of the Unix-domain listener */
+    } h;
     px_server_t *srv;
     px_conn_t *prev, *next; /* srv->conns */
     px_conn_t *dirty_next;
@@ -81,7 +84,7 @@ static void conn_close(px_conn_t *c)
     if (c->closing)
         return;
     c->closing = 1;
-    uv_close((uv_handle_t *)&c->tcp, conn_on_close);
+    uv_close((uv_handle_t *)&c->h, conn_on_close);
 }
 
 /* Closes a connection whose client is done (EOF) or that the drain is finishing, once every
@@ -114,10 +117,10 @@ static void on_write(uv_write_t *w, int status)
         px_debug("connection: write failed: %s", uv_strerror(status));
         conn_close(c);
     } else if (!c->closing) {
-        if (c->throttled && uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) < OUT_LOW &&
+        if (c->throttled && uv_stream_get_write_queue_size((uv_stream_t *)&c->h) < OUT_LOW &&
             !c->eof && !c->close_when_flushed) {
             c->throttled = 0;
-            uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read);
+            uv_read_start((uv_stream_t *)&c->h, conn_on_alloc, conn_on_read);
         }
         conn_maybe_close(c);
     }
@@ -134,7 +137,7 @@ static void flush_one(px_conn_t *c)
         return;
     /* Only when nothing is queued may we write directly, or bytes would overtake. */
     if (c->writes == 0) {
-        n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        n = uv_try_write((uv_stream_t *)&c->h, &b, 1);
         if (n == UV_EAGAIN)
             n = 0;
         if (n < 0) {
@@ -158,7 +161,7 @@ static void flush_one(px_conn_t *c)
     c->out.len = 0;
     wr->c = c;
     b = uv_buf_init(wr->buf.data, (unsigned)wr->buf.len);
-    if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &b, 1, on_write)) {
+    if (uv_write(&wr->w, (uv_stream_t *)&c->h, &b, 1, on_write)) {
         px_buf_free(&wr->buf);
         free(wr);
         conn_close(c);
@@ -166,9 +169,9 @@ static void flush_one(px_conn_t *c)
     }
     c->writes++;
     c->refs++;
-    if (!c->throttled && uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > OUT_HIGH) {
+    if (!c->throttled && uv_stream_get_write_queue_size((uv_stream_t *)&c->h) > OUT_HIGH) {
         c->throttled = 1;
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        uv_read_stop((uv_stream_t *)&c->h);
     }
 }
 
@@ -300,6 +303,20 @@ static void handle_cancel(px_conn_t *c, px_line_t *line, const char *id, size_t 
     px_buf_free(&target);
 }
 
+/* Compares in time that depends only on the lengths, never on where the bytes differ. */
+static int token_ok(const json_t *token, const char *want)
+{
+    const char *got = json_string_value(token);
+    size_t glen = got ? json_string_length(token) : 0, wlen = strlen(want);
+    unsigned char diff = (unsigned char)(glen != wlen);
+
+    if (!got)
+        return 0;
+    for (size_t i = 0; i < wlen; i++)
+        diff |= (unsigned char)(want[i] ^ (i < glen ? got[i] : 0));
+    return diff == 0;
+}
+
 static int blank(const char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -344,6 +361,15 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
     }
     if (line.kind == PX_LINE_INVALID) {
         answer_invalid(c, id, id_len, line.code, line.message);
+        goto out;
+    }
+    if (srv->cfg.auth_token[0] && !token_ok(line.token, srv->cfg.auth_token)) {
+        /* Counted as received and rejected, so the accounting invariant still holds. */
+        px_stats_add(&srv->stats.c.received, 1);
+        answer_rejected(c, id, id_len, -1, PX_REJ_UNAUTHORIZED,
+                        "missing or wrong 'token': this parexd requires the shared auth_token "
+                        "in every line",
+                        0);
         goto out;
     }
     if (line.kind == PX_LINE_CONTROL) {
@@ -483,8 +509,11 @@ void px_conn_accept(px_server_t *srv, uv_stream_t *listener)
     c->srv = srv;
     c->refs = 1;
     px_framer_init(&c->framer, (size_t)srv->cfg.max_line_bytes);
-    uv_tcp_init(srv->loop, &c->tcp);
-    c->tcp.data = c;
+    if (listener->type == UV_NAMED_PIPE)
+        uv_pipe_init(srv->loop, &c->h.pipe, 0);
+    else
+        uv_tcp_init(srv->loop, &c->h.tcp);
+    c->h.tcp.data = c; /* the handle's data field sits at the same place in both */
     c->prev = NULL;
     c->next = srv->conns;
     if (srv->conns)
@@ -495,21 +524,22 @@ void px_conn_accept(px_server_t *srv, uv_stream_t *listener)
     px_stats_add(&srv->stats.c.connections, 1);
     px_stats_end(&srv->stats);
 
-    if ((rc = uv_accept(listener, (uv_stream_t *)&c->tcp))) {
+    if ((rc = uv_accept(listener, (uv_stream_t *)&c->h))) {
         px_warn("listener: accept failed: %s", uv_strerror(rc));
         conn_close(c);
         return;
     }
     if (srv->nconns > (uint64_t)srv->cfg.max_connections) {
         uv_buf_t b = uv_buf_init((char *)full, sizeof full - 1);
-        uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        uv_try_write((uv_stream_t *)&c->h, &b, 1);
         px_warn("listener: max_connections (%lld) reached; refused a connection",
                 (long long)srv->cfg.max_connections);
         conn_close(c);
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
-    if ((rc = uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read))) {
+    if (listener->type == UV_TCP)
+        uv_tcp_nodelay(&c->h.tcp, 1);
+    if ((rc = uv_read_start((uv_stream_t *)&c->h, conn_on_alloc, conn_on_read))) {
         conn_close(c);
         return;
     }
@@ -523,7 +553,7 @@ void px_conn_close_all(px_server_t *srv, int now)
             continue;
         }
         c->close_when_flushed = 1;
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        uv_read_stop((uv_stream_t *)&c->h);
         conn_maybe_close(c);
     }
 }

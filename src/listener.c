@@ -9,7 +9,10 @@
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static void on_connection(uv_stream_t *listener, int status)
 {
@@ -50,7 +53,7 @@ static void describe(px_server_t *srv, int fd)
 
 static int add_tcp(px_server_t *srv, int fd, const struct sockaddr *sa, char *err, size_t errlen)
 {
-    uv_tcp_t *t = &srv->listeners[srv->nlisteners];
+    uv_tcp_t *t = &srv->listeners[srv->nlisteners].tcp;
     uv_os_fd_t ufd;
     int rc;
 
@@ -76,6 +79,32 @@ static int add_tcp(px_server_t *srv, int fd, const struct sockaddr *sa, char *er
     return 0;
 }
 
+/* The Unix-domain listener: who may submit is then a matter of file permissions. */
+static int add_unix(px_server_t *srv, char *err, size_t errlen)
+{
+    uv_pipe_t *p = &srv->listeners[srv->nlisteners].pipe;
+    const char *path = srv->cfg.listen_unix;
+    struct stat st;
+    int rc;
+
+    /* A socket left by a previous run would make bind fail; anything else is not ours. */
+    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+        unlink(path);
+    uv_pipe_init(srv->loop, p, 0);
+    p->data = srv;
+    srv->nlisteners++;
+    if ((rc = uv_pipe_bind(p, path)) ||
+        (chmod(path, (mode_t)srv->cfg.listen_unix_mode) ? (rc = uv_translate_sys_error(errno))
+                                                        : 0) ||
+        (rc = uv_listen((uv_stream_t *)p, 511, on_connection))) {
+        snprintf(err, errlen, "key 'listen_unix': cannot listen on %s: %s", path, uv_strerror(rc));
+        return -1;
+    }
+    snprintf(srv->listen_addr + strlen(srv->listen_addr),
+             sizeof srv->listen_addr - strlen(srv->listen_addr), ", unix:%s", path);
+    return 0;
+}
+
 int px_listener_open(px_server_t *srv, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
@@ -92,7 +121,7 @@ int px_listener_open(px_server_t *srv, char *err, size_t errlen)
             if (add_tcp(srv, PX_LISTEN_FDS_START + i, NULL, err, errlen))
                 return -1;
         px_info("listener: adopted %d socket(s) from systemd; 'listen' is not used", n);
-        return 0;
+        return srv->cfg.listen_unix[0] ? add_unix(srv, err, errlen) : 0;
     }
     if (px_parse_hostport(srv->cfg.listen, host, sizeof host, &port) ||
         (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) &&
@@ -101,14 +130,22 @@ int px_listener_open(px_server_t *srv, char *err, size_t errlen)
                  srv->cfg.listen);
         return -1;
     }
-    return add_tcp(srv, -1, (struct sockaddr *)&ss, err, errlen);
+    if (add_tcp(srv, -1, (struct sockaddr *)&ss, err, errlen))
+        return -1;
+    return srv->cfg.listen_unix[0] ? add_unix(srv, err, errlen) : 0;
 }
 
 static void on_closed(uv_handle_t *h) {}
 
 void px_listener_close(px_server_t *srv)
 {
+    int closed = 0;
+
     for (int i = 0; i < srv->nlisteners; i++)
-        if (!uv_is_closing((uv_handle_t *)&srv->listeners[i]))
+        if (!uv_is_closing((uv_handle_t *)&srv->listeners[i])) {
             uv_close((uv_handle_t *)&srv->listeners[i], on_closed);
+            closed = 1;
+        }
+    if (closed && srv->cfg.listen_unix[0])
+        unlink(srv->cfg.listen_unix);
 }

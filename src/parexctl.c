@@ -19,11 +19,13 @@
 
 static const char *addr = "127.0.0.1:7400";
 static const char *maddr = "127.0.0.1:9400";
+static const char *token; /* --token or $PAREXD_TOKEN: added to every line sent */
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage:\n"
                "  parexctl send --key K [--op OP] [--payload JSON] [--id ID] [--addr HOST:PORT]\n"
+               "               [--token T]   (or $PAREXD_TOKEN, when parexd has an auth_token)\n"
                "  parexctl send [--addr HOST:PORT] < requests.jsonl   (pipelines stdin lines)\n"
                "  parexctl route KEY --workers N\n"
                "  parexctl control NAME [--addr HOST:PORT]            (e.g. control stats)\n"
@@ -65,9 +67,12 @@ static int status_ok(const char *line)
 static int roundtrip(json_t *req)
 {
     px_lines_t in = {0};
-    char *text = json_dumps(req, JSON_COMPACT), *line = NULL;
+    char *text, *line = NULL;
     int fd, rc = EXIT_USAGE;
 
+    if (token)
+        json_object_set_new(req, "token", json_string(token));
+    text = json_dumps(req, JSON_COMPACT);
     if ((fd = connect_or_report()) < 0)
         goto out;
     in.fd = fd;
@@ -156,7 +161,7 @@ static int cmd_send(int argc, char **argv)
     json_error_t jerr;
     int ch, rc;
 
-    while ((ch = getopt_long(argc, argv, "k:o:p:i:a:", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "k:o:p:i:a:t:", opts, NULL)) != -1) {
         switch (ch) {
         case 'k':
             key = optarg;
@@ -172,6 +177,9 @@ static int cmd_send(int argc, char **argv)
             break;
         case 'a':
             addr = optarg;
+            break;
+        case 't':
+            token = optarg;
             break;
         default:
             return die_usage("send: unknown option");
@@ -228,13 +236,16 @@ static int cmd_route(int argc, char **argv)
 static int cmd_control(int argc, char **argv)
 {
     static const struct option opts[] = {{"addr", required_argument, NULL, 'a'},
+                                         {"token", required_argument, NULL, 't'},
                                          {NULL, 0, NULL, 0}};
     const char *name = NULL;
     json_t *req;
     int ch, rc;
 
-    while ((ch = getopt_long(argc, argv, "-a:", opts, NULL)) != -1) {
-        if (ch == 'a')
+    while ((ch = getopt_long(argc, argv, "-a:t:", opts, NULL)) != -1) {
+        if (ch == 't')
+            token = optarg;
+        else if (ch == 'a')
             addr = optarg;
         else if (ch == 1 && !name)
             name = optarg;
@@ -290,6 +301,8 @@ int main(int argc, char **argv)
         addr = env;
     if ((env = getenv("PAREXD_METRICS_ADDR")) && *env)
         maddr = env;
+    if ((env = getenv("PAREXD_TOKEN")) && *env)
+        token = env;
     if (argc < 2)
         return die_usage("missing command");
     if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {

@@ -81,6 +81,7 @@ void px_line_parse(px_line_t *line, const char *text, size_t len)
         line->id = NULL;
         return;
     }
+    line->token = json_object_get(line->root, "token");
     ctl = json_object_get(line->root, "control");
     if (ctl) {
         if (!json_is_string(ctl)) {

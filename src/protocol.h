@@ -37,6 +37,7 @@ typedef struct px_line {
     const char *control;  /* PX_LINE_CONTROL: the command name */
     json_t *cancel;       /* PX_LINE_CANCEL: the id of the request to cancel */
     int64_t deadline_ms;  /* 0 when absent */
+    json_t *token;        /* the "token" member, any type, or NULL */
     enum px_invalid code; /* PX_LINE_INVALID */
     char message[320];
 } px_line_t;

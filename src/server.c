@@ -314,6 +314,8 @@ void px_server_reload(px_server_t *srv)
     KEPT(workers, "workers");
     KEPT(queue_capacity, "queue_capacity");
     KEPT(max_line_bytes, "max_line_bytes");
+    KEPT(listen_unix, "listen_unix");
+    KEPT(listen_unix_mode, "listen_unix_mode");
 #undef KEPT
     if (kept[0])
         px_warn("reload: %s cannot change while running; restart parexd to apply them", kept);

@@ -33,7 +33,10 @@ typedef struct px_server {
     struct px_metrics *metrics;
     struct px_supervisor *sup;
 
-    uv_tcp_t listeners[PX_MAX_LISTENERS];
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe; /* listen_unix */
+    } listeners[PX_MAX_LISTENERS];
     int nlisteners;
     char listen_addr[512]; /* the addresses actually bound, ports resolved */
     uv_signal_t sigterm, sigint, sighup;

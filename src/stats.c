@@ -7,7 +7,8 @@
 /* Set on the writer (loop) thread inside begin/end, where a snapshot must not wait for itself. */
 static _Thread_local int writing;
 
-static const char *const reject_codes[PX_REJ_COUNT] = {"queue_full", "shutting_down"};
+static const char *const reject_codes[PX_REJ_COUNT] = {"queue_full", "shutting_down",
+                                                       "unauthorized"};
 
 const char *px_reject_code(enum px_reject r)
 {

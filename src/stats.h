@@ -9,7 +9,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-enum px_reject { PX_REJ_QUEUE_FULL, PX_REJ_SHUTTING_DOWN, PX_REJ_COUNT };
+enum px_reject { PX_REJ_QUEUE_FULL, PX_REJ_SHUTTING_DOWN, PX_REJ_UNAUTHORIZED, PX_REJ_COUNT };
 const char *px_reject_code(enum px_reject r);
 
 typedef struct px_counts {
