@@ -121,8 +121,14 @@ static const struct key *find_key(const char *name)
 static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, size_t errlen)
 {
     char *field = (char *)c + k->off;
-    const char *s;
+    const char *s = NULL;
 
+    /* Every kind but the numbers and objects is a string. */
+    if (k->kind != K_INT && k->kind != K_DOUBLE && k->kind != K_JSON_OBJECT) {
+        if (!json_is_string(v))
+            goto type;
+        s = json_string_value(v);
+    }
     switch (k->kind) {
     case K_INT: {
         json_int_t n;
@@ -153,9 +159,6 @@ static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, 
     case K_ADDR: {
         char host[128];
         int port;
-        if (!json_is_string(v))
-            goto type;
-        s = json_string_value(v);
         if (strlen(s) >= sizeof c->listen || px_parse_hostport(s, host, sizeof host, &port)) {
             snprintf(err, errlen, "key '%s': \"%.100s\" is not HOST:PORT (e.g. 127.0.0.1:7400)",
                      k->name, s);
@@ -166,9 +169,6 @@ static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, 
     }
     case K_LOGLEVEL: {
         int lv;
-        if (!json_is_string(v))
-            goto type;
-        s = json_string_value(v);
         if ((lv = px_log_level_parse(s)) < 0) {
             snprintf(err, errlen,
                      "key '%s': \"%.64s\" is not one of error, warning, notice, info, debug",
@@ -179,9 +179,6 @@ static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, 
         return 0;
     }
     case K_PATH:
-        if (!json_is_string(v))
-            goto type;
-        s = json_string_value(v);
         if (strlen(s) >= sizeof c->listen_unix || (*s && *s != '/')) {
             snprintf(err, errlen, "key '%s': expected an absolute path under %zu bytes, or \"\"",
                      k->name, sizeof c->listen_unix);
@@ -192,9 +189,6 @@ static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, 
     case K_MODE: {
         char *end;
         long m;
-        if (!json_is_string(v))
-            goto type;
-        s = json_string_value(v);
         m = strtol(s, &end, 8);
         if (!*s || *end || m < 0 || m > 0777) {
             snprintf(err, errlen, "key '%s': \"%.16s\" is not an octal file mode such as \"0660\"",
@@ -205,9 +199,6 @@ static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, 
         return 0;
     }
     case K_TOKEN:
-        if (!json_is_string(v))
-            goto type;
-        s = json_string_value(v);
         if (strlen(s) >= sizeof c->auth_token || (*s && strlen(s) < 16)) {
             snprintf(err, errlen,
                      "key '%s': expected 16 to %zu bytes (or \"\" for none); a "
@@ -226,9 +217,6 @@ static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, 
         *(json_t **)field = json_incref(v);
         return 0;
     case K_ONSTALL:
-        if (!json_is_string(v))
-            goto type;
-        s = json_string_value(v);
         if (strcmp(s, "report") == 0)
             *(int64_t *)field = PX_ON_STALL_REPORT;
         else if (strcmp(s, "replace") == 0)
