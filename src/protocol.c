@@ -63,7 +63,7 @@ void px_line_parse(px_line_t *line, const char *text, size_t len)
     json_t *key, *op, *ctl, *dl;
 
     memset(line, 0, sizeof *line);
-    line->root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
+    line->root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &err);
     if (!line->root) {
         px_line_invalid(line, PX_INV_BAD_JSON, "line is not valid JSON: %s (column %d)", err.text,
                         err.column);
