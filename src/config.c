@@ -4,6 +4,7 @@
 
 #include "log.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -159,8 +160,13 @@ static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, 
     case K_ADDR: {
         char host[128];
         int port;
-        if (strlen(s) >= sizeof c->listen || px_parse_hostport(s, host, sizeof host, &port)) {
-            snprintf(err, errlen, "key '%s': \"%.100s\" is not HOST:PORT (e.g. 127.0.0.1:7400)",
+        unsigned char bin[16];
+        /* Numeric only: a name would need resolving, and its answer can change under us. */
+        if (strlen(s) >= sizeof c->listen || px_parse_hostport(s, host, sizeof host, &port) ||
+            (inet_pton(AF_INET, host, bin) != 1 && inet_pton(AF_INET6, host, bin) != 1)) {
+            snprintf(err, errlen,
+                     "key '%s': \"%.100s\" is not a numeric HOST:PORT (e.g. 127.0.0.1:7400 or "
+                     "[::1]:7400)",
                      k->name, s);
             return -1;
         }
