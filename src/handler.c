@@ -92,6 +92,37 @@ void px_registry_unref(px_registry_t *reg)
     free(reg);
 }
 
+static pthread_mutex_t stats_mu = PTHREAD_MUTEX_INITIALIZER;
+static px_handler_stats_t *stats_list; /* under stats_mu; entries are never freed while running */
+
+px_handler_stats_t *px_handler_stats(const char *name)
+{
+    px_handler_stats_t *st;
+
+    pthread_mutex_lock(&stats_mu);
+    for (st = stats_list; st; st = st->next)
+        if (strcmp(st->name, name) == 0)
+            break;
+    if (!st && (st = calloc(1, sizeof *st))) {
+        snprintf(st->name, sizeof st->name, "%s", name);
+        st->next = stats_list;
+        stats_list = st;
+    }
+    pthread_mutex_unlock(&stats_mu);
+    return st;
+}
+
+void px_handler_stats_free_all(void)
+{
+    pthread_mutex_lock(&stats_mu);
+    while (stats_list) {
+        px_handler_stats_t *st = stats_list;
+        stats_list = st->next;
+        free(st);
+    }
+    pthread_mutex_unlock(&stats_mu);
+}
+
 px_handler_ctl_t *px_handler_ctl_new(void)
 {
     px_handler_ctl_t *ctl = calloc(1, sizeof *ctl);
@@ -118,7 +149,10 @@ int px_registry_add(px_registry_t *reg, const px_handler_t *h)
         return -ENOMEM;
     memmove(&items[at + 1], &items[at], (reg->len - at) * sizeof *items);
     items[at] = *h;
-    if (!items[at].ctl && !(items[at].ctl = px_handler_ctl_new())) {
+    if ((!items[at].ctl && !(items[at].ctl = px_handler_ctl_new())) ||
+        !(items[at].ctl->st = px_handler_stats(h->name))) {
+        if (!h->ctl)
+            ctl_free(items[at].ctl);
         memmove(&items[at], &items[at + 1], (reg->len - at) * sizeof *items);
         reg->items = items;
         return -ENOMEM;
@@ -296,7 +330,7 @@ int px_handler_invoke(const px_handler_t *h, px_req_t *req, px_result_t *res, in
 
     *attempts = 0;
     *wait_ns = 0;
-    atomic_fetch_add_explicit(&ctl->requests, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ctl->st->requests, 1, memory_order_relaxed);
     if (dl && px_now_ns() >= dl) {
         rc = deadline_fail(res, req, "while the request was queued");
         goto out;
@@ -319,10 +353,10 @@ int px_handler_invoke(const px_handler_t *h, px_req_t *req, px_result_t *res, in
         json_decref(res->value);
         memset(res, 0, sizeof *res);
         (*attempts)++;
-        atomic_fetch_add_explicit(&ctl->attempts, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ctl->st->attempts, 1, memory_order_relaxed);
         rc = h->run(h, req, timeout, res);
         now = px_now_ns();
-        px_hist_record(&ctl->run_us, (now - started) / 1000);
+        px_hist_record(&ctl->st->run_us, (now - started) / 1000);
         release(ctl);
         if (rc == 0)
             break;
@@ -344,8 +378,8 @@ int px_handler_invoke(const px_handler_t *h, px_req_t *req, px_result_t *res, in
     }
 out:
     if (rc == 0)
-        atomic_fetch_add_explicit(&ctl->ok, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ctl->st->ok, 1, memory_order_relaxed);
     else
-        atomic_fetch_add_explicit(&ctl->failed[classify(res->code)], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ctl->st->failed[classify(res->code)], 1, memory_order_relaxed);
     return rc;
 }

@@ -39,11 +39,24 @@ typedef struct px_handler_ctl {
     pthread_mutex_t mu;
     pthread_cond_t slot_free;
 
+    _Atomic int concurrency; /* mirror of running for readers */
+    struct px_handler_stats *st; /* counters by name, for the life of the daemon */
+} px_handler_ctl_t;
+
+/* Per-handler counters live as long as the daemon, keyed by handler name, so a config reload
+ * (which builds a new registry) never makes a counter go backwards. Written by workers. */
+typedef struct px_handler_stats {
+    struct px_handler_stats *next;
+    char name[64];
     _Atomic uint64_t requests, ok, attempts;
     _Atomic uint64_t failed[PX_F_COUNT];
-    _Atomic int concurrency; /* mirror of running for readers */
-    px_hist_t run_us;        /* written by many workers: px_hist_record tolerates that (atomics) */
-} px_handler_ctl_t;
+    px_hist_t run_us; /* written by many workers: px_hist_record tolerates that (atomics) */
+} px_handler_stats_t;
+
+/* The counters of handler NAME, created on first use; NULL when out of memory. Any thread. */
+px_handler_stats_t *px_handler_stats(const char *name);
+/* At exit, after every registry is gone. */
+void px_handler_stats_free_all(void);
 
 typedef struct px_handler px_handler_t;
 struct px_handler {

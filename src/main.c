@@ -1,6 +1,7 @@
 /* parexd: command line, configuration, then the loop. Exit status follows sysexits.h so that
  * systemd and scripts can tell a usage or config mistake from a crash. */
 #include "config.h"
+#include "handler.h"
 #include "log.h"
 #include "notify.h"
 #include "server.h"
@@ -151,6 +152,7 @@ out:
         px_warn("parexd: event loop still had open handles at exit");
     px_server_free(srv);
     free(srv);
+    px_handler_stats_free_all();
     curl_global_cleanup();
     return rc;
 

@@ -60,14 +60,14 @@ static json_t *handlers_json(px_server_t *srv)
         json_t *o;
 
         memset(h, 0, sizeof *h);
-        px_hist_merge(h, &ctl->run_us);
+        px_hist_merge(h, &ctl->st->run_us);
         for (int f = 0; f < PX_F_COUNT; f++)
             json_object_set_new(failed, fcodes[f],
-                                json_integer((json_int_t)atomic_load(&ctl->failed[f])));
+                                json_integer((json_int_t)atomic_load(&ctl->st->failed[f])));
         o = json_pack(
             "{ss ss sI sI so sI si sf sf}", "name", x->name, "type", x->type, "requests",
-            (json_int_t)atomic_load(&ctl->requests), "ok", (json_int_t)atomic_load(&ctl->ok),
-            "failed", failed, "attempts", (json_int_t)atomic_load(&ctl->attempts), "concurrency",
+            (json_int_t)atomic_load(&ctl->st->requests), "ok", (json_int_t)atomic_load(&ctl->st->ok),
+            "failed", failed, "attempts", (json_int_t)atomic_load(&ctl->st->attempts), "concurrency",
             atomic_load(&ctl->concurrency), "run_p50_ms", (double)px_hist_quantile(h, 0.5) / 1e3,
             "run_p99_ms", (double)px_hist_quantile(h, 0.99) / 1e3);
         if (ctl->max_concurrency)
@@ -161,19 +161,19 @@ static void handlers_prometheus(px_server_t *srv, px_buf_t *b)
     for (size_t i = 0; i < n; i++)
         px_buf_printf(b, "parexd_handler_requests_total{handler=\"%s\"} %llu\n",
                       px_registry_at(reg, i)->name,
-                      (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->requests));
+                      (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->st->requests));
     help_type(b, "parexd_handler_failures_total", "counter",
               "Requests each handler answered failed, by code.");
     for (size_t i = 0; i < n; i++)
         for (int f = 0; f < PX_F_COUNT; f++)
             px_buf_printf(b, "parexd_handler_failures_total{handler=\"%s\",code=\"%s\"} %llu\n",
                           px_registry_at(reg, i)->name, fcodes[f],
-                          (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->failed[f]));
+                          (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->st->failed[f]));
     help_type(b, "parexd_handler_attempts_total", "counter", "Handler runs, retries included.");
     for (size_t i = 0; i < n; i++)
         px_buf_printf(b, "parexd_handler_attempts_total{handler=\"%s\"} %llu\n",
                       px_registry_at(reg, i)->name,
-                      (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->attempts));
+                      (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->st->attempts));
     help_type(b, "parexd_handler_concurrency", "gauge", "Runs of each handler in progress.");
     for (size_t i = 0; i < n; i++)
         px_buf_printf(b, "parexd_handler_concurrency{handler=\"%s\"} %d\n",
@@ -189,7 +189,7 @@ static void handlers_prometheus(px_server_t *srv, px_buf_t *b)
     for (size_t i = 0; h && i < n; i++) {
         const char *name = px_registry_at(reg, i)->name;
         memset(h, 0, sizeof *h);
-        px_hist_merge(h, &px_registry_at(reg, i)->ctl->run_us);
+        px_hist_merge(h, &px_registry_at(reg, i)->ctl->st->run_us);
         for (size_t j = 0; j < NLE; j++)
             px_buf_printf(b, "parexd_handler_run_seconds_bucket{handler=\"%s\",le=\"%g\"} %llu\n",
                           name, le_bounds[j],
