@@ -1,0 +1,380 @@
+"""Shared harness for parexd's integration tests (Python 3 standard library only).
+
+Each test starts the real daemon on 127.0.0.1 port 0 (the metrics endpoint too), waits for the
+"listening for requests on HOST:PORT" log line as its readiness signal, talks to it over real
+sockets, and stops it with SIGTERM (SIGKILL only if it will not go). Nothing waits with a fixed
+sleep: conditions are polled against a deadline.
+
+A test script is run as
+    python3 test_x.py --parexd PATH --parexctl PATH [unittest arguments]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+PAREXD = None
+PAREXCTL = None
+
+# How long any single wait may take before the test fails rather than hangs.
+TIMEOUT = 10.0
+
+LISTEN_RE = re.compile(r"listening for requests on (\[[^\]]+\]|[^\s,]+):(\d+)")
+
+
+def main():
+    """Parses the binary paths, then runs the calling module's unittest cases."""
+    global PAREXD, PAREXCTL
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parexd", required=True)
+    ap.add_argument("--parexctl", required=True)
+    args, rest = ap.parse_known_args()
+    PAREXD = os.path.abspath(args.parexd)
+    PAREXCTL = os.path.abspath(args.parexctl)
+    unittest.main(module="__main__", argv=[sys.argv[0], "-v"] + rest)
+
+
+def wait_for(cond, timeout=TIMEOUT, what="condition", interval=0.005):
+    """Polls cond() until it returns a true value (returned), or fails after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+        time.sleep(interval)  # polling interval, not synchronisation
+
+
+class Conn:
+    """One client connection with line-oriented helpers."""
+
+    def __init__(self, host, port, timeout=TIMEOUT):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self.timeout = timeout
+
+    def send_raw(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def send(self, *objs):
+        """Sends each object as one JSON line, all in one write."""
+        self.send_raw("".join(json.dumps(o) + "\n" for o in objs))
+
+    def recv_line(self, timeout=None):
+        """The next line without its newline (bytes). Raises TimeoutError or EOFError."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no complete line within the timeout; have %r" % self.buf[:200])
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                raise EOFError("connection closed; unterminated rest %r" % self.buf[:200])
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def recv(self, timeout=None):
+        line = self.recv_line(timeout)
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise AssertionError("response is not JSON: %r (%s)" % (line, e))
+        if not isinstance(obj, dict):
+            raise AssertionError("response is not a JSON object: %r" % line)
+        return obj
+
+    def recv_n(self, n, timeout=None):
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        return [self.recv(max(0.001, deadline - time.monotonic())) for _ in range(n)]
+
+    def request(self, obj, timeout=None):
+        self.send(obj)
+        return self.recv(timeout)
+
+    def nothing_pending(self, wait=0.0):
+        """True when no byte is buffered or arrives within wait seconds."""
+        if self.buf:
+            return False
+        self.sock.settimeout(wait if wait > 0 else 0.000001)
+        try:
+            chunk = self.sock.recv(65536, socket.MSG_PEEK)
+        except (socket.timeout, BlockingIOError):
+            return True
+        finally:
+            self.sock.settimeout(self.timeout)
+        return False if chunk else True
+
+    def wait_eof(self, timeout=None):
+        """Reads until the peer closes; returns the complete lines that came before the close."""
+        lines = []
+        while True:
+            try:
+                lines.append(self.recv_line(timeout))
+            except EOFError:
+                return lines
+
+    def shutdown_write(self):
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def reset(self):
+        """Closes with an RST instead of a FIN (SO_LINGER 0)."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.close()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Daemon:
+    """A parexd process in its own temporary directory.
+
+    config: a dict (written as JSON) or a str (written as is) for --config, or None.
+    args: further command-line arguments. listen/metrics_listen: passed as flags unless None.
+    """
+
+    def __init__(self, args=(), config=None, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0",
+                 wait_ready=True):
+        self.tmp = tempfile.mkdtemp(prefix="parexd-test-")
+        self.config_path = None
+        argv = [PAREXD]
+        if config is not None:
+            self.config_path = os.path.join(self.tmp, "parexd.json")
+            with open(self.config_path, "w") as f:
+                f.write(config if isinstance(config, str) else json.dumps(config))
+            argv += ["--config", self.config_path]
+        if listen is not None:
+            argv += ["--listen", listen]
+        if metrics_listen is not None:
+            argv += ["--metrics-listen", metrics_listen]
+        argv += list(args)
+        self.argv = argv
+        self.lines = []
+        self.cond = threading.Condition()
+        self.stderr_closed = False
+        self.host = self.port = None
+        self.proc = subprocess.Popen(argv, cwd=self.tmp, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self.reader.start()
+        self.stdout = b""
+        if wait_ready:
+            try:
+                self._wait_ready()
+            except BaseException:
+                self.kill()
+                raise
+
+    def _read_stderr(self):
+        for raw in self.proc.stderr:
+            with self.cond:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.stderr_closed = True
+            self.cond.notify_all()
+
+    def stderr_text(self):
+        with self.cond:
+            return "\n".join(self.lines)
+
+    def wait_log(self, pattern, timeout=TIMEOUT):
+        """Waits for a stderr line matching the regex; returns its match."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for ln in self.lines:
+                    m = rx.search(ln)
+                    if m:
+                        return m
+                left = deadline - time.monotonic()
+                if self.stderr_closed or left <= 0:
+                    raise AssertionError("no log line matching %r (exit status %r); stderr:\n%s"
+                                         % (pattern, self.proc.poll(), "\n".join(self.lines)))
+                self.cond.wait(left)
+
+    def _wait_ready(self):
+        m = self.wait_log(LISTEN_RE.pattern)
+        host = m.group(1)
+        self.host = host[1:-1] if host.startswith("[") else host
+        self.port = int(m.group(2))
+        if self.port == 0:
+            raise AssertionError("daemon reported port 0: " + m.group(0))
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def connect(self, timeout=TIMEOUT):
+        return Conn(self.host, self.port, timeout)
+
+    @property
+    def addr(self):
+        return "%s:%d" % (self.host, self.port)
+
+    def stats(self):
+        with self.connect() as c:
+            r = c.request({"control": "stats"})
+        if r.get("status") != "ok":
+            raise AssertionError("stats control line answered %r" % r)
+        return r["result"]
+
+    def wait_stats(self, cond, what="stats condition", timeout=TIMEOUT):
+        """Polls stats until cond(stats) is true; returns those stats."""
+        box = {}
+
+        def check():
+            box["s"] = self.stats()
+            return cond(box["s"])
+
+        try:
+            wait_for(check, timeout, what, interval=0.01)
+        except AssertionError as e:
+            raise AssertionError("%s; last stats: %s" % (e, json.dumps(box.get("s"))))
+        return box["s"]
+
+    def wait_idle(self, timeout=TIMEOUT):
+        """Waits until nothing is queued or running; returns the stats."""
+        return self.wait_stats(lambda s: s["in_flight"] == 0, "in_flight == 0", timeout)
+
+    def signal(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout=TIMEOUT):
+        """Waits for the process to exit; returns its status (fails the test on a timeout)."""
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("parexd did not exit within %.1f s; stderr:\n%s"
+                                 % (timeout, self.stderr_text()))
+        self.reader.join(TIMEOUT)
+        if self.proc.stdout:
+            self.stdout = self.proc.stdout.read()
+        return rc
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._cleanup()
+
+    def stop(self, expect=0, timeout=TIMEOUT):
+        """SIGTERM, then SIGKILL after timeout. Fails the test unless the exit status is expect
+        (a crash, a sanitizer report or a hang on the way out must not pass unnoticed)."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                    raise AssertionError("parexd ignored SIGTERM for %.1f s; stderr:\n%s"
+                                         % (timeout, self.stderr_text()))
+            self.reader.join(TIMEOUT)
+            rc = self.proc.returncode
+            if expect is not None and rc != expect:
+                raise AssertionError("parexd exited with %r, expected %r; stderr:\n%s"
+                                     % (rc, expect, self.stderr_text()))
+            return rc
+        finally:
+            self._cleanup()
+
+    def _cleanup(self):
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.stop()
+        else:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._cleanup()
+        return False
+
+
+def run_parexctl(*args, input=None, env=None, timeout=TIMEOUT):
+    """Runs parexctl; returns (exit status, stdout text, stderr text)."""
+    e = dict(os.environ)
+    e.pop("PAREXD_ADDR", None)
+    e.pop("PAREXD_METRICS_ADDR", None)
+    if env:
+        e.update(env)
+    p = subprocess.run([PAREXCTL] + [str(a) for a in args], input=input, env=e,
+                       capture_output=True, timeout=timeout)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+_route_cache = {}
+
+
+def route(key, workers):
+    """The worker parexctl says owns key for that worker count."""
+    k = (key, workers)
+    if k not in _route_cache:
+        rc, out, err = run_parexctl("route", key, "--workers", workers)
+        if rc != 0:
+            raise AssertionError("parexctl route %s --workers %d: %d %s" % (key, workers, rc, err))
+        _route_cache[k] = int(out.strip())
+    return _route_cache[k]
+
+
+def keys_by_worker(workers, prefix="k", need=1):
+    """{worker: [keys...]} with at least `need` keys for every worker, found with parexctl route."""
+    out = {w: [] for w in range(workers)}
+    i = 0
+    while any(len(v) < need for v in out.values()):
+        key = "%s%d" % (prefix, i)
+        out[route(key, workers)].append(key)
+        i += 1
+        if i > 10000:
+            raise AssertionError("could not find keys for every worker")
+    return out
+
+
+class Accounting:
+    """Mixin: the accounting invariant, checked on any stats document."""
+
+    def assertAccounting(self, s):
+        self.assertTrue(s["invariant_holds"], s)
+        self.assertEqual(s["received"], s["rejected"] + s["ok"] + s["failed"] + s["in_flight"], s)
+        self.assertEqual(s["rejected"], sum(s["rejected_by_reason"].values()), s)
+        self.assertEqual(s["accepted"], s["ok"] + s["failed"] + s["in_flight"], s)

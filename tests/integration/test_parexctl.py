@@ -1,0 +1,177 @@
+"""parexctl against a real daemon: send's output and exit status (0 ok, 1 failed/rejected/
+invalid, 2 usage or connection error), stdin pipelining, and route agreeing with the daemon."""
+
+import json
+import socket
+import time
+import unittest
+
+import pxharness as px
+
+WORKERS = 4
+
+
+class ParexctlTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = px.Daemon(["--workers", str(WORKERS)])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.stop()
+
+    def send(self, *args, **kw):
+        return px.run_parexctl("send", "--addr", self.d.addr, *args, **kw)
+
+    def one_response(self, out):
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 1, out)
+        return json.loads(lines[0])
+
+    # -- send --
+
+    def test_send_ok_exits_0(self):
+        rc, out, err = self.send("--key", "k1", "--payload", '{"a":[1,2]}')
+        self.assertEqual(rc, 0, err)
+        r = self.one_response(out)
+        self.assertEqual((r["status"], r["result"]), ("ok", {"a": [1, 2]}))
+
+    def test_send_op_and_ids(self):
+        rc, out, _ = self.send("--key", "k1", "--op", "sleep", "--payload", '{"ms":20}', "--id", "7")
+        self.assertEqual(rc, 0)
+        r = self.one_response(out)
+        self.assertEqual((r["id"], r["result"]), (7, {"slept_ms": 20}))
+        rc, out, _ = self.send("--key", "k1", "--id", "req-x")
+        self.assertEqual(rc, 0)
+        self.assertEqual(self.one_response(out)["id"], "req-x")
+
+    def test_send_failed_exits_1(self):
+        rc, out, _ = self.send("--key", "k1", "--op", "fail", "--payload", '{"message":"nope"}')
+        self.assertEqual(rc, 1)
+        r = self.one_response(out)
+        self.assertEqual((r["status"], r["error"]["code"], r["error"]["message"]),
+                         ("failed", "handler_error", "nope"))
+
+    def test_send_invalid_exits_1(self):
+        rc, out, _ = self.send("--key", "k1", "--op", "no-such-op")
+        self.assertEqual(rc, 1)
+        self.assertEqual(self.one_response(out)["error"]["code"], "unknown_op")
+        rc, out, _ = self.send("--key", "x" * 300)
+        self.assertEqual(rc, 1)
+        self.assertEqual(self.one_response(out)["error"]["code"], "bad_field")
+
+    def test_send_rejected_exits_1(self):
+        hot = px.keys_by_worker(WORKERS, "ctl")[0][0]
+        with px.Daemon(["--workers", str(WORKERS), "--queue-capacity", "1"]) as d, \
+                d.connect() as c:
+            # Capacity 1: one running, one queued, so the next one is rejected.
+            c.send({"key": hot, "id": "run", "op": "sleep", "payload": {"ms": 600}})
+            d.wait_stats(lambda s: s["workers"][0]["current_key"] == hot, "blocker running")
+            c.send({"key": hot, "id": "queued"})
+            d.wait_stats(lambda s: s["workers"][0]["queue_depth"] == 1, "queue full")
+            rc, out, _ = px.run_parexctl("send", "--addr", d.addr, "--key", hot)
+            self.assertEqual(rc, 1)
+            r = self.one_response(out)
+            self.assertEqual((r["status"], r["error"]["code"], r["worker"]),
+                             ("rejected", "queue_full", 0))
+            self.assertEqual([r["id"] for r in c.recv_n(2)], ["run", "queued"])
+
+    def test_usage_errors_exit_2(self):
+        for args in (["send", "--key", "k", "--payload", "{not json"],
+                     ["send", "--bogus"],
+                     ["send", "--op", "echo"],  # --op without --key
+                     [],
+                     ["no-such-command"],
+                     ["route", "k"],
+                     ["route", "--workers", "4"],
+                     ["route", "k", "--workers", "0"],
+                     ["route", "k", "--workers", "x"]):
+            with self.subTest(args=args):
+                rc, out, err = px.run_parexctl(*args)
+                self.assertEqual(rc, 2, (args, out, err))
+                self.assertTrue(err, "usage errors say something on stderr")
+
+    def test_connection_errors_exit_2(self):
+        # A port that is bound but not listening refuses connections for the whole test.
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        try:
+            addr = "127.0.0.1:%d" % s.getsockname()[1]
+            rc, out, err = px.run_parexctl("send", "--addr", addr, "--key", "k")
+            self.assertEqual(rc, 2, err)
+            self.assertEqual(out, "")
+            self.assertIn(addr, err)
+            rc, out, err = px.run_parexctl("send", "--addr", addr, input=b'{"key":"k"}\n')
+            self.assertEqual(rc, 2, err)
+        finally:
+            s.close()
+        rc, _, err = px.run_parexctl("send", "--addr", "not-an-address", "--key", "k")
+        self.assertEqual(rc, 2, err)
+
+    def test_addr_from_environment(self):
+        rc, out, err = px.run_parexctl("send", "--key", "env", "--payload", "5",
+                                       env={"PAREXD_ADDR": self.d.addr})
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.one_response(out)["result"], 5)
+
+    # -- send with stdin --
+
+    def test_stdin_pipelining_prints_every_answer(self):
+        n = 300
+        lines = [json.dumps({"key": "pipe%d" % (i % 5), "id": i, "payload": i}) for i in range(n)]
+        rc, out, err = self.send(input=("\n".join(lines) + "\n").encode(), timeout=20)
+        self.assertEqual(rc, 0, err)
+        rs = [json.loads(x) for x in out.splitlines()]
+        self.assertEqual(len(rs), n)
+        self.assertEqual(sorted(r["id"] for r in rs), list(range(n)))
+        last = {}
+        for r in rs:
+            self.assertEqual((r["status"], r["result"]), ("ok", r["id"]))
+            k = r["id"] % 5
+            self.assertGreater(r["id"], last.get(k, -1))  # per-key order preserved
+            last[k] = r["id"]
+
+    def test_stdin_with_failures_exits_1_and_prints_all(self):
+        lines = [b'{"key":"a","id":1}', b'not json', b'{"key":"a","id":2,"op":"fail"}',
+                 b'{"key":"b","id":3,"op":"sleep","payload":{"ms":30}}']
+        # The last line has no newline: it is still a request.
+        rc, out, err = self.send(input=b"\n".join(lines), timeout=10)
+        self.assertEqual(rc, 1, err)
+        rs = [json.loads(x) for x in out.splitlines()]
+        self.assertEqual(len(rs), 4, out)
+        by_status = sorted((r["id"] if r["id"] is not None else 0, r["status"]) for r in rs)
+        self.assertEqual(by_status, [(0, "invalid"), (1, "ok"), (2, "failed"), (3, "ok")])
+
+    def test_stdin_empty_exits_0(self):
+        rc, out, err = self.send(input=b"")
+        self.assertEqual((rc, out), (0, ""), err)
+
+    # -- route --
+
+    def test_route_matches_the_daemon(self):
+        keys = ["route-%d" % i for i in range(40)] + ["user-42", "\u00e9t\u00e9", "a", "k" * 256]
+        for workers in (1, 3, WORKERS, 7):
+            d = self.d if workers == WORKERS else px.Daemon(["--workers", str(workers)])
+            try:
+                with d.connect() as c:
+                    c.send(*[{"key": k, "id": k} for k in keys])
+                    daemon_says = {r["id"]: r["worker"] for r in c.recv_n(len(keys))}
+                for k in keys:
+                    rc, out, err = px.run_parexctl("route", k, "--workers", workers)
+                    self.assertEqual(rc, 0, err)
+                    self.assertEqual(int(out.strip()), daemon_says[k],
+                                     "key %r with %d workers" % (k, workers))
+            finally:
+                if d is not self.d:
+                    d.stop()
+
+    def test_route_pinned_value(self):
+        # The README's example, and the unit test's pinned value: stable across builds.
+        rc, out, _ = px.run_parexctl("route", "user-42", "--workers", "8")
+        self.assertEqual((rc, out), (0, "6\n"))
+        rc, out, _ = px.run_parexctl("route", "--workers", "1", "anything")
+        self.assertEqual((rc, out), (0, "0\n"))
+
+
+if __name__ == "__main__":
+    px.main()
