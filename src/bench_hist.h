@@ -8,9 +8,10 @@
 
 #include <stdint.h>
 
-#define PX_BHIST_SUB_BITS 8  /* values < 2^8 exact; then 2^(8-1) = 128 buckets per octave */
-#define PX_BHIST_MAX_BITS 44 /* 2^44 ns is about 4.9 hours; larger values land in the last bucket  \
-                              */
+#define PX_BHIST_SUB_BITS 8 /* values < 2^8 exact; then 2^(8-1) = 128 buckets per octave */
+#define PX_BHIST_MAX_BITS                                                                          \
+    44 /* 2^44 ns is about 4.9 hours; larger values land in the last bucket                        \
+        */
 #define PX_BHIST_BUCKETS ((PX_BHIST_MAX_BITS - PX_BHIST_SUB_BITS + 2) << (PX_BHIST_SUB_BITS - 1))
 
 typedef struct px_bhist {

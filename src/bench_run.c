@@ -60,7 +60,7 @@ struct bench {
     bconn_t *conns;
     uint32_t nconnected, slot_bits;
     uint64_t outstanding;
-    uint64_t start_ns, last_answer_ns, deadline_ms, progress_ms;
+    uint64_t start_ns, last_answer_ns, deadline_ms, deadline_ns, progress_ms;
     int started, stopping, finished;
     px_keydist_t keys;
     json_t *echo_expect; /* the payload an echo must return, or NULL */
@@ -331,6 +331,8 @@ static void handle_line(bconn_t *c, const char *line, size_t len, uint64_t now_n
         show_line(shown, sizeof shown, line, len);
         bench_error(b, "connection %u: answer with no known status: %s", c->idx, shown);
     }
+    if (now_ns <= b->deadline_ns)
+        res->window_answered++;
     sl->id = 0;
     c->free_slots[c->nfree++] = s;
     b->outstanding--;
@@ -395,8 +397,10 @@ static void start_sending(bench_t *b)
     b->started = 1;
     b->start_ns = b->last_answer_ns = now;
     b->progress_ms = uv_now(b->loop);
-    if (b->o->duration > 0)
+    if (b->o->duration > 0) {
         b->deadline_ms = uv_now(b->loop) + (uint64_t)(b->o->duration * 1000);
+        b->deadline_ns = now + (uint64_t)(b->o->duration * 1e9);
+    }
     for (uint32_t i = 0; i < b->o->connections; i++) {
         refill(&b->conns[i], now);
         flush(&b->conns[i]);

@@ -31,6 +31,7 @@ typedef struct px_bench_result {
     uint64_t errors;           /* protocol errors: bad lines, unknown/duplicate ids, ... */
     uint64_t unanswered;       /* requests whose connection closed or timed out */
     double seconds;            /* first request sent to last answer read */
+    uint64_t window_answered;  /* --duration: answers read before sending stopped */
     px_bhist_t lat;            /* ns, of ok and failed answers */
 } px_bench_result_t;
 

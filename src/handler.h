@@ -39,7 +39,7 @@ typedef struct px_handler_ctl {
     pthread_mutex_t mu;
     pthread_cond_t slot_free;
 
-    _Atomic int concurrency; /* mirror of running for readers */
+    _Atomic int concurrency;     /* mirror of running for readers */
     struct px_handler_stats *st; /* counters by name, for the life of the daemon */
 } px_handler_ctl_t;
 

@@ -69,8 +69,10 @@ int main(int argc, char **argv)
     int ch, rc;
     char err[512];
     px_config_t cfg;
-    px_server_t *srv;
-    uv_loop_t loop;
+    /* Static: after a forced stop with threads stuck in handlers, what they still use must stay
+     * reachable until the process exits. */
+    static px_server_t *srv;
+    static uv_loop_t loop;
 
     while ((ch = getopt_long(argc, argv, "c:l:m:w:q:L:hV", opts, NULL)) != -1) {
         const char *key = NULL;

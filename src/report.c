@@ -64,12 +64,13 @@ static json_t *handlers_json(px_server_t *srv)
         for (int f = 0; f < PX_F_COUNT; f++)
             json_object_set_new(failed, fcodes[f],
                                 json_integer((json_int_t)atomic_load(&ctl->st->failed[f])));
-        o = json_pack(
-            "{ss ss sI sI so sI si sf sf}", "name", x->name, "type", x->type, "requests",
-            (json_int_t)atomic_load(&ctl->st->requests), "ok", (json_int_t)atomic_load(&ctl->st->ok),
-            "failed", failed, "attempts", (json_int_t)atomic_load(&ctl->st->attempts), "concurrency",
-            atomic_load(&ctl->concurrency), "run_p50_ms", (double)px_hist_quantile(h, 0.5) / 1e3,
-            "run_p99_ms", (double)px_hist_quantile(h, 0.99) / 1e3);
+        o = json_pack("{ss ss sI sI so sI si sf sf}", "name", x->name, "type", x->type, "requests",
+                      (json_int_t)atomic_load(&ctl->st->requests), "ok",
+                      (json_int_t)atomic_load(&ctl->st->ok), "failed", failed, "attempts",
+                      (json_int_t)atomic_load(&ctl->st->attempts), "concurrency",
+                      atomic_load(&ctl->concurrency), "run_p50_ms",
+                      (double)px_hist_quantile(h, 0.5) / 1e3, "run_p99_ms",
+                      (double)px_hist_quantile(h, 0.99) / 1e3);
         if (ctl->max_concurrency)
             json_object_set_new(o, "max_concurrency", json_integer(ctl->max_concurrency));
         if (ctl->per_second > 0)
@@ -166,9 +167,10 @@ static void handlers_prometheus(px_server_t *srv, px_buf_t *b)
               "Requests each handler answered failed, by code.");
     for (size_t i = 0; i < n; i++)
         for (int f = 0; f < PX_F_COUNT; f++)
-            px_buf_printf(b, "parexd_handler_failures_total{handler=\"%s\",code=\"%s\"} %llu\n",
-                          px_registry_at(reg, i)->name, fcodes[f],
-                          (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->st->failed[f]));
+            px_buf_printf(
+                b, "parexd_handler_failures_total{handler=\"%s\",code=\"%s\"} %llu\n",
+                px_registry_at(reg, i)->name, fcodes[f],
+                (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->st->failed[f]));
     help_type(b, "parexd_handler_attempts_total", "counter", "Handler runs, retries included.");
     for (size_t i = 0; i < n; i++)
         px_buf_printf(b, "parexd_handler_attempts_total{handler=\"%s\"} %llu\n",

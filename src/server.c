@@ -87,7 +87,9 @@ void px_server_check_drained(px_server_t *srv)
         if (px_pool_live(srv->pool) == 0 && px_pool_strays(srv->pool) == 0) {
             px_pool_destroy(srv->pool);
         } else {
-            srv->leaked = 1;
+            /* Kept reachable (main holds srv in a static) so leak checkers see it as
+             * deliberately left for the process exit, not lost. */
+            srv->leaked = srv->pool;
             uv_stop(srv->loop);
         }
         srv->pool = NULL;
@@ -131,30 +133,18 @@ static void force(px_server_t *srv)
     srv->forced = 1;
     n = px_pool_take_all(srv->pool, &v);
     px_warn("drain: forced stop; cancelling %zu queued or running requests", n);
-    px_stats_begin(&srv->stats);
     for (size_t i = 0; i < n; i++) {
         px_req_t *r = v[i];
         int running = atomic_load(&r->state) == PX_REQ_ABANDONED;
-        px_resp_t resp = {.id = px_req_id(r),
-                          .id_len = r->id_len,
-                          .status = "failed",
-                          .worker = (int)r->worker,
-                          .code = "cancelled",
-                          .message = running ? "parexd stopped before this request finished running"
-                                             : "parexd stopped before this request could run",
-                          .queue_ms = ns_ms(px_now_ns() - r->recv_ns),
-                          .run_ms = 0};
-        px_buf_t line = {0};
 
-        px_resp_format(&line, &resp);
-        px_stats_add(&srv->stats.c.failed, 1);
-        px_stats_add(&srv->stats.c.in_flight, -1);
-        px_conn_deliver(r->conn, line.data, line.len);
-        px_buf_free(&line);
-        if (!running)
-            px_req_free(r); /* a running one still belongs to its worker until it comes back */
+        px_server_fail_request(srv, r, "cancelled",
+                               running ? "parexd stopped before this request finished running"
+                                       : "parexd stopped before this request could run");
+        /* A running one still belongs to its worker until it comes back, unless the worker's
+         * thread is gone (dead) and never will. */
+        if (!running || !px_pool_thread_alive(srv->pool, r->worker))
+            px_req_free(r);
     }
-    px_stats_end(&srv->stats);
     free(v);
     px_conn_flush_all(srv);
     /* Stuck workers will never report: treat the drain as complete. */

@@ -55,7 +55,7 @@ typedef struct px_server {
     _Atomic int draining; /* stop accepting, reject new requests; read by the metrics thread */
     int finishing;        /* in-flight done: closing connections once flushed */
     int forced;           /* drain cut short: queued requests were cancelled */
-    int leaked;           /* threads stuck in handlers outlive the loop: skip the final frees */
+    px_pool_t *leaked;    /* threads stuck in handlers outlive the loop: skip the final frees */
 
     char readbuf[65536]; /* shared by every connection: lines are consumed within the read */
 } px_server_t;

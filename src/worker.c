@@ -164,13 +164,16 @@ static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
         s->cur_key[0] = s->cur_op[0] = '\0';
     }
     pthread_mutex_unlock(&s->cur_mu);
-    if (stale) {
+    /* One CAS decides whose answer stands. Lost: the loop answered the request already (stall
+     * replacement or forced stop) and may still read its fields, so touch none of them. */
+    if (!atomic_compare_exchange_strong(&r->state, &expected, PX_REQ_DONE)) {
         json_decref(res.value);
-        post_done(s->pool, r); /* already answered; the loop only frees it */
-        return -1;
+        if (!stale)
+            atomic_store_explicit(&s->busy_since_ns, 0, memory_order_relaxed);
+        post_done(s->pool, r); /* the loop only frees it */
+        return stale ? -1 : 0;
     }
-    /* Waiting for a token or a slot is queueing, not running. Written only now: until the
-     * stale check the loop may read start_ns to answer an abandoned request. */
+    /* Waiting for a token or a slot is queueing, not running. */
     r->start_ns += waited;
     format_response(r, &res);
     json_decref(res.value);
@@ -184,13 +187,9 @@ static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
         atomic_store_explicit(&s->ewma_run_ns, e ? (e * 7 + run) / 8 : run, memory_order_relaxed);
     }
     atomic_store_explicit(&s->busy_since_ns, 0, memory_order_relaxed);
-
-    /* A forced stop may have answered this request already: then our result is void. */
-    if (atomic_compare_exchange_strong(&r->state, &expected, PX_REQ_DONE)) {
-        add_relaxed(&s->processed, 1);
-        if (!r->ok)
-            add_relaxed(&s->failed, 1);
-    }
+    add_relaxed(&s->processed, 1);
+    if (!r->ok)
+        add_relaxed(&s->failed, 1);
     post_done(s->pool, r);
     return 0;
 }
@@ -423,6 +422,11 @@ uint32_t px_pool_live(px_pool_t *p)
     for (uint32_t i = 0; i < p->n; i++)
         n += (uint32_t)atomic_load_explicit(&p->slots[i].running, memory_order_acquire);
     return n;
+}
+
+int px_pool_thread_alive(px_pool_t *p, uint32_t worker)
+{
+    return atomic_load_explicit(&p->slots[worker].running, memory_order_acquire);
 }
 
 uint32_t px_pool_strays(px_pool_t *p)

@@ -55,6 +55,8 @@ void px_pool_destroy(px_pool_t *p);
 void px_pool_info(px_pool_t *p, uint32_t worker, px_worker_info_t *out);
 /* Slot threads still running (the drain is complete at 0). */
 uint32_t px_pool_live(px_pool_t *p);
+/* Does the worker's current thread still run? */
+int px_pool_thread_alive(px_pool_t *p, uint32_t worker);
 /* Abandoned threads still inside a handler: while any remain the pool must not be freed. */
 uint32_t px_pool_strays(px_pool_t *p);
 /* Loop thread, on_stall=replace: abandons the worker's thread and starts a fresh one on the same
