@@ -8,16 +8,16 @@
 #include <stdio.h>
 #include <string.h>
 
-static int opt_int(const json_t *def, const char *name, const char *field, int64_t min, int64_t max,
-                   int64_t *out, char *err, size_t errlen)
+static int opt_int(const json_t *def, const char *where, const char *field, int64_t min,
+                   int64_t max, int64_t *out, char *err, size_t errlen)
 {
     json_t *v = json_object_get(def, field);
 
     if (!v)
         return 0;
     if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
-        snprintf(err, errlen, "key 'handlers.%s.%s': expected an integer from %lld to %lld", name,
-                 field, (long long)min, (long long)max);
+        snprintf(err, errlen, "key '%s.%s': expected an integer from %lld to %lld", where, field,
+                 (long long)min, (long long)max);
         return -1;
     }
     *out = json_integer_value(v);
@@ -51,10 +51,11 @@ static int policies(const json_t *def, const char *name, px_handler_ctl_t *ctl, 
     int64_t n;
     char where[128];
 
-    if (opt_int(def, name, "timeout_ms", 1, 86400000, &ctl->timeout_ms, err, errlen))
+    snprintf(where, sizeof where, "handlers.%s", name);
+    if (opt_int(def, where, "timeout_ms", 1, 86400000, &ctl->timeout_ms, err, errlen))
         return -1;
     n = 0;
-    if (opt_int(def, name, "max_concurrency", 1, 100000, &n, err, errlen))
+    if (opt_int(def, where, "max_concurrency", 1, 100000, &n, err, errlen))
         return -1;
     ctl->max_concurrency = (int)n;
     if (retry) {
@@ -69,9 +70,9 @@ static int policies(const json_t *def, const char *name, px_handler_ctl_t *ctl, 
             return -1;
         }
         if (px_spec_only(retry, where, keys, err, errlen) ||
-            opt_int(retry, name, "max_attempts", 1, 100, &a, err, errlen) ||
-            opt_int(retry, name, "backoff_ms", 0, 3600000, &b, err, errlen) ||
-            opt_int(retry, name, "max_backoff_ms", 0, 3600000, &m, err, errlen))
+            opt_int(retry, where, "max_attempts", 1, 100, &a, err, errlen) ||
+            opt_int(retry, where, "backoff_ms", 0, 3600000, &b, err, errlen) ||
+            opt_int(retry, where, "max_backoff_ms", 0, 3600000, &m, err, errlen))
             return -1;
         ctl->max_attempts = (int)a;
         ctl->backoff_ms = (uint64_t)b;
@@ -97,6 +98,13 @@ static int policies(const json_t *def, const char *name, px_handler_ctl_t *ctl, 
         ctl->refilled_ns = 0;
     }
     return 0;
+}
+
+static int valid_name(const char *name)
+{
+    size_t n = strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-");
+
+    return n >= 1 && n <= 63 && name[n] == '\0';
 }
 
 static const struct {
@@ -138,8 +146,11 @@ px_registry_t *px_handlers_build(const json_t *spec, char *err, size_t errlen)
                      name);
             goto fail;
         }
-        if (!*name || strlen(name) > 63) {
-            snprintf(err, errlen, "key 'handlers': handler names are 1 to 63 bytes");
+        if (!valid_name(name)) {
+            snprintf(err, errlen,
+                     "key 'handlers': handler name \"%.64s\" must be 1 to 63 of A-Z a-z 0-9 _ . - "
+                     "(it becomes an op and a metrics label)",
+                     name);
             goto fail;
         }
         if (!json_is_object(def) || !type) {

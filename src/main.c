@@ -133,9 +133,14 @@ int main(int argc, char **argv)
     }
     uv_loop_init(&loop);
     if (px_server_init(srv, &loop, &cfg, load_config, &src, err, sizeof err)) {
-        px_err("parexd: %s", err);
-        uv_run(&loop, UV_RUN_NOWAIT);
+        /* A key the server could not apply (a handler that does not build, an address that
+         * cannot be bound) is a config mistake: name the file, as the loader does. */
         rc = strstr(err, "key '") ? PX_EX_CONFIG : 1;
+        if (rc == PX_EX_CONFIG)
+            fprintf(stderr, "parexd: config %s: %s\n", src.path ? src.path : "(flags)", err);
+        else
+            px_err("parexd: %s", err);
+        uv_run(&loop, UV_RUN_NOWAIT);
         goto out;
     }
     px_config_clear(&cfg); /* the server holds what it needs */

@@ -2,11 +2,12 @@
 (JSON and text output, exit status and stderr tail, signals, output cap, timeout that kills a
 process group that ignores SIGTERM, no zombies, no leaked fds), http (200, text, 500, timeout,
 connection refused, the key header, keep-alive measured by the server), plugins (the example;
-wrong ABI and missing entry symbol stop start-up with exit 78), and the policies around them:
-deadlines in the queue and while running, cancellation of queued and running requests, retries
-that keep the key's place in line, max_concurrency and rate_limit observed by the upstream.
-Per-key order is checked in every test, and each test ends by checking the per-handler counters
-in /stats and /metrics (and promtool on that scrape).
+wrong ABI and missing entry symbol stop start-up with exit 78), bad definitions (exit 78, one
+line naming the key), handler names that need escaping in /metrics, and the policies: deadlines
+in the queue, while waiting for a slot or a token and while running, cancellation of queued and
+running requests, retries that keep the key's place in line, max_concurrency and rate_limit
+observed by the upstream. Per-key order is checked in every test, and each test ends by checking
+the per-handler counters in /stats and /metrics (and promtool on that scrape).
 
 Run as
     python3 test_handlers.py --parexd PATH --parexctl PATH --example-plugin PATH
@@ -296,6 +297,18 @@ class HandlerTestCase(px.Accounting, unittest.TestCase):
         self.assertEqual(pxsys.promtool_check(text), (0, ""))
         return h, m
 
+    def assertStartupRefused(self, handlers, *words):
+        """parexd with these handlers exits 78 with one line on stderr holding every word."""
+        d = pxsys.SysDaemon(config={"handlers": handlers}, wait_ready=False)
+        self.addCleanup(d.kill)
+        rc = d.wait_exit()
+        lines = [ln for ln in d.stderr_text().splitlines() if ln.strip()]
+        self.assertEqual(rc, 78, "stderr: %r" % lines)
+        self.assertEqual(len(lines), 1, "one line on stderr: %r" % lines)
+        for w in words:
+            self.assertIn(w, lines[0])
+        return lines[0]
+
 
 class ExecTest(HandlerTestCase):
     def test_exec_results_failures_and_output_cap(self):
@@ -509,17 +522,6 @@ class PluginTest(HandlerTestCase):
         self.assertHandler(d, "count", 7, 7, htype="plugin")
         d.stop()
 
-    def assertStartupRefused(self, handlers, *words):
-        d = pxsys.SysDaemon(config={"handlers": handlers}, wait_ready=False)
-        self.addCleanup(d.kill)
-        rc = d.wait_exit()
-        lines = [ln for ln in d.stderr_text().splitlines() if ln.strip()]
-        self.assertEqual(rc, 78, "stderr: %r" % lines)
-        self.assertEqual(len(lines), 1, "one line on stderr: %r" % lines)
-        for w in words:
-            self.assertIn(w, lines[0])
-        return lines[0]
-
     def test_wrong_abi_or_missing_entry_symbol_stops_startup(self):
         line = self.assertStartupRefused(
             {"p": {"type": "plugin", "path": PLUGINS["bad_abi"]}},
@@ -533,6 +535,7 @@ class PluginTest(HandlerTestCase):
             {"p": {"type": "plugin", "path": os.path.join(self.tmp, "absent.so")}},
             "handlers.p.path", "cannot load plugin")
 
+class ConfigTest(HandlerTestCase):
     def test_bad_handler_definitions_name_their_key(self):
         for handlers, key in [
             ({"x": {"type": "exec", "argv": []}}, "handlers.x.argv"),
@@ -554,6 +557,18 @@ class PluginTest(HandlerTestCase):
         ]:
             with self.subTest(key=key):
                 self.assertStartupRefused(handlers, "'" + key)
+
+
+    def test_handler_config_errors_name_the_file(self):
+        # README, Configuration: a bad value "stops start-up with one line naming the file and
+        # the key"; a handler's options come from the same file.
+        d = pxsys.SysDaemon(config={"handlers": {"x": {"type": "exec", "argv": ["true"],
+                                                       "max_concurrency": 0}}},
+                            wait_ready=False)
+        self.addCleanup(d.kill)
+        self.assertEqual(d.wait_exit(), 78)
+        self.assertIn("handlers.x.max_concurrency", d.stderr_text())
+        self.assertIn(d.config_path, d.stderr_text())
 
 
 class MetricsTest(HandlerTestCase):
@@ -629,9 +644,9 @@ class PolicyTest(HandlerTestCase):
         with d.connect() as c:
             c.send(reqs[0])
             px.wait_for(lambda: up.recorded("/work"), what="A at the upstream")
-            answers, a = self.exchange(c, reqs[1:])
-            answers.append(c.recv())
-            a["A"] = answers[-1]
+            c.send(*reqs[1:])
+            answers = c.recv_n(3)
+            a = {x["id"]: x for x in answers}
             self.assertKeyOrder(reqs, answers)
             self.assertOk(a["A"])
             self.assertFailed(a["B"], "deadline_exceeded", "slot")
@@ -817,8 +832,8 @@ class PolicyTest(HandlerTestCase):
             "bursty": {"type": "http", "url": up.url("/text"),
                        "rate_limit": {"per_second": 5, "burst": 5}},
         }, workers=workers)
-        keys = [k for ks in px.keys_by_worker(workers, prefix="rl-", need=3).values()
-                for k in ks[:3]][:20]
+        by_worker = list(px.keys_by_worker(workers, prefix="rl-", need=3).values())
+        keys = [ks[i] for i in range(3) for ks in by_worker][:20]  # over every worker
         reqs = [{"key": k, "id": "l-" + k, "op": "limited"} for k in keys]
         reqs += [{"key": keys[0], "id": "l-%s-%d" % (keys[0], i), "op": "limited"}
                  for i in range(2)]
@@ -838,7 +853,7 @@ class PolicyTest(HandlerTestCase):
             self.assertGreater(max(x["queue_ms"] for x in answers), 0.8 * want * 1000, answers)
             self.assertLess(max(x["run_ms"] for x in answers), 200, answers)
 
-            burst = [{"key": k, "id": "b-" + k, "op": "bursty"} for k in keys[:6]]
+            burst = [{"key": ks[0], "id": "b-" + ks[0], "op": "bursty"} for ks in by_worker[:6]]
             answers, a = self.exchange(c, burst)
             for r in burst:
                 self.assertOk(a[r["id"]])
