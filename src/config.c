@@ -21,7 +21,9 @@ enum kind {
     K_JSON_OBJECT,
     K_PATH,
     K_MODE,
-    K_TOKEN
+    K_TOKEN,
+    K_QUARANTINE,
+    K_SCHED
 };
 
 struct key {
@@ -50,6 +52,9 @@ static const struct key keys[] = {
     {"dead_after_ms", K_INT, F(dead_after_ms), 10, 86400000},
     {"on_stall", K_ONSTALL, F(on_stall), 0, 0},
     {"handlers", K_JSON_OBJECT, F(handlers), 0, 0},
+    {"max_queued_per_key", K_INT, F(max_queued_per_key), 0, 1 << 24},
+    {"quarantine", K_QUARANTINE, F(quarantine_after), 0, 0},
+    {"scheduling", K_SCHED, F(scheduling), 0, 0},
 };
 #undef F
 
@@ -125,7 +130,8 @@ static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, 
     const char *s = NULL;
 
     /* Every kind but the numbers and objects is a string. */
-    if (k->kind != K_INT && k->kind != K_DOUBLE && k->kind != K_JSON_OBJECT) {
+    if (k->kind != K_INT && k->kind != K_DOUBLE && k->kind != K_JSON_OBJECT &&
+        k->kind != K_QUARANTINE) {
         if (!json_is_string(v))
             goto type;
         s = json_string_value(v);
@@ -213,6 +219,32 @@ static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, 
             return -1;
         }
         snprintf(field, sizeof c->auth_token, "%s", s);
+        return 0;
+    case K_QUARANTINE: {
+        json_t *a = json_object_get(v, "after_failures"), *f = json_object_get(v, "for_ms");
+        if (!json_is_object(v) || json_object_size(v) != (size_t)(!!a + !!f) ||
+            !json_is_integer(a) || json_integer_value(a) < 1 || json_integer_value(a) > 1000 ||
+            !json_is_integer(f) || json_integer_value(f) < 1 || json_integer_value(f) > 86400000) {
+            snprintf(err, errlen,
+                     "key '%s': expected {\"after_failures\": 1..1000, \"for_ms\": "
+                     "1..86400000}",
+                     k->name);
+            return -1;
+        }
+        c->quarantine_after = json_integer_value(a);
+        c->quarantine_for_ms = json_integer_value(f);
+        return 0;
+    }
+    case K_SCHED:
+        if (strcmp(s, "partitioned") == 0)
+            *(int64_t *)field = PX_SCHED_PARTITIONED;
+        else if (strcmp(s, "keyed") == 0)
+            *(int64_t *)field = PX_SCHED_KEYED;
+        else {
+            snprintf(err, errlen, "key '%s': \"%.64s\" is not one of partitioned, keyed", k->name,
+                     s);
+            return -1;
+        }
         return 0;
     case K_JSON_OBJECT:
         if (!json_is_object(v)) {

@@ -26,11 +26,16 @@ typedef struct px_config {
     int64_t supervise_interval_ms;
     int64_t stall_after_ms;
     int64_t dead_after_ms;
-    int64_t on_stall; /* PX_ON_STALL_* */
-    json_t *handlers; /* owned: the "handlers" object, or NULL */
+    int64_t on_stall;           /* PX_ON_STALL_* */
+    json_t *handlers;           /* owned: the "handlers" object, or NULL */
+    int64_t max_queued_per_key; /* 0: off */
+    int64_t quarantine_after;   /* quarantine.after_failures; 0: off */
+    int64_t quarantine_for_ms;  /* quarantine.for_ms */
+    int64_t scheduling;         /* PX_SCHED_* */
 } px_config_t;
 
 enum { PX_ON_STALL_REPORT, PX_ON_STALL_REPLACE };
+enum { PX_SCHED_PARTITIONED, PX_SCHED_KEYED };
 
 void px_config_defaults(px_config_t *c);
 /* Releases what the config owns (the handlers object). */

@@ -14,6 +14,8 @@
 #include "protocol.h"
 #include "report.h"
 #include "route.h"
+#include "hot.h"
+#include "keytab.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -238,16 +240,78 @@ static void answer_rejected(px_conn_t *c, const char *id, size_t id_len, int wor
     answer(c, &r);
 }
 
+struct key_match {
+    const char *key;
+    size_t len;
+};
+
+static int key_matches(px_req_t *r, void *arg)
+{
+    struct key_match *m = arg;
+
+    return r->key_len == m->len && memcmp(px_req_key(r), m->key, m->len) == 0;
+}
+
+/* unpark and drop: the operator's hands on a quarantined key. */
+static json_t *control_key(px_conn_t *c, px_line_t *line, char *msg, size_t msglen)
+{
+    px_server_t *srv = c->srv;
+    json_t *key = json_object_get(line->root, "key");
+    struct key_match m;
+    px_key_t *k;
+    px_req_t *r;
+    int dropped = 0;
+
+    if (!json_is_string(key) || json_string_length(key) < 1 ||
+        json_string_length(key) > PX_KEY_MAX) {
+        snprintf(msg, msglen, "control '%s' needs \"key\": the parked key (1 to %d bytes)",
+                 line->control, PX_KEY_MAX);
+        return NULL;
+    }
+    m.key = json_string_value(key);
+    m.len = json_string_length(key);
+    k = srv->keys_on ? px_keytab_get(&srv->keys, m.key, m.len, 0) : NULL;
+    if (!k || !px_key_parked(k, px_now_ns()))
+        return json_pack("{sO sb ss}", "key", key, "done", 0, "reason", "the key is not parked");
+    if (strcmp(line->control, "unpark") == 0) {
+        atomic_store(&k->parked_until_ns, 0);
+        atomic_store(&k->failures, 0);
+        px_notice("quarantine: key '%.*s' unparked by an operator", (int)m.len, m.key);
+        px_server_sweep_keys(srv);
+        return json_pack("{sO sb}", "key", key, "done", 1);
+    }
+    while ((r = px_pool_remove_if(srv->pool, key_matches, &m))) {
+        px_server_fail_request(srv, r, "cancelled",
+                               "dropped by an operator while its key was parked (parexctl drop)");
+        px_req_free(r);
+        dropped++;
+    }
+    px_notice("quarantine: %d queued requests of parked key '%.*s' dropped by an operator", dropped,
+              (int)m.len, m.key);
+    return json_pack("{sO sb si}", "key", key, "done", 1, "dropped", dropped);
+}
+
 static void handle_control(px_conn_t *c, px_line_t *line, const char *id, size_t id_len)
 {
     px_resp_t r = {.id = id, .id_len = id_len, .status = "ok", .worker = -1, .queue_ms = -1};
     json_t *result = NULL;
+    char msg[200];
 
     if (strcmp(line->control, "stats") == 0) {
         result = px_report_stats(c->srv);
+    } else if (strcmp(line->control, "parked") == 0) {
+        px_server_sweep_keys(c->srv);
+        result = json_pack("{so}", "parked", px_server_parked(c->srv));
+    } else if (strcmp(line->control, "top") == 0) {
+        result = px_hot_top(c->srv->hot, 10, px_now_ns());
+    } else if (strcmp(line->control, "unpark") == 0 || strcmp(line->control, "drop") == 0) {
+        if (!(result = control_key(c, line, msg, sizeof msg))) {
+            answer_invalid(c, id, id_len, PX_INV_BAD_FIELD, msg);
+            return;
+        }
     } else {
-        char msg[160];
-        snprintf(msg, sizeof msg, "unknown control command '%.64s'; available: stats",
+        snprintf(msg, sizeof msg,
+                 "unknown control command '%.64s'; available: stats, parked, unpark, drop, top",
                  line->control);
         answer_invalid(c, id, id_len, PX_INV_BAD_FIELD, msg);
         return;
@@ -336,6 +400,7 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
     char msg[512], idnum[24];
     const char *id = NULL;
     size_t id_len = 0;
+    px_key_t *k = NULL;
     px_req_t *r;
     int rc;
 
@@ -405,6 +470,30 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
                         0);
         goto out;
     }
+    if (srv->keys_on) {
+        if (!(k = px_keytab_get(&srv->keys, line.key, line.key_len, 1)))
+            goto oom;
+        if (px_key_parked(k, c->batch_ns)) {
+            uint64_t left = (atomic_load(&k->parked_until_ns) - c->batch_ns) / PX_MS + 1;
+            snprintf(msg, sizeof msg,
+                     "key is parked after repeated failures (last error: %.200s); it is "
+                     "admitted again in %llu ms or after parexctl unpark",
+                     k->last_error, (unsigned long long)left);
+            answer_rejected(c, id, id_len, -1, PX_REJ_KEY_PARKED, msg, left);
+            goto out;
+        }
+        if (srv->cfg.max_queued_per_key && k->in_flight >= (uint64_t)srv->cfg.max_queued_per_key) {
+            uint32_t w = px_route(line.key, line.key_len, px_pool_size(srv->pool));
+            uint64_t wait = px_pool_retry_after_ms(srv->pool, w);
+            snprintf(msg, sizeof msg,
+                     "key already has %u requests queued or running (max_queued_per_key %lld); "
+                     "retry after %llu ms",
+                     k->in_flight, (long long)srv->cfg.max_queued_per_key,
+                     (unsigned long long)wait);
+            answer_rejected(c, id, id_len, (int)w, PX_REJ_KEY_BUSY, msg, wait);
+            goto out;
+        }
+    }
     if (!(r = px_req_new(line.key, line.key_len, id, id_len)))
         goto oom;
     r->conn = c;
@@ -430,6 +519,11 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
     }
     c->refs++;
     c->inflight++;
+    if (k) {
+        k->in_flight++;
+        r->kent = k;
+    }
+    px_hot_arrival(srv->hot, r->worker, line.key, line.key_len, c->batch_ns);
     px_stats_add(&srv->stats.c.accepted, 1);
     px_stats_add(&srv->stats.c.in_flight, 1);
     goto out;
@@ -439,6 +533,8 @@ oom:
     px_err("connection: out of memory reading a request; closing the connection");
     conn_close(c);
 out:
+    if (k && !k->in_flight)
+        px_keytab_release(&srv->keys, k, c->batch_ns);
     px_buf_free(&idtext);
     px_line_free(&line);
 }

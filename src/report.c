@@ -4,7 +4,9 @@
 #include "report.h"
 
 #include "handler.h"
+#include "clock.h"
 #include "hist.h"
+#include "hot.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -132,6 +134,12 @@ json_t *px_report_stats(px_server_t *srv)
                   n.received == px_counts_rejected(&n) + n.ok + n.failed + n.in_flight, "latency",
                   lat, "workers", workers);
     json_object_set_new(o, "handlers", handlers_json(srv));
+    json_object_set_new(o, "parked", px_server_parked(srv));
+    json_object_set_new(o, "keys_parked", json_integer((json_int_t)n.keys_parked));
+    json_object_set_new(o, "key_parks", json_integer((json_int_t)n.key_parks));
+    json_object_set_new(o, "top_keys", px_hot_top(srv->hot, 10, px_now_ns()));
+    json_object_set_new(o, "imbalance_ratio",
+                        json_real(round3(px_hot_imbalance(srv->hot, px_now_ns()))));
     free(q);
     return o;
 }
@@ -288,6 +296,14 @@ int px_report_prometheus(px_server_t *srv, px_buf_t *b)
               "Results of requests already answered (abandoned on stall or forced stop).");
     px_buf_printf(b, "parexd_late_results_discarded_total %llu\n", (unsigned long long)n.late);
     handlers_prometheus(srv, b);
+    help_type(b, "parexd_keys_parked", "gauge", "Keys in quarantine now.");
+    px_buf_printf(b, "parexd_keys_parked %llu\n", (unsigned long long)n.keys_parked);
+    help_type(b, "parexd_key_parks_total", "counter", "Times a key was parked.");
+    px_buf_printf(b, "parexd_key_parks_total %llu\n", (unsigned long long)n.key_parks);
+    help_type(b, "parexd_worker_imbalance_ratio", "gauge",
+              "Busiest worker's arrivals over the mean, last one to two minutes (1 = even).");
+    px_buf_printf(b, "parexd_worker_imbalance_ratio %.3f\n",
+                  px_hot_imbalance(srv->hot, px_now_ns()));
     help_type(b, "parexd_build_info", "gauge", "Build information; always 1.");
     px_buf_printf(b, "parexd_build_info{version=\"%s\"} 1\n", PX_VERSION);
     help_type(b, "parexd_start_time_seconds", "gauge", "Start time, seconds since the epoch.");

@@ -14,6 +14,7 @@
 struct px_conn;
 struct px_handler;
 struct px_registry;
+struct px_key;
 
 enum px_req_state {
     PX_REQ_QUEUED,    /* in a worker's queue */
@@ -30,6 +31,7 @@ typedef struct px_req {
     json_t *payload;         /* owned; the worker's handler reads it */
     uint64_t recv_ns;
     uint64_t deadline_ns; /* 0: none */
+    struct px_key *kent;  /* per-key state (cap, quarantine) or NULL; workers touch its atomics */
     uint32_t worker;
     uint16_t key_len;
     uint32_t id_len; /* id as JSON text, echoed verbatim */
@@ -38,6 +40,8 @@ typedef struct px_req {
     uint64_t start_ns, end_ns;
     int ok;       /* 1 ok, 0 failed */
     int attempts; /* handler runs, retries included */
+    int skipped;  /* not run: its key was parked when its turn came */
+    int parked;   /* this failure parked its key (the count of consecutive failures) */
     px_buf_t out; /* the response line, '\n' included */
 
     _Atomic int state;   /* enum px_req_state; RUNNING -> DONE | ABANDONED decided by one CAS */

@@ -8,6 +8,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
+#include "route.h"
 #include "supervisor.h"
 
 #include <errno.h>
@@ -22,6 +23,65 @@ static double ns_ms(uint64_t ns)
     return (double)ns / 1e6;
 }
 
+void px_server_key_done(px_server_t *srv, px_req_t *r)
+{
+    px_key_t *k = r->kent;
+
+    if (!k)
+        return;
+    r->kent = NULL;
+    k->in_flight--;
+    if (r->parked) {
+        /* This failure parked the key: keep its reason, from the answer the worker built. */
+        json_t *o = json_loadb(r->out.data, r->out.len, 0, NULL);
+        const char *msg =
+            json_string_value(json_object_get(json_object_get(o, "error"), "message"));
+        snprintf(k->last_error, sizeof k->last_error, "%s", msg ? msg : "(no message)");
+        json_decref(o);
+        k->parks++;
+        px_stats_add(&srv->stats.c.key_parks, 1);
+        px_stats_add(&srv->stats.c.keys_parked, 1);
+        px_warn("quarantine: key '%.*s' parked for %lld ms after %d consecutive failures; last "
+                "error: %s",
+                (int)k->len, k->key, (long long)srv->cfg.quarantine_for_ms, r->parked,
+                k->last_error);
+        px_server_publish_parked(srv);
+    }
+    px_keytab_release(&srv->keys, k, px_now_ns());
+}
+
+/* Loop thread: answers a request its worker skipped because its key was parked. */
+static void answer_skipped(px_server_t *srv, px_req_t *r)
+{
+    px_key_t *k = r->kent;
+    uint64_t now = px_now_ns(), until = atomic_load(&k->parked_until_ns);
+    char msg[320], extra[48];
+    px_resp_t resp = {.id = px_req_id(r),
+                      .id_len = r->id_len,
+                      .status = "rejected",
+                      .worker = (int)r->worker,
+                      .code = "key_parked",
+                      .message = msg,
+                      .queue_ms = -1,
+                      .extra = extra};
+    px_buf_t line = {0};
+
+    snprintf(msg, sizeof msg,
+             "key is parked after repeated failures (last error: %.200s); it is admitted again "
+             "in %llu ms or after parexctl unpark",
+             k->last_error, (unsigned long long)(until > now ? (until - now) / PX_MS : 0));
+    snprintf(extra, sizeof extra, ",\"retry_after_ms\":%llu",
+             (unsigned long long)(until > now ? (until - now) / PX_MS + 1 : 1));
+    px_stats_add(&srv->stats.c.rejected[PX_REJ_KEY_PARKED], 1);
+    px_stats_add(&srv->stats.c.in_flight, -1);
+    px_server_key_done(srv, r);
+    if (px_resp_format(&line, &resp) == 0)
+        px_conn_deliver(r->conn, line.data, line.len);
+    else
+        px_conn_deliver(r->conn, "", 0);
+    px_buf_free(&line);
+}
+
 /* Loop thread: a batch of finished requests, in completion order. */
 static void on_done(px_req_t *list, void *arg)
 {
@@ -31,6 +91,11 @@ static void on_done(px_req_t *list, void *arg)
     while (list) {
         px_req_t *r = list;
         list = r->next;
+        if (r->skipped) {
+            answer_skipped(srv, r);
+            px_req_free(r);
+            continue;
+        }
         if (atomic_load_explicit(&r->state, memory_order_acquire) == PX_REQ_ABANDONED) {
             /* Answered and counted when it was abandoned; the worker has let go of it now. */
             px_stats_add(&srv->stats.c.late, 1);
@@ -39,6 +104,7 @@ static void on_done(px_req_t *list, void *arg)
         }
         px_stats_add(r->ok ? &srv->stats.c.ok : &srv->stats.c.failed, 1);
         px_stats_add(&srv->stats.c.in_flight, -1);
+        px_server_key_done(srv, r);
         px_conn_deliver(r->conn, r->out.data, r->out.len);
         px_req_free(r);
     }
@@ -114,6 +180,7 @@ void px_server_fail_request(px_server_t *srv, px_req_t *r, const char *code, con
     px_stats_begin(&srv->stats);
     px_stats_add(&srv->stats.c.failed, 1);
     px_stats_add(&srv->stats.c.in_flight, -1);
+    px_server_key_done(srv, r);
     px_stats_end(&srv->stats);
     if (px_resp_format(&line, &resp) == 0)
         px_conn_deliver(r->conn, line.data, line.len);
@@ -257,6 +324,87 @@ static void start_notify(px_server_t *srv)
     uv_timer_start(&srv->notify_timer, on_notify_tick, every_ms, every_ms);
 }
 
+struct sweep {
+    px_server_t *srv;
+    json_t *list;
+    uint64_t now, parked;
+    px_key_t *idle[64];
+    size_t nidle;
+};
+
+static void sweep_one(px_key_t *k, void *arg)
+{
+    struct sweep *sw = arg;
+    uint64_t until = atomic_load(&k->parked_until_ns);
+
+    if (px_key_parked(k, sw->now)) {
+        json_t *key = json_stringn(k->key, k->len);
+        sw->parked++;
+        json_array_append_new(
+            sw->list,
+            json_pack("{so sI sI ss sI sI}", "key", key ? key : json_string("?"), "worker",
+                      (json_int_t)px_route(k->key, k->len, px_pool_size(sw->srv->pool)), "failures",
+                      (json_int_t)sw->srv->cfg.quarantine_after, "last_error", k->last_error,
+                      "time_left_ms", (json_int_t)((until - sw->now) / PX_MS), "parks",
+                      (json_int_t)k->parks));
+    } else if (until) {
+        atomic_store(&k->parked_until_ns, 0); /* expired: admitted again */
+    }
+    if (k->in_flight == 0 && !px_key_parked(k, sw->now) && sw->nidle < 64)
+        sw->idle[sw->nidle++] = k;
+}
+
+static void publish(px_server_t *srv, json_t *list, uint64_t parked)
+{
+    json_t *old;
+
+    pthread_mutex_lock(&srv->parked_mu);
+    old = srv->parked;
+    srv->parked = list;
+    pthread_mutex_unlock(&srv->parked_mu);
+    json_decref(old);
+    px_stats_begin(&srv->stats);
+    px_stats_add(&srv->stats.c.keys_parked,
+                 (int64_t)parked - (int64_t)atomic_load(&srv->stats.c.keys_parked));
+    px_stats_end(&srv->stats);
+}
+
+void px_server_publish_parked(px_server_t *srv)
+{
+    struct sweep sw = {.srv = srv, .list = json_array(), .now = px_now_ns()};
+
+    if (!srv->keys_on)
+        return;
+    px_keytab_each(&srv->keys, sweep_one, &sw);
+    publish(srv, sw.list, sw.parked);
+}
+
+void px_server_sweep_keys(px_server_t *srv)
+{
+    struct sweep sw = {.srv = srv, .list = json_array(), .now = px_now_ns()};
+
+    if (!srv->keys_on)
+        return;
+    px_keytab_each(&srv->keys, sweep_one, &sw);
+    /* Keys with nothing in flight and no quarantine: their run of failures is forgotten once
+     * idle (bounded memory however many keys come and go). */
+    for (size_t i = 0; i < sw.nidle; i++) {
+        atomic_store(&sw.idle[i]->failures, 0);
+        px_keytab_release(&srv->keys, sw.idle[i], sw.now);
+    }
+    publish(srv, sw.list, sw.parked);
+}
+
+json_t *px_server_parked(px_server_t *srv)
+{
+    json_t *copy;
+
+    pthread_mutex_lock(&srv->parked_mu);
+    copy = srv->parked ? json_deep_copy(srv->parked) : json_array();
+    pthread_mutex_unlock(&srv->parked_mu);
+    return copy;
+}
+
 px_registry_t *px_server_registry(px_server_t *srv)
 {
     px_registry_t *reg;
@@ -306,6 +454,10 @@ void px_server_reload(px_server_t *srv)
     KEPT(max_line_bytes, "max_line_bytes");
     KEPT(listen_unix, "listen_unix");
     KEPT(listen_unix_mode, "listen_unix_mode");
+    KEPT(max_queued_per_key, "max_queued_per_key");
+    KEPT(quarantine_after, "quarantine");
+    KEPT(quarantine_for_ms, "quarantine");
+    KEPT(scheduling, "scheduling");
 #undef KEPT
     if (kept[0])
         px_warn("reload: %s cannot change while running; restart parexd to apply them", kept);
@@ -352,6 +504,12 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
     srv->notify_timer.data = srv;
     uv_unref((uv_handle_t *)&srv->notify_timer);
     pthread_mutex_init(&srv->reg_mu, NULL);
+    pthread_mutex_init(&srv->parked_mu, NULL);
+    srv->keys_on = cfg->max_queued_per_key > 0 || cfg->quarantine_after > 0;
+    if (px_keytab_init(&srv->keys) || !(srv->hot = px_hot_new((uint32_t)cfg->workers))) {
+        snprintf(err, errlen, "out of memory setting up key tables");
+        goto fail;
+    }
     if (!(srv->reg = px_handlers_build(cfg->handlers, err, errlen)))
         goto fail;
     rc = px_pool_new(&srv->pool, loop, (uint32_t)cfg->workers, (uint32_t)cfg->queue_capacity,
@@ -365,6 +523,9 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
         goto fail_pool;
     px_pool_set_limits(srv->pool, (uint64_t)cfg->stall_after_ms * PX_MS,
                        (uint64_t)cfg->dead_after_ms * PX_MS);
+    px_pool_set_quarantine(srv->pool, (uint32_t)cfg->quarantine_after,
+                           (uint64_t)cfg->quarantine_for_ms * PX_MS);
+    px_pool_set_hot(srv->pool, srv->hot);
     if (px_pool_start(srv->pool, err, errlen))
         goto fail_pool;
     if (!(srv->sup = px_supervisor_start(srv))) {
@@ -398,5 +559,9 @@ void px_server_free(px_server_t *srv)
     px_registry_unref(srv->reg);
     srv->reg = NULL;
     pthread_mutex_destroy(&srv->reg_mu);
+    pthread_mutex_destroy(&srv->parked_mu);
+    json_decref(srv->parked);
+    px_keytab_free(&srv->keys);
+    px_hot_free(srv->hot);
     px_config_clear(&srv->cfg);
 }

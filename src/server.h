@@ -5,6 +5,8 @@
 
 #include "config.h"
 #include "handler.h"
+#include "hot.h"
+#include "keytab.h"
 #include "stats.h"
 #include "worker.h"
 
@@ -30,6 +32,11 @@ typedef struct px_server {
     px_stats_t stats;
     uint64_t start_time_unix;
 
+    px_keytab_t keys; /* loop: per-key state, used when keys_on */
+    int keys_on;      /* max_queued_per_key or quarantine configured */
+    px_hot_t *hot;    /* heavy-hitter sketches (arrivals by the loop, time by workers) */
+    pthread_mutex_t parked_mu;
+    json_t *parked; /* under parked_mu: the parked keys, published by the loop for /stats */
     struct px_metrics *metrics;
     struct px_supervisor *sup;
 
@@ -75,6 +82,15 @@ px_registry_t *px_server_registry(px_server_t *srv);
 
 /* For the connection module. */
 void px_server_check_drained(px_server_t *srv);
+/* Loop thread: the request is answered; release its hold on its key's entry. */
+void px_server_key_done(px_server_t *srv, px_req_t *r);
+/* Loop thread: rebuilds the parked-keys list for /stats and the keys_parked gauge, and drops
+ * idle entries. */
+void px_server_sweep_keys(px_server_t *srv);
+/* Loop thread: republishes the parked-keys list after a change. */
+void px_server_publish_parked(px_server_t *srv);
+/* Any thread: a copy of the parked-keys list. */
+json_t *px_server_parked(px_server_t *srv);
 /* Answers a request that will not run to completion (cancelled, stalled) as failed/code and
  * counts it; the request itself is not freed. */
 void px_server_fail_request(px_server_t *srv, px_req_t *r, const char *code, const char *message);

@@ -8,7 +8,7 @@
 static _Thread_local int writing;
 
 static const char *const reject_codes[PX_REJ_COUNT] = {"queue_full", "shutting_down",
-                                                       "unauthorized"};
+                                                       "unauthorized", "key_busy", "key_parked"};
 
 const char *px_reject_code(enum px_reject r)
 {
@@ -54,6 +54,8 @@ void px_stats_snapshot(px_stats_t *s, px_counts_t *o)
         o->connections = LOAD(s->c.connections);
         o->dropped = LOAD(s->c.dropped);
         o->late = LOAD(s->c.late);
+        o->keys_parked = LOAD(s->c.keys_parked);
+        o->key_parks = LOAD(s->c.key_parks);
         for (int i = 0; i < PX_REJ_COUNT; i++)
             o->rejected[i] = LOAD(s->c.rejected[i]);
         for (int i = 0; i < PX_INV_COUNT; i++)

@@ -9,11 +9,19 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-enum px_reject { PX_REJ_QUEUE_FULL, PX_REJ_SHUTTING_DOWN, PX_REJ_UNAUTHORIZED, PX_REJ_COUNT };
+enum px_reject {
+    PX_REJ_QUEUE_FULL,
+    PX_REJ_SHUTTING_DOWN,
+    PX_REJ_UNAUTHORIZED,
+    PX_REJ_KEY_BUSY,
+    PX_REJ_KEY_PARKED,
+    PX_REJ_COUNT
+};
 const char *px_reject_code(enum px_reject r);
 
 typedef struct px_counts {
     uint64_t received, accepted, ok, failed, in_flight, connections, dropped, late;
+    uint64_t keys_parked, key_parks;
     uint64_t rejected[PX_REJ_COUNT];
     uint64_t invalid[PX_INV_COUNT];
 } px_counts_t;
@@ -24,6 +32,7 @@ typedef struct px_stats {
     struct {
         _Atomic uint64_t received, accepted, ok, failed, in_flight, connections, dropped;
         _Atomic uint64_t late; /* results of abandoned requests, discarded */
+        _Atomic uint64_t keys_parked, key_parks;
         _Atomic uint64_t rejected[PX_REJ_COUNT];
         _Atomic uint64_t invalid[PX_INV_COUNT];
     } c;

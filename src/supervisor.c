@@ -83,6 +83,7 @@ static void on_tick(uv_timer_t *t)
             replace(sup, i, &w);
         any_dead |= w.state == PX_WS_DEAD;
     }
+    px_server_sweep_keys(srv);
     if (any_bp != sup->any_bp)
         px_notice("backpressure: daemon %s", any_bp ? "under backpressure" : "clear");
     sup->any_bp = any_bp;

@@ -8,6 +8,8 @@
 
 #include "clock.h"
 #include "handler.h"
+#include "hot.h"
+#include "keytab.h"
 #include "log.h"
 #include "protocol.h"
 #include "queue.h"
@@ -53,6 +55,9 @@ struct px_pool {
     _Atomic int closed;
     _Atomic uint32_t strays; /* abandoned threads still inside a handler */
     _Atomic uint64_t stall_after_ns, dead_after_ns;
+    _Atomic uint32_t q_after;
+    _Atomic uint64_t q_for_ns;
+    struct px_hot *hot;
     pthread_mutex_t done_mu;
     px_req_t *done_head, *done_tail; /* under done_mu */
     slot_t slots[];
@@ -140,6 +145,28 @@ static void format_response(px_req_t *r, px_result_t *res)
     }
 }
 
+/* Worker thread: the key's run of consecutive failures, and its quarantine. Only the worker
+ * running the key's request writes these, so per key they change one request at a time. */
+static void count_outcome(px_pool_t *p, px_req_t *r)
+{
+    uint32_t after = atomic_load_explicit(&p->q_after, memory_order_relaxed), n;
+
+    if (!after)
+        return;
+    if (r->ok) {
+        atomic_store_explicit(&r->kent->failures, 0, memory_order_relaxed);
+        return;
+    }
+    n = atomic_fetch_add_explicit(&r->kent->failures, 1, memory_order_relaxed) + 1;
+    if (n >= after) {
+        atomic_store_explicit(&r->kent->failures, 0, memory_order_relaxed);
+        atomic_store_explicit(&r->kent->parked_until_ns,
+                              r->end_ns + atomic_load_explicit(&p->q_for_ns, memory_order_relaxed),
+                              memory_order_release);
+        r->parked = (int)n;
+    }
+}
+
 /* Worker thread: runs one request. Returns 0, or -1 when this thread was abandoned while it ran
  * (the slot has a new thread; this one must touch nothing of the slot and exit). */
 static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
@@ -148,8 +175,15 @@ static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
     int rc, stale, expected = PX_REQ_RUNNING;
     uint64_t run, waited;
 
-    atomic_store_explicit(&r->state, PX_REQ_RUNNING, memory_order_relaxed);
     r->start_ns = px_now_ns();
+    if (r->kent && px_key_parked(r->kent, r->start_ns)) {
+        /* Quarantined while it waited: not run; the loop answers it rejected/key_parked. */
+        r->skipped = 1;
+        atomic_store_explicit(&r->state, PX_REQ_DONE, memory_order_release);
+        post_done(s->pool, r);
+        return 0;
+    }
+    atomic_store_explicit(&r->state, PX_REQ_RUNNING, memory_order_relaxed);
     set_current(s, r);
     atomic_store_explicit(&s->busy_since_ns, r->start_ns, memory_order_relaxed);
 
@@ -190,6 +224,10 @@ static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
     add_relaxed(&s->processed, 1);
     if (!r->ok)
         add_relaxed(&s->failed, 1);
+    if (r->kent)
+        count_outcome(s->pool, r);
+    if (s->pool->hot)
+        px_hot_time(s->pool->hot, s->id, px_req_key(r), r->key_len, run, r->end_ns);
     post_done(s->pool, r);
     return 0;
 }
@@ -334,6 +372,17 @@ int px_pool_start(px_pool_t *p, char *err, size_t errlen)
         atomic_store(&s->started, 1);
     }
     return 0;
+}
+
+void px_pool_set_quarantine(px_pool_t *p, uint32_t after, uint64_t for_ns)
+{
+    atomic_store(&p->q_for_ns, for_ns);
+    atomic_store(&p->q_after, after);
+}
+
+void px_pool_set_hot(px_pool_t *p, struct px_hot *hot)
+{
+    p->hot = hot;
 }
 
 void px_pool_set_limits(px_pool_t *p, uint64_t stall_after_ns, uint64_t dead_after_ns)

@@ -32,6 +32,12 @@ typedef struct px_worker_info {
     char current_op[64];
 } px_worker_info_t;
 
+struct px_hot;
+/* Quarantine: park a key for for_ns after `after` consecutive failures (0: off). Any thread. */
+void px_pool_set_quarantine(px_pool_t *p, uint32_t after, uint64_t for_ns);
+/* Where workers record time spent per key (hot-key visibility); set before start. */
+void px_pool_set_hot(px_pool_t *p, struct px_hot *hot);
+
 /* Thresholds for the stalled and dead states (any thread may change them: config reload). */
 void px_pool_set_limits(px_pool_t *p, uint64_t stall_after_ns, uint64_t dead_after_ns);
 
