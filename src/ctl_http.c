@@ -119,6 +119,31 @@ static void print_totals(json_t *s)
         json_number_value(json_object_get(r, "p50")), json_number_value(json_object_get(r, "p99")));
 }
 
+/* Hot keys (last one to two minutes) and parked keys, under the worker table. */
+static void print_hot(json_t *s)
+{
+    json_t *top = json_object_get(s, "top_keys"), *e;
+    json_t *arr = json_object_get(top, "by_arrivals"), *tim = json_object_get(top, "by_time_ms");
+    size_t i;
+
+    printf("\nimbalance %.2f (busiest worker / mean)   keys parked %lld\n",
+           json_number_value(json_object_get(s, "imbalance_ratio")), num(s, "keys_parked"));
+    printf("%-32s %8s %6s   %-32s %10s %6s\n", "TOP KEYS BY ARRIVALS", "COUNT", "WORKER",
+           "TOP KEYS BY TIME", "MS", "WORKER");
+    for (i = 0; i < 5; i++) {
+        json_t *a = json_array_get(arr, i), *t = json_array_get(tim, i);
+        if (!a && !t)
+            break;
+        printf("%-32.32s %8lld %6lld   %-32.32s %10.0f %6lld\n",
+               a ? json_string_value(json_object_get(a, "key")) : "", a ? num(a, "count") : 0,
+               a ? num(a, "worker") : 0, t ? json_string_value(json_object_get(t, "key")) : "",
+               t ? json_number_value(json_object_get(t, "ms")) : 0, t ? num(t, "worker") : 0);
+    }
+    json_array_foreach(json_object_get(s, "parked"), i, e) printf(
+        "PARKED %s  (%lld ms left, last error: %s)\n", json_string_value(json_object_get(e, "key")),
+        num(e, "time_left_ms"), json_string_value(json_object_get(e, "last_error")));
+}
+
 int px_ctl_stats(const char *maddr)
 {
     json_t *s = get_stats(maddr);
@@ -128,6 +153,7 @@ int px_ctl_stats(const char *maddr)
     print_totals(s);
     printf("\n");
     print_workers(s, 0);
+    print_hot(s);
     json_decref(s);
     return 0;
 }
@@ -201,6 +227,7 @@ int px_ctl_top(const char *maddr, double interval_s, int once)
             printf("rates/s: (measuring)\n");
         printf("\n");
         print_workers(s, 1);
+        print_hot(s);
         fflush(stdout);
         json_decref(s);
         if (once)

@@ -29,6 +29,7 @@ static void usage(FILE *f)
                "  parexctl send [--addr HOST:PORT] < requests.jsonl   (pipelines stdin lines)\n"
                "  parexctl route KEY --workers N\n"
                "  parexctl control NAME [--addr HOST:PORT]            (e.g. control stats)\n"
+               "  parexctl parked | unpark KEY | drop KEY [--addr HOST:PORT]   (quarantine)\n"
                "  parexctl stats|health|metrics [--metrics-addr HOST:PORT]\n"
                "  parexctl top [--metrics-addr HOST:PORT] [--interval SECONDS] [--once]\n"
                "Defaults: --addr $PAREXD_ADDR or 127.0.0.1:7400, --metrics-addr\n"
@@ -260,6 +261,37 @@ static int cmd_control(int argc, char **argv)
     return rc;
 }
 
+/* parked, unpark KEY, drop KEY: control lines on the request socket. */
+static int cmd_quarantine(const char *cmd, int argc, char **argv)
+{
+    static const struct option opts[] = {{"addr", required_argument, NULL, 'a'},
+                                         {"token", required_argument, NULL, 't'},
+                                         {NULL, 0, NULL, 0}};
+    int need_key = strcmp(cmd, "parked") != 0, ch, rc;
+    const char *key = NULL;
+    json_t *req;
+
+    while ((ch = getopt_long(argc, argv, "-a:t:", opts, NULL)) != -1) {
+        if (ch == 'a')
+            addr = optarg;
+        else if (ch == 't')
+            token = optarg;
+        else if (ch == 1 && need_key && !key)
+            key = optarg;
+        else
+            return die_usage(need_key ? "unpark/drop: take KEY [--addr HOST:PORT]"
+                                      : "parked: takes [--addr HOST:PORT]");
+    }
+    if (need_key && !key)
+        return die_usage("unpark/drop: take KEY");
+    req = json_pack("{ss}", "control", cmd);
+    if (key)
+        json_object_set_new(req, "key", json_string(key));
+    rc = roundtrip(req);
+    json_decref(req);
+    return rc;
+}
+
 /* stats, health, metrics, top: the commands that read the metrics endpoint. */
 static int cmd_observe(const char *cmd, int argc, char **argv)
 {
@@ -319,6 +351,9 @@ int main(int argc, char **argv)
         return cmd_route(argc - 1, argv + 1);
     if (strcmp(argv[1], "control") == 0)
         return cmd_control(argc - 1, argv + 1);
+    if (strcmp(argv[1], "parked") == 0 || strcmp(argv[1], "unpark") == 0 ||
+        strcmp(argv[1], "drop") == 0)
+        return cmd_quarantine(argv[1], argc - 1, argv + 1);
     if (strcmp(argv[1], "stats") == 0 || strcmp(argv[1], "health") == 0 ||
         strcmp(argv[1], "metrics") == 0 || strcmp(argv[1], "top") == 0)
         return cmd_observe(argv[1], argc - 1, argv + 1);
