@@ -401,6 +401,7 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
     const char *id = NULL;
     size_t id_len = 0;
     px_key_t *k = NULL;
+    uint32_t worker;
     px_req_t *r;
     int rc;
 
@@ -504,15 +505,17 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
         r->deadline_ns = c->batch_ns + (uint64_t)line.deadline_ms * 1000000ull;
     r->payload = json_incref(line.payload);
     r->recv_ns = c->batch_ns;
-    r->worker = px_route(line.key, line.key_len, px_pool_size(srv->pool));
+    /* Kept in a local: once submitted the request belongs to the worker side. */
+    worker = px_route(line.key, line.key_len, px_pool_size(srv->pool));
+    r->worker = worker;
     rc = px_pool_submit(srv->pool, r);
     if (rc) {
-        uint64_t wait = rc == -EAGAIN ? px_pool_retry_after_ms(srv->pool, r->worker) : 0;
+        uint64_t wait = rc == -EAGAIN ? px_pool_retry_after_ms(srv->pool, worker) : 0;
         snprintf(msg, sizeof msg,
                  "worker %u's queue is full (queue_capacity %lld); retry after %llu ms or spread "
                  "the load over more keys",
-                 r->worker, (long long)srv->cfg.queue_capacity, (unsigned long long)wait);
-        answer_rejected(c, id, id_len, rc == -EAGAIN ? (int)r->worker : -1,
+                 worker, (long long)srv->cfg.queue_capacity, (unsigned long long)wait);
+        answer_rejected(c, id, id_len, rc == -EAGAIN ? (int)worker : -1,
                         rc == -EAGAIN ? PX_REJ_QUEUE_FULL : PX_REJ_SHUTTING_DOWN, msg, wait);
         px_req_free(r);
         goto out;
@@ -523,7 +526,7 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
         k->in_flight++;
         r->kent = k;
     }
-    px_hot_arrival(srv->hot, r->worker, line.key, line.key_len, c->batch_ns);
+    px_hot_arrival(srv->hot, worker, line.key, line.key_len, c->batch_ns);
     px_stats_add(&srv->stats.c.accepted, 1);
     px_stats_add(&srv->stats.c.in_flight, 1);
     goto out;

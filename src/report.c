@@ -20,7 +20,15 @@ static const double le_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005
 
 int px_report_backpressure(px_server_t *srv, const px_worker_info_t *w)
 {
-    return (double)w->depth >= atomic_load(&srv->bp_threshold) * (double)w->capacity;
+    return w->capacity > 0 &&
+           (double)w->depth >= atomic_load(&srv->bp_threshold) * (double)w->capacity;
+}
+
+/* Keyed scheduling: backpressure of the one shared backlog. */
+static int keyed_backpressure(px_server_t *srv, uint32_t *depth, uint32_t *cap, uint32_t *keys)
+{
+    return px_pool_keyed(srv->pool, depth, cap, keys) &&
+           (double)*depth >= atomic_load(&srv->bp_threshold) * (double)*cap;
 }
 
 static double round3(double v)
@@ -133,6 +141,21 @@ json_t *px_report_stats(px_server_t *srv)
                   "backpressure", bp, "draining", atomic_load(&srv->draining), "invariant_holds",
                   n.received == px_counts_rejected(&n) + n.ok + n.failed + n.in_flight, "latency",
                   lat, "workers", workers);
+    {
+        uint32_t kd = 0, kc = 0, kk = 0;
+        int kbp = keyed_backpressure(srv, &kd, &kc, &kk);
+        if (px_pool_keyed(srv->pool, &kd, &kc, &kk)) {
+            json_object_set_new(o, "scheduling", json_string("keyed"));
+            json_object_set_new(o, "keyed",
+                                json_pack("{sI sI sI}", "queue_depth", (json_int_t)kd,
+                                          "queue_capacity", (json_int_t)kc, "active_keys",
+                                          (json_int_t)kk));
+            if (kbp)
+                json_object_set_new(o, "backpressure", json_true());
+        } else {
+            json_object_set_new(o, "scheduling", json_string("partitioned"));
+        }
+    }
     json_object_set_new(o, "handlers", handlers_json(srv));
     json_object_set_new(o, "parked", px_server_parked(srv));
     json_object_set_new(o, "keys_parked", json_integer((json_int_t)n.keys_parked));
@@ -281,6 +304,19 @@ int px_report_prometheus(px_server_t *srv, px_buf_t *b)
         for (int s = 0; s < PX_WS_COUNT; s++)
             px_buf_printf(b, "parexd_worker_state{worker=\"%u\",state=\"%s\"} %d\n", i,
                           px_worker_state_name(s), (int)w[i].state == s);
+    {
+        uint32_t kd = 0, kc = 0, kk = 0;
+        bp |= keyed_backpressure(srv, &kd, &kc, &kk);
+        if (px_pool_keyed(srv->pool, &kd, &kc, &kk)) {
+            help_type(b, "parexd_keyed_queue_depth", "gauge",
+                      "Requests waiting in the keyed scheduler (scheduling keyed).");
+            px_buf_printf(b, "parexd_keyed_queue_depth %u\n", kd);
+            help_type(b, "parexd_keyed_queue_capacity", "gauge", "Bound of the keyed scheduler.");
+            px_buf_printf(b, "parexd_keyed_queue_capacity %u\n", kc);
+            help_type(b, "parexd_keyed_active_keys", "gauge", "Keys with work queued or running.");
+            px_buf_printf(b, "parexd_keyed_active_keys %u\n", kk);
+        }
+    }
     help_type(b, "parexd_backpressure", "gauge",
               "1 while any worker's queue is at or above backpressure_threshold.");
     px_buf_printf(b, "parexd_backpressure %d\n", bp);

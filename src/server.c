@@ -513,7 +513,7 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
     if (!(srv->reg = px_handlers_build(cfg->handlers, err, errlen)))
         goto fail;
     rc = px_pool_new(&srv->pool, loop, (uint32_t)cfg->workers, (uint32_t)cfg->queue_capacity,
-                     on_done, srv);
+                     cfg->scheduling == PX_SCHED_KEYED, on_done, srv);
     if (rc) {
         snprintf(err, errlen, "cannot create %lld workers with queue_capacity %lld: %s",
                  (long long)cfg->workers, (long long)cfg->queue_capacity, strerror(-rc));

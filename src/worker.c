@@ -13,6 +13,7 @@
 #include "log.h"
 #include "protocol.h"
 #include "queue.h"
+#include "keysched.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -58,6 +59,7 @@ struct px_pool {
     _Atomic uint32_t q_after;
     _Atomic uint64_t q_for_ns;
     struct px_hot *hot;
+    px_sched_t *sched; /* scheduling "keyed": one scheduler instead of per-slot queues */
     pthread_mutex_t done_mu;
     px_req_t *done_head, *done_tail; /* under done_mu */
     slot_t slots[];
@@ -180,6 +182,8 @@ static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
         /* Quarantined while it waited: not run; the loop answers it rejected/key_parked. */
         r->skipped = 1;
         atomic_store_explicit(&r->state, PX_REQ_DONE, memory_order_release);
+        if (s->pool->sched)
+            px_sched_done(s->pool->sched, r);
         post_done(s->pool, r);
         return 0;
     }
@@ -228,6 +232,8 @@ static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
         count_outcome(s->pool, r);
     if (s->pool->hot)
         px_hot_time(s->pool->hot, s->id, px_req_key(r), r->key_len, run, r->end_ns);
+    if (s->pool->sched)
+        px_sched_done(s->pool->sched, r); /* the key may run again, on any worker */
     post_done(s->pool, r);
     return 0;
 }
@@ -266,7 +272,15 @@ static void *worker_main(void *arg)
         uint64_t hb = atomic_load_explicit(&p->dead_after_ns, memory_order_relaxed) / 4;
         /* Wake at least every 100 ms (or a quarter of dead_after_ms) while idle, so the
          * heartbeat shows the thread is alive. */
-        rc = px_queue_pop(s->queue, &item, hb < 100 * PX_MS ? hb : 100 * PX_MS);
+        if (p->sched) {
+            px_req_t *r = NULL;
+            rc = px_sched_pop(p->sched, &r, hb < 100 * PX_MS ? hb : 100 * PX_MS);
+            if (rc == 0)
+                r->worker = s->id; /* keyed: whichever worker is free runs it */
+            item = r;
+        } else {
+            rc = px_queue_pop(s->queue, &item, hb < 100 * PX_MS ? hb : 100 * PX_MS);
+        }
         atomic_store_explicit(&s->heartbeat_ns, px_now_ns(), memory_order_relaxed);
         if (rc == -ETIMEDOUT)
             continue;
@@ -316,7 +330,7 @@ static void on_async(uv_async_t *a)
     p->cb(list, p->cb_arg);
 }
 
-int px_pool_new(px_pool_t **out, uv_loop_t *loop, uint32_t workers, uint32_t capacity,
+int px_pool_new(px_pool_t **out, uv_loop_t *loop, uint32_t workers, uint32_t capacity, int keyed,
                 px_pool_done_cb cb, void *arg)
 {
     px_pool_t *p;
@@ -338,9 +352,14 @@ int px_pool_new(px_pool_t **out, uv_loop_t *loop, uint32_t workers, uint32_t cap
         slot_t *s = &p->slots[i];
         s->pool = p;
         s->id = i;
-        if (!(s->queue = px_queue_new(capacity)))
+        /* Keyed: a token queue per slot keeps the slot code uniform; work comes from sched. */
+        if (!(s->queue = px_queue_new(keyed ? 1 : capacity)))
             goto fail_slots;
         pthread_mutex_init(&s->cur_mu, NULL);
+    }
+    if (keyed && !(p->sched = px_sched_new(workers * capacity))) {
+        rc = -ENOMEM;
+        goto fail_slots;
     }
     if ((rc = uv_async_init(loop, &p->async, on_async)))
         goto fail_slots;
@@ -349,6 +368,7 @@ int px_pool_new(px_pool_t **out, uv_loop_t *loop, uint32_t workers, uint32_t cap
     return 0;
 
 fail_slots:
+    px_sched_free(p->sched);
     while (i-- > 0) {
         px_queue_free(p->slots[i].queue);
         pthread_mutex_destroy(&p->slots[i].cur_mu);
@@ -412,7 +432,10 @@ px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, int *rc)
     atomic_fetch_add(&p->strays, 1);
     pthread_mutex_unlock(&s->cur_mu);
 
-    /* From here the old thread touches only its request and the completion list. */
+    /* From here the old thread touches only its request and the completion list; it lost the
+     * CAS, so it will not release the key: do it for it, the partition moves on. */
+    if (p->sched)
+        px_sched_done(p->sched, cur);
     pthread_detach(s->thread);
     atomic_store(&s->busy_since_ns, 0);
     add_relaxed(&s->replaced, 1);
@@ -427,12 +450,16 @@ uint32_t px_pool_size(const px_pool_t *p)
 
 int px_pool_submit(px_pool_t *p, px_req_t *r)
 {
+    if (p->sched)
+        return px_sched_push(p->sched, r);
     return px_queue_push(p->slots[r->worker].queue, r);
 }
 
 void px_pool_close(px_pool_t *p)
 {
     atomic_store(&p->closed, 1);
+    if (p->sched)
+        px_sched_close(p->sched);
     for (uint32_t i = 0; i < p->n; i++)
         px_queue_close(p->slots[i].queue);
 }
@@ -444,11 +471,15 @@ size_t px_pool_take_all(px_pool_t *p, px_req_t ***out)
 
     for (uint32_t i = 0; i < p->n; i++)
         cap += px_queue_depth(p->slots[i].queue) + 1;
+    if (p->sched)
+        cap += px_sched_depth(p->sched);
     v = malloc((cap + p->n) * sizeof *v);
     if (!v) {
         *out = NULL;
         return 0;
     }
+    if (p->sched)
+        n += px_sched_take_all(p->sched, &v[n], cap - n);
     for (uint32_t i = 0; i < p->n; i++) {
         slot_t *s = &p->slots[i];
         px_req_t *cur;
@@ -491,6 +522,7 @@ static void on_async_closed(uv_handle_t *h)
         px_queue_free(p->slots[i].queue);
         pthread_mutex_destroy(&p->slots[i].cur_mu);
     }
+    px_sched_free(p->sched);
     pthread_mutex_destroy(&p->done_mu);
     free(p);
 }
@@ -519,8 +551,8 @@ void px_pool_info(px_pool_t *p, uint32_t worker, px_worker_info_t *o)
 
     memset(o, 0, sizeof *o);
     o->id = worker;
-    o->depth = px_queue_depth(s->queue);
-    o->capacity = px_queue_capacity(s->queue);
+    o->depth = p->sched ? 0 : px_queue_depth(s->queue);
+    o->capacity = p->sched ? 0 : px_queue_capacity(s->queue); /* keyed: see px_pool_keyed */
     o->processed = atomic_load_explicit(&s->processed, memory_order_relaxed);
     o->failed = atomic_load_explicit(&s->failed, memory_order_relaxed);
     o->busy_ns = atomic_load_explicit(&s->busy_ns, memory_order_relaxed);
@@ -557,6 +589,9 @@ uint64_t px_pool_retry_after_ms(px_pool_t *p, uint32_t worker)
     uint64_t now = px_now_ns(), running = since && now > since ? now - since : 0;
     uint64_t depth = px_queue_depth(s->queue), ns;
 
+    if (p->sched) /* keyed: the whole backlog, shared by every worker */
+        depth = (px_sched_depth(p->sched) + p->n - 1) / p->n;
+
     /* Queued requests at the recent service time, plus what is left of the running one. With
      * no history yet, assume each takes as long as the running one has so far (a lower bound). */
     if (ewma)
@@ -568,6 +603,8 @@ uint64_t px_pool_retry_after_ms(px_pool_t *p, uint32_t worker)
 
 px_req_t *px_pool_remove_if(px_pool_t *p, int (*match)(px_req_t *r, void *arg), void *arg)
 {
+    if (p->sched)
+        return px_sched_remove_if(p->sched, match, arg);
     for (uint32_t i = 0; i < p->n; i++) {
         px_req_t *r = px_queue_remove_if(p->slots[i].queue, (int (*)(void *, void *))match, arg);
         if (r)
@@ -587,4 +624,14 @@ int px_pool_running_match(px_pool_t *p, int (*match)(px_req_t *r, void *arg), vo
         pthread_mutex_unlock(&s->cur_mu);
     }
     return found;
+}
+
+int px_pool_keyed(px_pool_t *p, uint32_t *depth, uint32_t *capacity, uint32_t *keys)
+{
+    if (!p->sched)
+        return 0;
+    *depth = px_sched_depth(p->sched);
+    *capacity = px_sched_capacity(p->sched);
+    *keys = px_sched_keys(p->sched);
+    return 1;
 }

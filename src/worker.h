@@ -41,8 +41,11 @@ void px_pool_set_hot(px_pool_t *p, struct px_hot *hot);
 /* Thresholds for the stalled and dead states (any thread may change them: config reload). */
 void px_pool_set_limits(px_pool_t *p, uint64_t stall_after_ns, uint64_t dead_after_ns);
 
-int px_pool_new(px_pool_t **out, uv_loop_t *loop, uint32_t workers, uint32_t capacity,
+/* keyed: one keyed scheduler of workers x capacity instead of a queue per worker. */
+int px_pool_new(px_pool_t **out, uv_loop_t *loop, uint32_t workers, uint32_t capacity, int keyed,
                 px_pool_done_cb cb, void *arg);
+/* Keyed scheduling only (returns 0 otherwise): the shared backlog and its bound. Any thread. */
+int px_pool_keyed(px_pool_t *p, uint32_t *depth, uint32_t *capacity, uint32_t *keys);
 /* Starts the threads; on failure stops those already started. */
 int px_pool_start(px_pool_t *p, char *err, size_t errlen);
 uint32_t px_pool_size(const px_pool_t *p);
