@@ -156,6 +156,7 @@ void px_server_check_drained(px_server_t *srv)
             /* Kept reachable (main holds srv in a static) so leak checkers see it as
              * deliberately left for the process exit, not lost. */
             srv->leaked = srv->pool;
+            px_pool_abandon(srv->pool);
             uv_stop(srv->loop);
         }
         srv->pool = NULL;

@@ -635,3 +635,14 @@ int px_pool_keyed(px_pool_t *p, uint32_t *depth, uint32_t *capacity, uint32_t *k
     *keys = px_sched_keys(p->sched);
     return 1;
 }
+
+void px_pool_abandon(px_pool_t *p)
+{
+    for (uint32_t i = 0; i < p->n; i++) {
+        slot_t *s = &p->slots[i];
+        if (atomic_load(&s->started)) {
+            pthread_detach(s->thread);
+            atomic_store(&s->started, 0);
+        }
+    }
+}

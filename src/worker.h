@@ -60,6 +60,9 @@ size_t px_pool_take_all(px_pool_t *p, px_req_t ***out);
 /* Loop thread: joins threads that have exited, closes the async handle; safe to call once the
  * workers are done. Frees the pool in the close callback. */
 void px_pool_destroy(px_pool_t *p);
+/* Loop thread, at a stop that cannot wait for stuck threads: detaches every thread so the
+ * process exit takes them; the pool is then left as it is. */
+void px_pool_abandon(px_pool_t *p);
 /* Any thread. */
 void px_pool_info(px_pool_t *p, uint32_t worker, px_worker_info_t *out);
 /* Slot threads still running (the drain is complete at 0). */
