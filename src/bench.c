@@ -115,7 +115,8 @@ static void report(const px_bench_opts_t *o, const px_bench_result_t *r, int as_
                "\"invalid\":%llu,\"seconds\":%.6f,\"rps\":%.1f,\"ok_rps\":%.1f,\"steady_rps\":%.1f,"
                "\"p50_ms\":%.4f,\"p90_ms\":%.4f,\"p99_ms\":%.4f,\"p999_ms\":%.4f,"
                "\"max_ms\":%.4f,\"mean_ms\":%.4f,\"order_violations\":%llu,\"errors\":%llu,"
-               "\"unanswered\":%llu,\"connections\":%u,\"pipeline\":%u,\"keys\":%u,"
+               "\"unanswered\":%llu,\"server_queue_ms_mean\":%.4f,\"server_run_ms_mean\":%.4f,"
+               "\"connections\":%u,\"pipeline\":%u,\"keys\":%u,"
                "\"zipf\":%g,\"op\":",
                (unsigned long long)r->sent, (unsigned long long)r->ok,
                (unsigned long long)r->failed, (unsigned long long)r->rejected,
@@ -123,7 +124,9 @@ static void report(const px_bench_opts_t *o, const px_bench_result_t *r, int as_
                ms(px_bhist_quantile(h, 0.50)), ms(px_bhist_quantile(h, 0.90)),
                ms(px_bhist_quantile(h, 0.99)), ms(px_bhist_quantile(h, 0.999)), ms(h->max),
                px_bhist_mean(h) / 1e6, (unsigned long long)r->order_violations,
-               (unsigned long long)r->errors, (unsigned long long)r->unanswered, o->connections,
+               (unsigned long long)r->errors, (unsigned long long)r->unanswered,
+               r->server_timed ? r->server_queue_ms / (double)r->server_timed : 0.0,
+               r->server_timed ? r->server_run_ms / (double)r->server_timed : 0.0, o->connections,
                o->pipeline, o->keys, o->zipf);
         json_t *op = json_string(o->op);
         json_dumpf(op, stdout, JSON_ENCODE_ANY);
@@ -150,6 +153,10 @@ static void report(const px_bench_opts_t *o, const px_bench_result_t *r, int as_
     printf("p99_ms            %.3f\n", ms(px_bhist_quantile(h, 0.99)));
     printf("p99.9_ms          %.3f\n", ms(px_bhist_quantile(h, 0.999)));
     printf("max_ms            %.3f\n", ms(h->max));
+    if (r->server_timed)
+        printf("server mean       queue_ms %.3f  run_ms %.3f  (from the answers)\n",
+               r->server_queue_ms / (double)r->server_timed,
+               r->server_run_ms / (double)r->server_timed);
 }
 
 /* The payload as compact JSON on one line. */

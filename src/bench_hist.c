@@ -60,7 +60,8 @@ uint64_t px_bhist_quantile(const px_bhist_t *h, double q)
         seen += h->b[i];
         if (seen >= rank) {
             uint64_t up = px_bhist_upper(i);
-            return up < h->max ? up : h->max;
+            /* The last bucket also holds everything beyond the range: only max bounds it. */
+            return up < h->max && i < PX_BHIST_BUCKETS - 1 ? up : h->max;
         }
     }
     return h->max;

@@ -32,7 +32,9 @@ typedef struct px_bench_result {
     uint64_t unanswered;       /* requests whose connection closed or timed out */
     double seconds;            /* first request sent to last answer read */
     uint64_t window_answered;  /* --duration: answers read before sending stopped */
-    px_bhist_t lat;            /* ns, of ok and failed answers */
+    double server_queue_ms, server_run_ms; /* sums of the answers' queue_ms and run_ms */
+    uint64_t server_timed;                 /* answers that carried both */
+    px_bhist_t lat;                        /* ns, of ok and failed answers */
 } px_bench_result_t;
 
 /* Runs the load described by o. Returns 0 when it ran (check res for errors), or -1 when it
