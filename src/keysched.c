@@ -31,6 +31,7 @@ struct px_sched {
     kq_t *ready_head, *ready_tail;
     uint32_t cap, total;
     int waiting, closed;
+    uint32_t unsignalled;         /* keys made ready by pushes whose wake-up px_sched_wake owes */
     _Atomic uint32_t depth, keys; /* mirrors for lock-free readers */
 };
 
@@ -100,7 +101,7 @@ static void grow(px_sched_t *s)
     s->nbuckets = n;
 }
 
-static void make_ready(px_sched_t *s, kq_t *k)
+static void make_ready(px_sched_t *s, kq_t *k, int wake)
 {
     k->ready = 1;
     k->rnext = NULL;
@@ -109,8 +110,19 @@ static void make_ready(px_sched_t *s, kq_t *k)
     else
         s->ready_head = k;
     s->ready_tail = k;
-    if (s->waiting)
+    if (!wake)
+        s->unsignalled++;
+    else if (s->waiting)
         pthread_cond_signal(&s->ready_cv);
+}
+
+void px_sched_wake(px_sched_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    for (; s->unsignalled > 0 && s->waiting > 0; s->unsignalled--)
+        pthread_cond_signal(&s->ready_cv);
+    s->unsignalled = 0;
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* Drops an idle key: no queued requests, none running. */
@@ -170,7 +182,7 @@ int px_sched_push(px_sched_t *s, px_req_t *r)
     s->total++;
     atomic_store_explicit(&s->depth, s->total, memory_order_relaxed);
     if (!k->running && !k->ready)
-        make_ready(s, k);
+        make_ready(s, k, 0);
 out:
     pthread_mutex_unlock(&s->mu);
     return rc;
@@ -227,7 +239,7 @@ void px_sched_done(px_sched_t *s, const px_req_t *r)
     if (k) {
         k->running = 0;
         if (k->depth)
-            make_ready(s, k); /* to the tail: keys take turns */
+            make_ready(s, k, 1); /* to the tail: keys take turns */
         else
             maybe_forget(s, k);
     }

@@ -18,8 +18,10 @@ typedef struct px_sched px_sched_t;
 
 px_sched_t *px_sched_new(uint32_t capacity);
 void px_sched_free(px_sched_t *s);
-/* Loop thread: 0, -EAGAIN when full, -EPIPE once closed. */
+/* Loop thread: 0, -EAGAIN when full, -EPIPE once closed. Waking a waiting worker is left to
+ * px_sched_wake, once per batch of pushes. */
 int px_sched_push(px_sched_t *s, px_req_t *r);
+void px_sched_wake(px_sched_t *s);
 /* Worker thread: the next request of a ready key (its key is now running): 0, -ETIMEDOUT, or
  * -EPIPE when closed and empty. */
 int px_sched_pop(px_sched_t *s, px_req_t **out, uint64_t timeout_ns);

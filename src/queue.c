@@ -57,7 +57,7 @@ void px_queue_free(px_queue_t *q)
     free(q);
 }
 
-int px_queue_push(px_queue_t *q, void *item)
+static int push(px_queue_t *q, void *item, int wake)
 {
     int rc = 0;
 
@@ -70,11 +70,33 @@ int px_queue_push(px_queue_t *q, void *item)
         q->items[(q->head + q->len) % q->cap] = item;
         q->len++;
         atomic_store_explicit(&q->depth, q->len, memory_order_relaxed);
-        if (q->waiting)
-            pthread_cond_signal(&q->nonempty);
+        if (q->waiting) {
+            if (wake)
+                pthread_cond_signal(&q->nonempty);
+            else
+                rc = 1;
+        }
     }
     pthread_mutex_unlock(&q->mu);
     return rc;
+}
+
+int px_queue_push(px_queue_t *q, void *item)
+{
+    return push(q, item, 1);
+}
+
+int px_queue_push_lazy(px_queue_t *q, void *item)
+{
+    return push(q, item, 0);
+}
+
+void px_queue_wake(px_queue_t *q)
+{
+    pthread_mutex_lock(&q->mu);
+    if (q->waiting)
+        pthread_cond_signal(&q->nonempty);
+    pthread_mutex_unlock(&q->mu);
 }
 
 int px_queue_pop(px_queue_t *q, void **item, uint64_t timeout_ns)

@@ -14,6 +14,11 @@ void px_queue_free(px_queue_t *q);
 
 /* 0, -EAGAIN when full, -EPIPE once closed. Any thread. */
 int px_queue_push(px_queue_t *q, void *item);
+/* Like px_queue_push, but leaves waking the consumer to px_queue_wake: returns 1 when the
+ * consumer is waiting and must be woken, so a producer that pushes many items in one go wakes
+ * it once. */
+int px_queue_push_lazy(px_queue_t *q, void *item);
+void px_queue_wake(px_queue_t *q);
 /* Waits up to timeout_ns for an item: 0 with *item set, -ETIMEDOUT, or -EPIPE when closed and
  * empty (a closed queue still hands out what it holds, so a drain finishes the work). */
 int px_queue_pop(px_queue_t *q, void **item, uint64_t timeout_ns);

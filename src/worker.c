@@ -32,6 +32,7 @@ typedef struct slot {
     px_queue_t *queue;
     pthread_t thread;     /* loop-only */
     _Atomic int started;  /* set by the loop, read by px_pool_info anywhere */
+    int kick;             /* loop-only: a push left this worker to be woken by px_pool_kick */
     _Atomic int running;  /* the current thread has not exited */
     _Atomic uint64_t gen; /* changed under cur_mu */
     _Atomic uint64_t heartbeat_ns, busy_since_ns; /* busy_since_ns 0 while idle */
@@ -59,7 +60,9 @@ struct px_pool {
     _Atomic uint32_t q_after;
     _Atomic uint64_t q_for_ns;
     struct px_hot *hot;
-    px_sched_t *sched; /* scheduling "keyed": one scheduler instead of per-slot queues */
+    px_sched_t *sched;       /* scheduling "keyed": one scheduler instead of per-slot queues */
+    uint32_t *kicks, nkicks; /* loop-only: slots to wake at the end of this batch */
+    int sched_kick;          /* loop-only: the keyed scheduler owes wake-ups */
     pthread_mutex_t done_mu;
     px_req_t *done_head, *done_tail; /* under done_mu */
     slot_t slots[];
@@ -344,6 +347,10 @@ int px_pool_new(px_pool_t **out, uv_loop_t *loop, uint32_t workers, uint32_t cap
     p->n = workers;
     p->cb = cb;
     p->cb_arg = arg;
+    if (!(p->kicks = calloc(workers, sizeof *p->kicks))) {
+        free(p);
+        return -ENOMEM;
+    }
     atomic_init(&p->stall_after_ns, 5000 * PX_MS);
     atomic_init(&p->dead_after_ns, 10000 * PX_MS);
     if (pthread_mutex_init(&p->done_mu, NULL))
@@ -375,6 +382,7 @@ fail_slots:
     }
     pthread_mutex_destroy(&p->done_mu);
 fail_mu:
+    free(p->kicks);
     free(p);
     return rc;
 }
@@ -450,9 +458,37 @@ uint32_t px_pool_size(const px_pool_t *p)
 
 int px_pool_submit(px_pool_t *p, px_req_t *r)
 {
-    if (p->sched)
+    slot_t *s;
+    int rc;
+
+    if (p->sched) {
+        p->sched_kick = 1;
         return px_sched_push(p->sched, r);
-    return px_queue_push(p->slots[r->worker].queue, r);
+    }
+    s = &p->slots[r->worker];
+    rc = px_queue_push_lazy(s->queue, r);
+    if (rc == 1) {
+        if (!s->kick) {
+            s->kick = 1;
+            p->kicks[p->nkicks++] = s->id;
+        }
+        rc = 0;
+    }
+    return rc;
+}
+
+void px_pool_kick(px_pool_t *p)
+{
+    if (p->sched_kick) {
+        p->sched_kick = 0;
+        px_sched_wake(p->sched);
+    }
+    for (uint32_t i = 0; i < p->nkicks; i++) {
+        slot_t *s = &p->slots[p->kicks[i]];
+        s->kick = 0;
+        px_queue_wake(s->queue);
+    }
+    p->nkicks = 0;
 }
 
 void px_pool_close(px_pool_t *p)
@@ -524,6 +560,7 @@ static void on_async_closed(uv_handle_t *h)
     }
     px_sched_free(p->sched);
     pthread_mutex_destroy(&p->done_mu);
+    free(p->kicks);
     free(p);
 }
 
