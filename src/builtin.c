@@ -14,7 +14,9 @@
 static int echo_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout_ns,
                     px_result_t *res)
 {
-    res->value = json_incref(req->payload);
+    /* The payload is already compact JSON text: hand it back as it is. */
+    res->text = px_req_payload(req);
+    res->text_len = req->payload_len;
     return 0;
 }
 
@@ -34,7 +36,8 @@ static int sleep_validate(const px_handler_t *h, const json_t *payload, char *ms
 static int sleep_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout_ns,
                      px_result_t *res)
 {
-    json_int_t ms = json_integer_value(json_object_get(req->payload, "ms"));
+    json_t *p = json_loadb(px_req_payload(req), req->payload_len, 0, NULL);
+    json_int_t ms = json_integer_value(json_object_get(p, "ms")); /* validated on the loop */
     uint64_t ns = (uint64_t)ms * 1000000ull;
     int cut = timeout_ns && timeout_ns < ns;
     struct timespec ts;
@@ -42,6 +45,7 @@ static int sleep_run(const px_handler_t *h, const px_req_t *req, uint64_t timeou
     /* A timeout cuts the sleep short, as it would cut off real I/O. */
     if (cut)
         ns = timeout_ns;
+    json_decref(p);
     ts.tv_sec = (time_t)(ns / 1000000000ull);
     ts.tv_nsec = (long)(ns % 1000000000ull);
     while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
@@ -66,9 +70,12 @@ static int fail_validate(const px_handler_t *h, const json_t *payload, char *msg
 static int fail_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout_ns,
                     px_result_t *res)
 {
-    json_t *m = json_object_get(req->payload, "message");
+    json_t *p = json_loadb(px_req_payload(req), req->payload_len, JSON_DECODE_ANY, NULL);
+    json_t *m = json_object_get(p, "message");
+    int rc = px_fail(res, "handler_error", "%s", m ? json_string_value(m) : "failed as asked");
 
-    return px_fail(res, "handler_error", "%s", m ? json_string_value(m) : "failed as asked");
+    json_decref(p);
+    return rc;
 }
 
 /* Fault injection for tests (PAREXD_FAULT_INJECTION=1): ends the worker thread mid-request, the

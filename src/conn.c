@@ -495,7 +495,10 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
             goto out;
         }
     }
-    if (!(r = px_req_new(line.key, line.key_len, id, id_len)))
+    /* The payload travels as compact text, dumped into a buffer the loop reuses. */
+    srv->scratch.len = 0;
+    if (px_json_append(&srv->scratch, line.payload) ||
+        !(r = px_req_new(line.key, line.key_len, id, id_len, srv->scratch.data, srv->scratch.len)))
         goto oom;
     r->conn = c;
     r->handler = h;
@@ -503,7 +506,6 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
     px_registry_ref(r->reg);
     if (line.deadline_ms)
         r->deadline_ns = c->batch_ns + (uint64_t)line.deadline_ms * 1000000ull;
-    r->payload = json_incref(line.payload);
     r->recv_ns = c->batch_ns;
     /* Kept in a local: once submitted the request belongs to the worker side. */
     worker = px_route(line.key, line.key_len, px_pool_size(srv->pool));

@@ -36,9 +36,10 @@ static int plugin_run(const px_handler_t *h, const px_req_t *req, uint64_t timeo
     size_t out_len = 0;
     int rc;
 
-    if (!(payload = json_dumps(req->payload, JSON_COMPACT | JSON_ENCODE_ANY)))
-        return px_fail(res, "handler_error", "out of memory encoding the payload");
-    rc = x->p->process(x->state, px_req_key(req), req->key_len, payload, strlen(payload), &out,
+    /* The ABI promises NUL-terminated text; the stored payload is not. */
+    if (!(payload = strndup(px_req_payload(req), req->payload_len)))
+        return px_fail(res, "handler_error", "out of memory copying the payload");
+    rc = x->p->process(x->state, px_req_key(req), req->key_len, payload, req->payload_len, &out,
                        &out_len, &perr);
     free(payload);
     if (rc != 0) {

@@ -64,7 +64,7 @@ int px_request_json(const px_req_t *req, px_buf_t *b)
     rc |= px_buf_puts(b, ",\"op\":");
     rc |= px_buf_json_string(b, req->handler->name, strlen(req->handler->name));
     rc |= px_buf_puts(b, ",\"payload\":");
-    rc |= px_json_append(b, req->payload);
+    rc |= px_buf_append(b, px_req_payload(req), req->payload_len);
     rc |= px_buf_puts(b, "}");
     return rc ? -1 : 0;
 }

@@ -16,7 +16,9 @@
 /* What a handler run produced. On failure code names the error and message says what happened
  * and what to do. */
 typedef struct px_result {
-    json_t *value; /* ok: the result, owned by the result */
+    json_t *value;    /* ok: the result, owned by the result */
+    const char *text; /* ok, instead of value: the result as JSON text (not owned) */
+    size_t text_len;
     const char *code;
     char message[512];
 } px_result_t;

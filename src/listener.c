@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static void on_connection(uv_stream_t *listener, int status)
@@ -87,16 +88,36 @@ static int add_unix(px_server_t *srv, char *err, size_t errlen)
     struct stat st;
     int rc;
 
-    /* A socket left by a previous run would make bind fail; anything else is not ours. */
-    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+    /* A socket left by a previous run would make bind fail: replace it, but only when nothing
+     * answers on it (a running parexd's socket is not ours to take) and only if it is a
+     * socket at all (anything else at that path is not ours to delete). */
+    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+        struct sockaddr_un sun = {.sun_family = AF_UNIX};
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), live;
+        snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+        live = fd >= 0 && connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0;
+        if (fd >= 0)
+            close(fd);
+        if (live) {
+            snprintf(err, errlen,
+                     "key 'listen_unix': %s is the live socket of a running process (another "
+                     "parexd?); stop it or pick another path",
+                     path);
+            return -1;
+        }
         unlink(path);
+    }
     uv_pipe_init(srv->loop, p, 0);
     p->data = srv;
     srv->nlisteners++;
-    if ((rc = uv_pipe_bind(p, path)) ||
-        (chmod(path, (mode_t)srv->cfg.listen_unix_mode) ? (rc = uv_translate_sys_error(errno))
-                                                        : 0) ||
-        (rc = uv_listen((uv_stream_t *)p, 511, on_connection))) {
+    if ((rc = uv_pipe_bind(p, path)) == 0) {
+        srv->unix_bound = 1; /* from here the path is ours, and removed at exit */
+        if (chmod(path, (mode_t)srv->cfg.listen_unix_mode))
+            rc = uv_translate_sys_error(errno);
+        else
+            rc = uv_listen((uv_stream_t *)p, 511, on_connection);
+    }
+    if (rc) {
         snprintf(err, errlen, "key 'listen_unix': cannot listen on %s: %s", path, uv_strerror(rc));
         return -1;
     }
@@ -146,6 +167,8 @@ void px_listener_close(px_server_t *srv)
             uv_close((uv_handle_t *)&srv->listeners[i], on_closed);
             closed = 1;
         }
-    if (closed && srv->cfg.listen_unix[0])
+    if (closed && srv->unix_bound) {
         unlink(srv->cfg.listen_unix);
+        srv->unix_bound = 0;
+    }
 }

@@ -153,9 +153,13 @@ static int pipeline_stdin(void)
 static int cmd_send(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"key", required_argument, NULL, 'k'},     {"op", required_argument, NULL, 'o'},
-        {"payload", required_argument, NULL, 'p'}, {"id", required_argument, NULL, 'i'},
-        {"addr", required_argument, NULL, 'a'},    {NULL, 0, NULL, 0},
+        {"key", required_argument, NULL, 'k'},
+        {"op", required_argument, NULL, 'o'},
+        {"payload", required_argument, NULL, 'p'},
+        {"id", required_argument, NULL, 'i'},
+        {"addr", required_argument, NULL, 'a'},
+        {"token", required_argument, NULL, 't'},
+        {NULL, 0, NULL, 0},
     };
     const char *key = NULL, *op = NULL, *payload = NULL, *id = NULL;
     json_t *req, *pl = NULL;

@@ -179,7 +179,10 @@ int px_resp_format(px_buf_t *b, const px_resp_t *r)
         rc |= px_buf_printf(b, ",\"queue_ms\":%.3f,\"run_ms\":%.3f", r->queue_ms, r->run_ms);
     if (strcmp(r->status, "ok") == 0) {
         rc |= px_buf_puts(b, ",\"result\":");
-        rc |= r->result ? px_json_append(b, r->result) : px_buf_puts(b, "null");
+        if (r->result_text)
+            rc |= px_buf_append(b, r->result_text, r->result_len);
+        else
+            rc |= r->result ? px_json_append(b, r->result) : px_buf_puts(b, "null");
     } else {
         rc |= px_buf_puts(b, ",\"error\":{\"code\":");
         rc |= px_buf_json_string(b, r->code, strlen(r->code));
@@ -193,17 +196,21 @@ int px_resp_format(px_buf_t *b, const px_resp_t *r)
     return rc ? -1 : 0;
 }
 
-px_req_t *px_req_new(const char *key, size_t key_len, const char *id, size_t id_len)
+px_req_t *px_req_new(const char *key, size_t key_len, const char *id, size_t id_len,
+                     const char *payload, size_t payload_len)
 {
-    px_req_t *r = malloc(sizeof *r + key_len + id_len);
+    px_req_t *r = malloc(sizeof *r + key_len + id_len + payload_len);
 
     if (!r)
         return NULL;
     memset(r, 0, sizeof *r);
     memcpy(r->data, key, key_len);
     memcpy(r->data + key_len, id, id_len);
+    if (payload_len)
+        memcpy(r->data + key_len + id_len, payload, payload_len);
     r->key_len = (uint16_t)key_len;
     r->id_len = (uint32_t)id_len;
+    r->payload_len = (uint32_t)payload_len;
     atomic_init(&r->state, PX_REQ_QUEUED);
     return r;
 }
@@ -212,7 +219,6 @@ void px_req_free(px_req_t *r)
 {
     if (!r)
         return;
-    json_decref(r->payload);
     px_registry_unref(r->reg);
     px_buf_free(&r->out);
     free(r);

@@ -61,6 +61,8 @@ typedef struct px_resp {
     const char *status;
     int worker;
     const json_t *result;
+    const char *result_text; /* used instead of result when set: JSON text */
+    size_t result_len;
     const char *code;
     const char *message;
     double queue_ms, run_ms;

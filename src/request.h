@@ -28,7 +28,7 @@ typedef struct px_req {
     struct px_conn *conn; /* touched by the loop only */
     const struct px_handler *handler;
     struct px_registry *reg; /* holds the handler's registry alive (one reference) */
-    json_t *payload;         /* owned; the worker's handler reads it */
+    uint32_t payload_len;    /* the payload as compact JSON text, stored after key and id */
     uint64_t recv_ns;
     uint64_t deadline_ns; /* 0: none */
     struct px_key *kent;  /* per-key state (cap, quarantine) or NULL; workers touch its atomics */
@@ -58,8 +58,16 @@ static inline const char *px_req_id(const px_req_t *r)
 {
     return r->data + r->key_len;
 }
+/* JSON text, not NUL-terminated. Kept as text, not a jansson tree: a third of the memory per
+ * queued request, and exec, http and plugin handlers want text anyway. */
+static inline const char *px_req_payload(const px_req_t *r)
+{
+    return r->data + r->key_len + r->id_len;
+}
 
-px_req_t *px_req_new(const char *key, size_t key_len, const char *id, size_t id_len);
+/* One allocation holding the request and the bytes of its key, id and payload. */
+px_req_t *px_req_new(const char *key, size_t key_len, const char *id, size_t id_len,
+                     const char *payload, size_t payload_len);
 void px_req_free(px_req_t *r);
 
 #endif

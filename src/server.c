@@ -563,6 +563,7 @@ void px_server_free(px_server_t *srv)
     pthread_mutex_destroy(&srv->parked_mu);
     json_decref(srv->parked);
     px_keytab_free(&srv->keys);
+    px_buf_free(&srv->scratch);
     px_hot_free(srv->hot);
     px_config_clear(&srv->cfg);
 }

@@ -45,6 +45,7 @@ typedef struct px_server {
         uv_pipe_t pipe; /* listen_unix */
     } listeners[PX_MAX_LISTENERS];
     int nlisteners;
+    int unix_bound;        /* listen_unix was bound by us: unlink it when closing */
     char listen_addr[512]; /* the addresses actually bound, ports resolved */
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer;
@@ -65,6 +66,7 @@ typedef struct px_server {
     px_pool_t *leaked;    /* threads stuck in handlers outlive the loop: skip the final frees */
 
     char readbuf[65536]; /* shared by every connection: lines are consumed within the read */
+    px_buf_t scratch;    /* loop-only: reused while building each request */
 } px_server_t;
 
 /* Sets up the listener, the pool and the signal handlers. Returns 0 or -1 with err set. */

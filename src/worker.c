@@ -131,6 +131,8 @@ static void format_response(px_req_t *r, px_result_t *res)
     resp.status = r->ok ? "ok" : "failed";
     resp.worker = (int)r->worker;
     resp.result = res->value;
+    resp.result_text = res->text;
+    resp.result_len = res->text_len;
     resp.code = res->code ? res->code : "handler_error";
     resp.message = res->message;
     resp.queue_ms = ms_between(r->recv_ns, r->start_ns);

@@ -9,8 +9,8 @@ import os
 import re
 import socket
 import stat
-import tempfile
 import shutil
+import tempfile
 import unittest
 
 import pxharness as px
@@ -197,6 +197,9 @@ class UnixSocketTest(px.Accounting, unittest.TestCase):
             try:
                 m = b.wait_log(r"listening for requests on|listen_unix.*")
                 took_over = "listening for requests" in m.group(0)
+                if not took_over:
+                    # It refused: it exits on its own with the config status.
+                    self.assertEqual(b.wait_exit(), 78)
             finally:
                 if b.proc.poll() is None:
                     b.stop()

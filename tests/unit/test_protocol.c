@@ -506,7 +506,7 @@ static void test_json_append_any(void **state)
 
 static void test_req_new_holds_key_and_id(void **state)
 {
-    px_req_t *r = px_req_new("user-9", 6, "\"id-1\"", 6);
+    px_req_t *r = px_req_new("user-9", 6, "\"id-1\"", 6, "{\"a\":1}", 7);
 
     assert_non_null(r);
     assert_int_equal(r->key_len, 6);
