@@ -55,6 +55,33 @@ int px_buf_printf(px_buf_t *b, const char *fmt, ...)
     return 0;
 }
 
+int px_buf_uint(px_buf_t *b, uint64_t n)
+{
+    char tmp[24];
+    int i = sizeof tmp;
+
+    do
+        tmp[--i] = (char)('0' + n % 10);
+    while ((n /= 10) > 0);
+    return px_buf_append(b, tmp + i, sizeof tmp - (size_t)i);
+}
+
+int px_buf_fixed3(px_buf_t *b, double v)
+{
+    uint64_t m;
+
+    if (!(v >= 0) || v > 1e15) /* negative, NaN or absurd: let printf say it */
+        return px_buf_printf(b, "%.3f", v);
+    m = (uint64_t)(v * 1000.0 + 0.5);
+    if (px_buf_uint(b, m / 1000) || px_buf_reserve(b, 4))
+        return -1;
+    b->data[b->len++] = '.';
+    b->data[b->len++] = (char)('0' + m / 100 % 10);
+    b->data[b->len++] = (char)('0' + m / 10 % 10);
+    b->data[b->len++] = (char)('0' + m % 10);
+    return 0;
+}
+
 int px_buf_json_string(px_buf_t *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";

@@ -172,11 +172,19 @@ int px_resp_format(px_buf_t *b, const px_resp_t *r)
 
     rc |= px_buf_puts(b, "{\"id\":");
     rc |= r->id ? px_buf_append(b, r->id, r->id_len) : px_buf_puts(b, "null");
-    rc |= px_buf_printf(b, ",\"status\":\"%s\"", r->status);
-    if (r->worker >= 0)
-        rc |= px_buf_printf(b, ",\"worker\":%d", r->worker);
-    if (r->queue_ms >= 0)
-        rc |= px_buf_printf(b, ",\"queue_ms\":%.3f,\"run_ms\":%.3f", r->queue_ms, r->run_ms);
+    rc |= px_buf_puts(b, ",\"status\":\"");
+    rc |= px_buf_puts(b, r->status);
+    rc |= px_buf_puts(b, "\"");
+    if (r->worker >= 0) {
+        rc |= px_buf_puts(b, ",\"worker\":");
+        rc |= px_buf_uint(b, (uint64_t)r->worker);
+    }
+    if (r->queue_ms >= 0) {
+        rc |= px_buf_puts(b, ",\"queue_ms\":");
+        rc |= px_buf_fixed3(b, r->queue_ms);
+        rc |= px_buf_puts(b, ",\"run_ms\":");
+        rc |= px_buf_fixed3(b, r->run_ms);
+    }
     if (strcmp(r->status, "ok") == 0) {
         rc |= px_buf_puts(b, ",\"result\":");
         if (r->result_text)
