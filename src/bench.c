@@ -23,36 +23,38 @@
 static void usage(FILE *f)
 {
     fprintf(
-        f, "usage: parex-bench --addr HOST:PORT --connections C --pipeline P\n"
-           "                   (--requests N | --duration S) --keys K [--zipf S] [--op OP]\n"
-           "                   [--payload-bytes B | --payload JSON] [--seed N] [--timeout S]\n"
-           "                   [--json]\n"
-           "       parex-bench --addr HOST:PORT --idle-connections N [--hold S]\n"
-           "\n"
-           "  --addr HOST:PORT     parexd's request listener ([::1]:PORT for IPv6)\n"
-           "  --connections C      connections, each keeping P requests outstanding (default 1)\n"
-           "  --pipeline P         requests outstanding per connection (default 1)\n"
-           "  --requests N         send N requests in all, then wait for their answers\n"
-           "  --duration S         send for S seconds, then wait for the answers still due\n"
-           "  --keys K             distinct partition keys k0..k(K-1) (default 1000)\n"
-           "  --zipf S             draw keys from Zipf(S) (k0 the hottest); default uniform\n"
-           "  --op OP              the request's op (default echo)\n"
-           "  --payload-bytes B    payload: a JSON string of B bytes\n"
-           "  --payload JSON       payload: this JSON value (e.g. '{\"ms\":10}' for op sleep)\n"
-           "  --seed N             PRNG seed of the key choice (default 1)\n"
-           "  --timeout S          give up when no answer comes for S seconds (default 30)\n"
-           "  --json               print the report as one JSON object\n"
-           "  --idle-connections N open N connections, send one echo on each, print one line\n"
-           "                       once all are answered, then hold them idle\n"
-           "  --hold S             how long to hold them (default: until SIGINT/SIGTERM)\n"
-           "\n"
-           "Every answer is checked: its id must match a request outstanding on its connection,\n"
-           "and ok/failed answers for a key must come back in the order that key's requests were\n"
-           "sent on the connection. Violations are printed and counted. Latency is measured from\n"
-           "the write of a request to the read of its ok/failed answer, in a log-linear histogram\n"
-           "with under 0.8%% relative error.\n"
-           "Exit status: 0 clean run, 1 protocol errors or order violations, 2 the run could not\n"
-           "start, 64 usage.\n");
+        f,
+        "usage: parex-bench --addr HOST:PORT --connections C --pipeline P\n"
+        "                   (--requests N | --duration S) --keys K [--zipf S] [--op OP]\n"
+        "                   [--payload-bytes B | --payload JSON] [--seed N] [--timeout S]\n"
+        "                   [--json]\n"
+        "       parex-bench --addr HOST:PORT --idle-connections N [--hold S]\n"
+        "\n"
+        "  --addr HOST:PORT     parexd's request listener ([::1]:PORT for IPv6)\n"
+        "  --connections C      connections, each keeping P requests outstanding (default 1)\n"
+        "  --pipeline P         requests outstanding per connection (default 1)\n"
+        "  --requests N         send N requests in all, then wait for their answers\n"
+        "  --duration S         send for S seconds, then wait for the answers still due\n"
+        "  --keys K             distinct partition keys k0..k(K-1) (default 1000)\n"
+        "  --zipf S             draw keys from Zipf(S) (k0 the hottest); default uniform\n"
+        "  --hot-keys H         report keys H.. (the cold ones) apart: cold_p99_ms, cold_rejected\n"
+        "  --op OP              the request's op (default echo)\n"
+        "  --payload-bytes B    payload: a JSON string of B bytes\n"
+        "  --payload JSON       payload: this JSON value (e.g. '{\"ms\":10}' for op sleep)\n"
+        "  --seed N             PRNG seed of the key choice (default 1)\n"
+        "  --timeout S          give up when no answer comes for S seconds (default 30)\n"
+        "  --json               print the report as one JSON object\n"
+        "  --idle-connections N open N connections, send one echo on each, print one line\n"
+        "                       once all are answered, then hold them idle\n"
+        "  --hold S             how long to hold them (default: until SIGINT/SIGTERM)\n"
+        "\n"
+        "Every answer is checked: its id must match a request outstanding on its connection,\n"
+        "and ok/failed answers for a key must come back in the order that key's requests were\n"
+        "sent on the connection. Violations are printed and counted. Latency is measured from\n"
+        "the write of a request to the read of its ok/failed answer, in a log-linear histogram\n"
+        "with under 0.8%% relative error.\n"
+        "Exit status: 0 clean run, 1 protocol errors or order violations, 2 the run could not\n"
+        "start, 64 usage.\n");
 }
 
 static int die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -128,6 +130,12 @@ static void report(const px_bench_opts_t *o, const px_bench_result_t *r, int as_
                r->server_timed ? r->server_queue_ms / (double)r->server_timed : 0.0,
                r->server_timed ? r->server_run_ms / (double)r->server_timed : 0.0, o->connections,
                o->pipeline, o->keys, o->zipf);
+        if (o->hot_keys)
+            printf("\"cold_sent\":%llu,\"cold_rejected\":%llu,\"cold_p50_ms\":%.4f,"
+                   "\"cold_p99_ms\":%.4f,",
+                   (unsigned long long)r->cold_sent, (unsigned long long)r->cold_rejected,
+                   ms(px_bhist_quantile(&r->cold_lat, 0.50)),
+                   ms(px_bhist_quantile(&r->cold_lat, 0.99)));
         json_t *op = json_string(o->op);
         json_dumpf(op, stdout, JSON_ENCODE_ANY);
         json_decref(op);
@@ -201,6 +209,7 @@ int main(int argc, char **argv)
         {"json", no_argument, 0, 'j'},
         {"idle-connections", required_argument, 0, 'I'},
         {"hold", required_argument, 0, 'H'},
+        {"hot-keys", required_argument, 0, 'K'},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},
         {0, 0, 0, 0},
@@ -242,6 +251,11 @@ int main(int argc, char **argv)
             if (parse_u64(optarg, 1, 100000000, &v))
                 return die_usage("--keys '%s' is not an integer 1..100000000", optarg);
             o.keys = (uint32_t)v;
+            break;
+        case 'K':
+            if (parse_u64(optarg, 1, 100000000, &v))
+                return die_usage("--hot-keys '%s' is not an integer 1..100000000", optarg);
+            o.hot_keys = (uint32_t)v;
             break;
         case 'z':
             if (parse_pos_double(optarg, &o.zipf) || o.zipf > 100)

@@ -123,6 +123,8 @@ void px_bconn_refill(px_bconn_t *c, uint64_t now_ns)
         sl->id = (++c->counter << b->slot_bits) | s;
         sl->key = px_keydist_draw(&b->keys, &c->rng);
         sl->kseq = c->ksent[sl->key]++;
+        if (b->o->hot_keys && sl->key >= b->o->hot_keys)
+            b->res->cold_sent++;
         sl->sent_ns = now_ns;
         p = c->out.data + c->out.len;
         memcpy(p, "{\"key\":\"" KEY_PREFIX, 8 + sizeof KEY_PREFIX - 1);
@@ -168,6 +170,8 @@ static void check_done_answer(px_bconn_t *c, px_bslot_t *sl, json_t *r, const ch
         c->kdone[sl->key] = sl->kseq + 1;
     }
     px_bhist_record(&res->lat, now_ns - sl->sent_ns);
+    if (b->o->hot_keys && sl->key >= b->o->hot_keys)
+        px_bhist_record(&res->cold_lat, now_ns - sl->sent_ns);
     if (json_is_number(qms) && json_is_number(rms)) {
         res->server_queue_ms += json_number_value(qms);
         res->server_run_ms += json_number_value(rms);
@@ -226,6 +230,8 @@ static void handle_line(px_bconn_t *c, const char *line, size_t len, uint64_t no
         check_done_answer(c, sl, r, status, line, len, now_ns);
     } else if (status && strcmp(status, "rejected") == 0) {
         res->rejected++;
+        if (b->o->hot_keys && sl->key >= b->o->hot_keys)
+            res->cold_rejected++;
     } else if (status && strcmp(status, "invalid") == 0) {
         if (res->invalid++ == 0)
             fprintf(stderr, "parex-bench: first invalid answer: %s\n",

@@ -239,6 +239,7 @@ int px_bench_run(const px_bench_opts_t *o, px_bench_result_t *res, char *err, si
 
     memset(res, 0, sizeof *res);
     px_bhist_init(&res->lat);
+    px_bhist_init(&res->cold_lat);
     if (!b || uv_loop_init(&loop)) {
         snprintf(err, errlen, "out of memory");
         free(b);

@@ -22,7 +22,8 @@ typedef struct px_bench_opts {
     const char *payload; /* compact JSON text, or NULL for none */
     double timeout;      /* seconds without any answer, while some are due, before giving up */
     uint32_t idle_connections;
-    double hold; /* idle mode: seconds to hold; 0 = until SIGINT/SIGTERM */
+    double hold;       /* idle mode: seconds to hold; 0 = until SIGINT/SIGTERM */
+    uint32_t hot_keys; /* keys 0..hot_keys-1 are "hot": the others are reported apart as cold */
 } px_bench_opts_t;
 
 typedef struct px_bench_result {
@@ -35,6 +36,8 @@ typedef struct px_bench_result {
     double server_queue_ms, server_run_ms; /* sums of the answers' queue_ms and run_ms */
     uint64_t server_timed;                 /* answers that carried both */
     px_bhist_t lat;                        /* ns, of ok and failed answers */
+    px_bhist_t cold_lat;                   /* the same, of keys >= hot_keys (with --hot-keys) */
+    uint64_t cold_sent, cold_rejected;     /* requests and rejections of those keys */
 } px_bench_result_t;
 
 /* Runs the load described by o. Returns 0 when it ran (check res for errors), or -1 when it

@@ -355,8 +355,11 @@ int px_config_set(px_config_t *c, const char *name, const char *value, char *err
         double d;
         errno = 0;
         d = strtod(value, &end);
-        if (errno || end == value || *end) {
-            snprintf(err, errlen, "--%s: \"%.64s\" is not a number", name, value);
+        /* Decimal only, and within what an integer key can hold, before any cast. */
+        if (errno || end == value || *end || strpbrk(value, "xXnN") ||
+            (k->kind == K_INT && (d < -1e15 || d > 1e15))) {
+            snprintf(err, errlen, "--%s: \"%.64s\" is not a number in range %.0f..%.0f", name,
+                     value, k->min, k->max);
             return -1;
         }
         v = k->kind == K_INT && strchr(value, '.') == NULL ? json_integer((json_int_t)d)

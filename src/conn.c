@@ -509,7 +509,8 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
     r->recv_ns = c->batch_ns;
     /* Kept in a local: once submitted the request belongs to the worker side. */
     worker = px_route(line.key, line.key_len, px_pool_size(srv->pool));
-    r->worker = worker;
+    r->worker = r->route = worker;
+    r->kent = k; /* before submit: from then on a worker may read it */
     rc = px_pool_submit(srv->pool, r);
     if (rc) {
         uint64_t wait = rc == -EAGAIN ? px_pool_retry_after_ms(srv->pool, worker) : 0;
@@ -519,6 +520,7 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
                  worker, (long long)srv->cfg.queue_capacity, (unsigned long long)wait);
         answer_rejected(c, id, id_len, rc == -EAGAIN ? (int)worker : -1,
                         rc == -EAGAIN ? PX_REJ_QUEUE_FULL : PX_REJ_SHUTTING_DOWN, msg, wait);
+        r->kent = NULL;
         px_req_free(r);
         goto out;
     }
@@ -526,7 +528,7 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
     c->inflight++;
     if (k) {
         k->in_flight++;
-        r->kent = k;
+        k->last_ns = c->batch_ns;
     }
     px_hot_arrival(srv->hot, worker, line.key, line.key_len, c->batch_ns);
     px_stats_add(&srv->stats.c.accepted, 1);

@@ -213,6 +213,7 @@ int px_sched_pop(px_sched_t *s, px_req_t **out, uint64_t timeout_ns)
             s->ready_tail = NULL;
         k->ready = 0;
         k->running = 1;
+        k->head->sched_key = k;
         *out = k->head;
         k->head = k->head->next;
         if (!k->head)
@@ -230,12 +231,11 @@ int px_sched_pop(px_sched_t *s, px_req_t **out, uint64_t timeout_ns)
     return rc;
 }
 
-void px_sched_done(px_sched_t *s, const px_req_t *r)
+void px_sched_done(px_sched_t *s, void *token)
 {
-    kq_t *k;
+    kq_t *k = token; /* kept alive: a running key is never forgotten */
 
     pthread_mutex_lock(&s->mu);
-    k = *slot_of(s, px_route_hash(px_req_key(r), r->key_len), px_req_key(r), r->key_len);
     if (k) {
         k->running = 0;
         if (k->depth)

@@ -25,8 +25,9 @@ void px_sched_wake(px_sched_t *s);
 /* Worker thread: the next request of a ready key (its key is now running): 0, -ETIMEDOUT, or
  * -EPIPE when closed and empty. */
 int px_sched_pop(px_sched_t *s, px_req_t **out, uint64_t timeout_ns);
-/* The running request of r's key is finished (or abandoned): the key may run again. */
-void px_sched_done(px_sched_t *s, const px_req_t *r);
+/* The running request of a key is finished (or abandoned): the key may run again. token is the
+ * request's sched_key, so the call is safe after the request itself has been handed back. */
+void px_sched_done(px_sched_t *s, void *token);
 size_t px_sched_take_all(px_sched_t *s, px_req_t **out, size_t max);
 px_req_t *px_sched_remove_if(px_sched_t *s, int (*match)(px_req_t *r, void *arg), void *arg);
 void px_sched_close(px_sched_t *s);

@@ -17,6 +17,7 @@ typedef struct px_key {
     uint64_t hash;                    /* loop */
     uint32_t in_flight;               /* loop: queued or running requests of the key */
     uint32_t parks;                   /* loop: times parked */
+    uint64_t last_ns;                 /* loop: when its last request was accepted */
     char last_error[160];             /* loop: why it was parked */
     _Atomic uint32_t failures;        /* consecutive failures; written by the worker running it */
     _Atomic uint64_t parked_until_ns; /* 0: not parked; set by a worker (park) or the loop */

@@ -32,7 +32,9 @@ typedef struct px_req {
     uint64_t recv_ns;
     uint64_t deadline_ns; /* 0: none */
     struct px_key *kent;  /* per-key state (cap, quarantine) or NULL; workers touch its atomics */
-    uint32_t worker;
+    uint32_t worker;      /* routed worker; keyed scheduling: the worker that ran it */
+    uint32_t route;       /* routed worker, never changed (hot-key sketches are kept per route) */
+    void *sched_key;      /* keyed scheduling: the scheduler's entry of the key, set when popped */
     uint16_t key_len;
     uint32_t id_len; /* id as JSON text, echoed verbatim */
 

@@ -73,6 +73,7 @@ static void answer_skipped(px_server_t *srv, px_req_t *r)
     snprintf(extra, sizeof extra, ",\"retry_after_ms\":%llu",
              (unsigned long long)(until > now ? (until - now) / PX_MS + 1 : 1));
     px_stats_add(&srv->stats.c.rejected[PX_REJ_KEY_PARKED], 1);
+    px_stats_add(&srv->stats.c.accepted, -1); /* it never ran: rejected after all */
     px_stats_add(&srv->stats.c.in_flight, -1);
     px_server_key_done(srv, r);
     if (px_resp_format(&line, &resp) == 0)
@@ -325,6 +326,8 @@ static void start_notify(px_server_t *srv)
     uv_timer_start(&srv->notify_timer, on_notify_tick, every_ms, every_ms);
 }
 
+#define KEY_IDLE_NS (60ull * 1000000000ull)
+
 struct sweep {
     px_server_t *srv;
     json_t *list;
@@ -351,7 +354,11 @@ static void sweep_one(px_key_t *k, void *arg)
     } else if (until) {
         atomic_store(&k->parked_until_ns, 0); /* expired: admitted again */
     }
-    if (k->in_flight == 0 && !px_key_parked(k, sw->now) && sw->nidle < 64)
+    /* Idle for a minute with nothing in flight and not parked: its run of failures is
+     * forgotten and the entry goes (memory follows the active keys). A client retrying one
+     * request at a time is idle only between its tries, so its failures still add up. */
+    if (k->in_flight == 0 && !px_key_parked(k, sw->now) && sw->now - k->last_ns > KEY_IDLE_NS &&
+        sw->nidle < 64)
         sw->idle[sw->nidle++] = k;
 }
 
@@ -387,8 +394,6 @@ void px_server_sweep_keys(px_server_t *srv)
     if (!srv->keys_on)
         return;
     px_keytab_each(&srv->keys, sweep_one, &sw);
-    /* Keys with nothing in flight and no quarantine: their run of failures is forgotten once
-     * idle (bounded memory however many keys come and go). */
     for (size_t i = 0; i < sw.nidle; i++) {
         atomic_store(&sw.idle[i]->failures, 0);
         px_keytab_release(&srv->keys, sw.idle[i], sw.now);

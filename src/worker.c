@@ -185,11 +185,12 @@ static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
     r->start_ns = px_now_ns();
     if (r->kent && px_key_parked(r->kent, r->start_ns)) {
         /* Quarantined while it waited: not run; the loop answers it rejected/key_parked. */
+        void *token = r->sched_key;
         r->skipped = 1;
         atomic_store_explicit(&r->state, PX_REQ_DONE, memory_order_release);
-        if (s->pool->sched)
-            px_sched_done(s->pool->sched, r);
         post_done(s->pool, r);
+        if (s->pool->sched)
+            px_sched_done(s->pool->sched, token);
         return 0;
     }
     atomic_store_explicit(&r->state, PX_REQ_RUNNING, memory_order_relaxed);
@@ -236,10 +237,15 @@ static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
     if (r->kent)
         count_outcome(s->pool, r);
     if (s->pool->hot)
-        px_hot_time(s->pool->hot, s->id, px_req_key(r), r->key_len, run, r->end_ns);
-    if (s->pool->sched)
-        px_sched_done(s->pool->sched, r); /* the key may run again, on any worker */
-    post_done(s->pool, r);
+        px_hot_time(s->pool->hot, r->route, px_req_key(r), r->key_len, run, r->end_ns);
+    {
+        /* Hand the answer back before the key may run again: its next request, on any worker,
+         * is then answered after this one. r may be freed once posted; the token stays. */
+        void *token = r->sched_key;
+        post_done(s->pool, r);
+        if (s->pool->sched)
+            px_sched_done(s->pool->sched, token);
+    }
     return 0;
 }
 
@@ -445,7 +451,7 @@ px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, int *rc)
     /* From here the old thread touches only its request and the completion list; it lost the
      * CAS, so it will not release the key: do it for it, the partition moves on. */
     if (p->sched)
-        px_sched_done(p->sched, cur);
+        px_sched_done(p->sched, cur->sched_key);
     pthread_detach(s->thread);
     atomic_store(&s->busy_since_ns, 0);
     add_relaxed(&s->replaced, 1);

@@ -127,7 +127,6 @@ class BackpressureTest(px.Accounting, unittest.TestCase):
 
     def test_accounting_holds_at_every_moment_under_load(self):
         base = self.d.wait_idle()
-        stop = threading.Event()
         counts = {"sent": 0, "answers": 0, "status": {}}
         errors = []
 
@@ -159,7 +158,6 @@ class BackpressureTest(px.Accounting, unittest.TestCase):
             snapshots += 1
         for t in ts:
             t.join()
-        stop.set()
         if errors:
             raise errors[0]
         after = self.d.wait_idle()

@@ -306,7 +306,8 @@ class LineLimitTest(BadInputBase, unittest.TestCase):
         for n in (MAX_LINE - 1, MAX_LINE):
             r = self.ask(self.line(n, "n%d" % n))
             self.assertEqual((r["status"], r["id"]), ("ok", "n%d" % n), r)
-            self.assertEqual(r["result"], "x" * (n - len(b'{"key":"lim","id":"n%d","payload":""}' % n)))
+            frame = b'{"key":"lim","id":"n%d","payload":""}' % n
+            self.assertEqual(r["result"], "x" * (n - len(frame)))
         # A trailing \r does not count.
         r = self.ask(self.line(MAX_LINE, "cr") + b"\r")
         self.assertEqual((r["status"], r["id"]), ("ok", "cr"), r)

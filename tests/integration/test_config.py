@@ -4,7 +4,6 @@ status 78 and exactly one line on stderr naming the key (and the file); usage mi
 
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import unittest
@@ -129,7 +128,9 @@ class FlagTest(unittest.TestCase):
                            (["--listen", "nowhere"], "listen"),
                            (["--metrics-listen", "127.0.0.1:99999"], "metrics_listen")]:
             with self.subTest(flags=flags):
-                rc, out, err, _ = run_parexd(*flags)
+                # Safe ports first, so a wrongly accepted value never binds a fixed port.
+                rc, out, err, _ = run_parexd("--listen", "127.0.0.1:0", "--metrics-listen",
+                                             "127.0.0.1:0", *flags)
                 self.assertEqual(rc, 78, (flags, err))
                 self.assertEqual(len(err), 1, err)
                 self.assertIn(key, err[0])

@@ -19,9 +19,11 @@ import unittest
 import pxharness as px
 import pxsys
 
-# Runs parexd with RLIMIT_NOFILE set in the child before exec (what preexec_fn would do, but as an
-# argv prefix that pxsys.SysDaemon accepts; exec keeps the pid, so proc.pid is parexd's).
+
 def nofile_prefix(n):
+    """argv prefix that sets RLIMIT_NOFILE in the child, then execs parexd. This is what a
+    preexec_fn would do, as an argv prefix pxsys.SysDaemon accepts; exec keeps the pid, so
+    proc.pid is parexd's."""
     return [sys.executable, "-c",
             "import os, resource, sys\n"
             "n = int(sys.argv[1])\n"

@@ -17,7 +17,6 @@ import json
 import os
 import random
 import resource
-import socket
 import sys
 import threading
 import time
@@ -183,7 +182,8 @@ class SoakWorker(threading.Thread):
         elif kind == "sleep":
             expect(st == "ok" and r["result"] == {"slept_ms": exp[2]}, r)
         elif kind == "fail":
-            expect(st == "failed" and code == "handler_error" and r["error"]["message"] == exp[2], r)
+            expect(st == "failed" and code == "handler_error"
+                   and r["error"]["message"] == exp[2], r)
         elif kind == "invalid":
             expect(st == "invalid" and code == exp[2], r)
         else:
@@ -297,7 +297,8 @@ class SoakTest(px.Accounting, unittest.TestCase):
             self.assertGreaterEqual(d_received, checked_valid)
             self.assertLessEqual(d_received, sent_valid)
             self.assertGreaterEqual(s1["ok"] - s0["ok"], checked[("ok", None)])
-            self.assertGreaterEqual(s1["failed"] - s0["failed"], checked[("failed", "handler_error")])
+            self.assertGreaterEqual(s1["failed"] - s0["failed"],
+                                    checked[("failed", "handler_error")])
             n_invalid = sum(v for (st, _), v in checked.items() if st == "invalid")
             self.assertGreaterEqual(d_invalid, n_invalid)
             self.assertLessEqual(d_invalid, sent_lines - sent_valid)

@@ -2,8 +2,9 @@
 invalid, 2 usage or connection error), stdin pipelining, and route agreeing with the daemon."""
 
 import json
+import select
 import socket
-import time
+import subprocess
 import unittest
 
 import pxharness as px
@@ -141,6 +142,28 @@ class ParexctlTest(unittest.TestCase):
         self.assertEqual(len(rs), 4, out)
         by_status = sorted((r["id"] if r["id"] is not None else 0, r["status"]) for r in rs)
         self.assertEqual(by_status, [(0, "invalid"), (1, "ok"), (2, "failed"), (3, "ok")])
+
+    def test_stdin_answers_are_printed_as_they_arrive(self):
+        # An answer is printed while stdin is still open: parexctl streams, it does not wait for
+        # the end of its input.
+        p = subprocess.Popen([px.PAREXCTL, "send", "--addr", self.d.addr], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            p.stdin.write(b'{"key":"stream","id":1}\n')
+            p.stdin.flush()
+            ready, _, _ = select.select([p.stdout], [], [], px.TIMEOUT)
+            self.assertTrue(ready, "no answer printed while stdin stays open")
+            self.assertEqual(json.loads(p.stdout.readline())["id"], 1)
+            p.stdin.write(b'{"key":"stream","id":2}\n')
+            p.stdin.close()
+            self.assertEqual(p.wait(px.TIMEOUT), 0, p.stderr.read())  # output is one line
+            self.assertEqual([json.loads(x)["id"] for x in p.stdout.read().splitlines()], [2])
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+            p.stderr.close()
 
     def test_stdin_empty_exits_0(self):
         rc, out, err = self.send(input=b"")

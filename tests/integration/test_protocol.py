@@ -3,7 +3,6 @@ stays usable), ids are echoed verbatim or assigned, defaults and unknown fields,
 over-long lines, pipelining, the built-in ops and the control line."""
 
 import json
-import socket
 import time
 import unittest
 

@@ -160,6 +160,9 @@ static void test_out_of_range(void **state)
     expect_rejected("{\"listen\": \"localhost\"}", "'listen'", NULL);
     expect_rejected("{\"listen\": \"127.0.0.1:65536\"}", "'listen'", NULL);
     expect_rejected("{\"metrics_listen\": \":9400\"}", "'metrics_listen'", NULL);
+    /* Numeric addresses only (README): a host name is rejected at load, naming the key. */
+    expect_rejected("{\"listen\": \"localhost:7400\"}", "'listen'", "localhost");
+    expect_rejected("{\"metrics_listen\": \"example.org:9400\"}", "'metrics_listen'", NULL);
     expect_rejected("{\"log_level\": \"loud\"}", "'log_level'", "loud");
     /* The first bad key is the one reported, whatever comes after it. */
     expect_rejected("{\"workers\": 4, \"queue_capacity\": 0}", "'queue_capacity'", NULL);
@@ -237,6 +240,8 @@ static void test_set_from_strings(void **state)
     assert_int_equal(px_config_set(&c, "queue_capacity", "0", err, sizeof err), -1);
     assert_non_null(strstr(err, "queue_capacity"));
     assert_int_equal(px_config_set(&c, "listen", "nowhere", err, sizeof err), -1);
+    assert_non_null(strstr(err, "listen"));
+    assert_int_equal(px_config_set(&c, "listen", "localhost:0", err, sizeof err), -1);
     assert_non_null(strstr(err, "listen"));
     assert_int_equal(px_config_set(&c, "log_level", "verbose", err, sizeof err), -1);
     assert_non_null(strstr(err, "log_level"));
