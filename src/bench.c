@@ -130,15 +130,16 @@ static void report(const px_bench_opts_t *o, const px_bench_result_t *r, int as_
                r->server_timed ? r->server_queue_ms / (double)r->server_timed : 0.0,
                r->server_timed ? r->server_run_ms / (double)r->server_timed : 0.0, o->connections,
                o->pipeline, o->keys, o->zipf);
-        if (o->hot_keys)
-            printf("\"cold_sent\":%llu,\"cold_rejected\":%llu,\"cold_p50_ms\":%.4f,"
-                   "\"cold_p99_ms\":%.4f,",
-                   (unsigned long long)r->cold_sent, (unsigned long long)r->cold_rejected,
-                   ms(px_bhist_quantile(&r->cold_lat, 0.50)),
-                   ms(px_bhist_quantile(&r->cold_lat, 0.99)));
         json_t *op = json_string(o->op);
         json_dumpf(op, stdout, JSON_ENCODE_ANY);
         json_decref(op);
+        if (o->hot_keys)
+            printf(",\"cold_sent\":%llu,\"cold_rejected\":%llu,\"cold_queue_full\":%llu,"
+                   "\"cold_p50_ms\":%.4f,\"cold_p99_ms\":%.4f",
+                   (unsigned long long)r->cold_sent, (unsigned long long)r->cold_rejected,
+                   (unsigned long long)r->cold_queue_full,
+                   ms(px_bhist_quantile(&r->cold_lat, 0.50)),
+                   ms(px_bhist_quantile(&r->cold_lat, 0.99)));
         printf("}\n");
         return;
     }

@@ -230,8 +230,13 @@ static void handle_line(px_bconn_t *c, const char *line, size_t len, uint64_t no
         check_done_answer(c, sl, r, status, line, len, now_ns);
     } else if (status && strcmp(status, "rejected") == 0) {
         res->rejected++;
-        if (b->o->hot_keys && sl->key >= b->o->hot_keys)
+        if (b->o->hot_keys && sl->key >= b->o->hot_keys) {
+            const char *code =
+                json_string_value(json_object_get(json_object_get(r, "error"), "code"));
             res->cold_rejected++;
+            if (code && strcmp(code, "queue_full") == 0)
+                res->cold_queue_full++; /* pushed out by other keys, not by its own cap */
+        }
     } else if (status && strcmp(status, "invalid") == 0) {
         if (res->invalid++ == 0)
             fprintf(stderr, "parex-bench: first invalid answer: %s\n",

@@ -38,6 +38,7 @@ typedef struct px_bench_result {
     px_bhist_t lat;                        /* ns, of ok and failed answers */
     px_bhist_t cold_lat;                   /* the same, of keys >= hot_keys (with --hot-keys) */
     uint64_t cold_sent, cold_rejected;     /* requests and rejections of those keys */
+    uint64_t cold_queue_full;              /* ... of which queue_full */
 } px_bench_result_t;
 
 /* Runs the load described by o. Returns 0 when it ran (check res for errors), or -1 when it
