@@ -82,19 +82,49 @@ int px_buf_fixed3(px_buf_t *b, double v)
     return 0;
 }
 
+/* Length of the valid UTF-8 sequence at s (1 to 4), or 0 when it is not one. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    size_t len = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc2 ? 2 : 0;
+
+    if (len == 0 || s[0] > 0xf4 || len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    if ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] > 0x9f) || /* overlong, surrogate */
+        (s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] > 0x8f))   /* overlong, > U+10FFFF */
+        return 0;
+    return len;
+}
+
 int px_buf_json_string(px_buf_t *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
 
     if (px_buf_reserve(b, n + 2))
         return -ENOMEM;
     b->data[b->len++] = '"';
     for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
+        unsigned char c = u[i];
         char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
         const char *e = NULL;
-        size_t elen = 2;
+        size_t elen = 2, seq;
 
+        if (c >= 0x80) {
+            /* Messages quote programs' output and cut it to fit: keep the JSON valid by
+             * replacing whatever is not UTF-8 with U+FFFD. */
+            if ((seq = utf8_len(u + i, n - i)) == 0) {
+                if (px_buf_append(b, "\\ufffd", 6))
+                    return -ENOMEM;
+                continue;
+            }
+            if (px_buf_append(b, s + i, seq))
+                return -ENOMEM;
+            i += seq - 1;
+            continue;
+        }
         switch (c) {
         case '"':
             e = "\\\"";

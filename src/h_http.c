@@ -137,18 +137,21 @@ static int http_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout
         rc = px_fail(res, "handler_error", "%s %s failed: %s", x->method, x->url,
                      cerr[0] ? cerr : curl_easy_strerror(cc));
     } else if (status < 200 || status > 299) {
-        rc = px_fail(res, "handler_error", "%s %s answered HTTP %ld: %.200s", x->method, x->url,
-                     status, resp.len ? resp.data : "(empty body)");
+        /* The body is not NUL-terminated and may be binary: quote at most 200 bytes of it,
+         * printable ASCII only, so the answer stays valid UTF-8 JSON. */
+        char quote[201];
+        size_t n = resp.len < 200 ? resp.len : 200;
+        for (size_t i = 0; i < n; i++)
+            quote[i] = resp.data[i] >= 0x20 && resp.data[i] < 0x7f ? resp.data[i] : '?';
+        quote[n] = '\0';
+        rc = px_fail(res, "handler_error", "%s %s answered HTTP %ld: %s", x->method, x->url, status,
+                     n ? quote : "(empty body)");
     } else if (!(res->value = px_output_value(resp.data ? resp.data : "", resp.len))) {
         rc = px_fail(res, "handler_error", "%s %s answered a body that is neither JSON nor UTF-8",
                      x->method, x->url);
     } else {
         rc = 0;
     }
-    if (rc && resp.len) /* make the message printable even when the body was binary */
-        for (char *p = res->message; *p; p++)
-            if ((unsigned char)*p < 0x20)
-                *p = ' ';
 out:
     if (c)
         give_back(x, c);

@@ -132,7 +132,9 @@ int main(int argc, char **argv)
         return 1;
     }
     uv_loop_init(&loop);
-    if (px_server_init(srv, &loop, &cfg, load_config, &src, err, sizeof err)) {
+    rc = px_server_init(srv, &loop, &cfg, load_config, &src, err, sizeof err);
+    px_config_clear(&cfg); /* the server holds what it needs */
+    if (rc) {
         /* A key the server could not apply (a handler that does not build, an address that
          * cannot be bound) is a config mistake: name the file, as the loader does. */
         rc = strstr(err, "key '") ? PX_EX_CONFIG : 1;
@@ -143,7 +145,6 @@ int main(int argc, char **argv)
         uv_run(&loop, UV_RUN_NOWAIT);
         goto out;
     }
-    px_config_clear(&cfg); /* the server holds what it needs */
     uv_run(&loop, UV_RUN_DEFAULT);
     rc = 0;
     if (srv->forced)

@@ -379,20 +379,22 @@ static void publish(px_server_t *srv, json_t *list, uint64_t parked)
 
 void px_server_publish_parked(px_server_t *srv)
 {
-    struct sweep sw = {.srv = srv, .list = json_array(), .now = px_now_ns()};
+    struct sweep sw = {.srv = srv, .now = px_now_ns()};
 
     if (!srv->keys_on)
         return;
+    sw.list = json_array();
     px_keytab_each(&srv->keys, sweep_one, &sw);
     publish(srv, sw.list, sw.parked);
 }
 
 void px_server_sweep_keys(px_server_t *srv)
 {
-    struct sweep sw = {.srv = srv, .list = json_array(), .now = px_now_ns()};
+    struct sweep sw = {.srv = srv, .now = px_now_ns()};
 
     if (!srv->keys_on)
         return;
+    sw.list = json_array();
     px_keytab_each(&srv->keys, sweep_one, &sw);
     for (size_t i = 0; i < sw.nidle; i++) {
         atomic_store(&sw.idle[i]->failures, 0);

@@ -58,6 +58,21 @@ static void test_json_string_escapes(void **state)
     px_buf_free(&b);
 }
 
+static void test_json_string_keeps_utf8_and_replaces_the_rest(void **state)
+{
+    px_buf_t b = {0};
+
+    /* Valid two-, three- and four-byte sequences pass unchanged. */
+    assert_int_equal(px_buf_json_string(&b, "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 9), 0);
+    expect_text(&b, "\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"");
+    /* A stray byte, a cut sequence and a surrogate become U+FFFD. */
+    assert_int_equal(px_buf_json_string(&b, "a\xbe\xe2\x82", 4), 0);
+    expect_text(&b, "\"a\\ufffd\\ufffd\\ufffd\"");
+    assert_int_equal(px_buf_json_string(&b, "\xed\xa0\x80", 3), 0);
+    expect_text(&b, "\"\\ufffd\\ufffd\\ufffd\"");
+    px_buf_free(&b);
+}
+
 static void test_growth_keeps_content(void **state)
 {
     px_buf_t b = {0};
@@ -77,6 +92,7 @@ int main(void)
         cmocka_unit_test(test_uint_matches_printf),
         cmocka_unit_test(test_fixed3_matches_printf),
         cmocka_unit_test(test_json_string_escapes),
+        cmocka_unit_test(test_json_string_keeps_utf8_and_replaces_the_rest),
         cmocka_unit_test(test_growth_keeps_content),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
