@@ -252,13 +252,7 @@ static int acquire(px_handler_ctl_t *ctl, uint64_t deadline_ns)
                 pthread_mutex_unlock(&ctl->mu);
                 return -1;
             }
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += (time_t)(left / 1000000000ull);
-            ts.tv_nsec += (long)(left % 1000000000ull);
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            ts = px_deadline_after(CLOCK_REALTIME, left);
             pthread_cond_timedwait(&ctl->slot_free, &ctl->mu, &ts);
         } else {
             pthread_cond_wait(&ctl->slot_free, &ctl->mu);

@@ -5,6 +5,8 @@
 
 #include "route.h"
 
+#include "clock.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -194,13 +196,7 @@ int px_sched_pop(px_sched_t *s, px_req_t **out, uint64_t timeout_ns)
     kq_t *k;
     int rc = 0;
 
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += (time_t)(timeout_ns / 1000000000ull);
-    until.tv_nsec += (long)(timeout_ns % 1000000000ull);
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    until = px_deadline_after(CLOCK_MONOTONIC, timeout_ns);
     pthread_mutex_lock(&s->mu);
     while (!s->ready_head && !(s->closed && s->total == 0) && rc == 0) {
         s->waiting++;

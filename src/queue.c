@@ -3,6 +3,8 @@
  * depth is mirrored in an atomic so a metrics scrape never takes the lock. */
 #include "queue.h"
 
+#include "clock.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -104,13 +106,7 @@ int px_queue_pop(px_queue_t *q, void **item, uint64_t timeout_ns)
     struct timespec until;
     int rc = 0;
 
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += (time_t)(timeout_ns / 1000000000ull);
-    until.tv_nsec += (long)(timeout_ns % 1000000000ull);
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    until = px_deadline_after(CLOCK_MONOTONIC, timeout_ns);
     pthread_mutex_lock(&q->mu);
     while (q->len == 0 && !q->closed && rc == 0) {
         q->waiting++;
