@@ -331,6 +331,27 @@ class Daemon:
         return False
 
 
+def run_threads(fn, n):
+    """Runs fn(i) in n threads started together; re-raises the first failure."""
+    errors = []
+    barrier = threading.Barrier(n)
+
+    def body(i):
+        try:
+            barrier.wait(TIMEOUT)
+            fn(i)
+        except BaseException as e:  # reported on the main thread
+            errors.append(e)
+
+    ts = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    if errors:
+        raise errors[0]
+
+
 def run_parexctl(*args, input=None, env=None, timeout=TIMEOUT):
     """Runs parexctl; returns (exit status, stdout text, stderr text)."""
     e = dict(os.environ)

@@ -653,26 +653,6 @@ class ParexctlQuarantineTest(KeysTestCase):
 
 
 class KeyedSchedulingTest(KeysTestCase):
-    def run_threads(self, fn, n):
-        """Runs fn(i) in n threads started together; re-raises the first failure."""
-        errors = []
-        barrier = threading.Barrier(n)
-
-        def body(i):
-            try:
-                barrier.wait(px.TIMEOUT)
-                fn(i)
-            except BaseException as e:  # reported on the main thread
-                errors.append(e)
-
-        ts = [threading.Thread(target=body, args=(i,)) for i in range(n)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(60)
-        if errors:
-            raise errors[0]
-
     def test_per_key_order_and_accounting_many_connections(self):
         # test_order.py's check on a keyed daemon: per connection, answers for a key in send
         # order, each the request's own payload; the books balance, and no key is left behind.
@@ -698,7 +678,7 @@ class KeyedSchedulingTest(KeysTestCase):
                     c.send(*reqs[i:i + batch])
                 results[ci] = (meta, c.recv_n(per_conn, timeout=30))
 
-        self.run_threads(client, conns)
+        px.run_threads(client, conns)
         workers_used = set()
         for ci in range(conns):
             meta, rs = results[ci]
@@ -740,7 +720,7 @@ class KeyedSchedulingTest(KeysTestCase):
                     start_t = t_send + r["queue_ms"] / 1000
                     spans.append((start_t, start_t + r["run_ms"] / 1000, r, t_last))
 
-        self.run_threads(client, conns)
+        px.run_threads(client, conns)
         t_end = max(s[3] for s in spans)
         self.assertEqual(len(spans), conns * per_conn)
         for s in spans:

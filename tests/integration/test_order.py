@@ -24,26 +24,6 @@ class OrderTest(px.Accounting, unittest.TestCase):
     def tearDown(self):
         self.assertAccounting(self.d.wait_idle())
 
-    def run_threads(self, fn, n):
-        """Runs fn(i) in n threads started together; re-raises the first failure."""
-        errors = []
-        barrier = threading.Barrier(n)
-
-        def body(i):
-            try:
-                barrier.wait(px.TIMEOUT)
-                fn(i)
-            except BaseException as e:  # reported on the main thread
-                errors.append(e)
-
-        ts = [threading.Thread(target=body, args=(i,)) for i in range(n)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(60)
-        if errors:
-            raise errors[0]
-
     def test_per_key_order_many_connections_many_keys(self):
         conns, keys, per_conn, batch = 16, 32, 400, 40
         before = self.d.wait_idle()
@@ -69,7 +49,7 @@ class OrderTest(px.Accounting, unittest.TestCase):
                     c.send(*reqs[i:i + batch])
                 results[ci] = (meta, c.recv_n(per_conn, timeout=30))
 
-        self.run_threads(client, conns)
+        px.run_threads(client, conns)
 
         worker_of = {}
         for ci in range(conns):
@@ -112,7 +92,7 @@ class OrderTest(px.Accounting, unittest.TestCase):
                     start = t_send + r["queue_ms"] / 1000
                     spans.append((start, start + r["run_ms"] / 1000, r, t_last))
 
-        self.run_threads(client, conns)
+        px.run_threads(client, conns)
         t_end = max(s[3] for s in spans)
         self.assertEqual(len(spans), conns * per_conn)
         self.assertEqual(len({s[2]["worker"] for s in spans}), 1)
