@@ -318,6 +318,8 @@ class MetricsReadOnlyTest(unittest.TestCase):
             with d.connect() as c:
                 c.send(*[{"key": "m", "id": i} for i in range(5)])
                 c.recv_n(5)
+            # The close above reaches the daemon asynchronously: wait for it, not a race.
+            px.wait_for(lambda: d.hstats()["connections"] == 0, what="the client's close")
             before = d.hstats()
             for path in ("/", "/metrics", "/stats", "/healthz", "/nope"):
                 for method in ("POST", "PUT", "DELETE", "PATCH"):
