@@ -3,31 +3,18 @@
  * so width / lower bound = 2^-(SUB_BITS-1) = 1/128. */
 #include "bench_hist.h"
 
-#include <string.h>
+#include "hist.h"
 
-#define HALF (1u << (PX_BHIST_SUB_BITS - 1))
+#include <string.h>
 
 uint32_t px_bhist_index(uint64_t v)
 {
-    int msb, shift;
-
-    if (v < (1u << PX_BHIST_SUB_BITS))
-        return (uint32_t)v;
-    msb = 63 - __builtin_clzll(v);
-    if (msb >= PX_BHIST_MAX_BITS)
-        return PX_BHIST_BUCKETS - 1;
-    shift = msb - (PX_BHIST_SUB_BITS - 1);
-    return (uint32_t)shift * HALF + (uint32_t)(v >> shift);
+    return px_loglin_index(v, PX_BHIST_SUB_BITS, PX_BHIST_MAX_BITS);
 }
 
 uint64_t px_bhist_upper(uint32_t idx)
 {
-    uint32_t shift;
-
-    if (idx < (1u << PX_BHIST_SUB_BITS))
-        return idx;
-    shift = idx / HALF - 1;
-    return (((uint64_t)(idx - shift * HALF) + 1) << shift) - 1;
+    return px_loglin_upper(idx, PX_BHIST_SUB_BITS);
 }
 
 void px_bhist_init(px_bhist_t *h)

@@ -4,29 +4,38 @@
 
 #include <string.h>
 
-#define HALF (1u << (PX_HIST_SUB_BITS - 1))
+uint32_t px_loglin_index(uint64_t v, unsigned sub_bits, unsigned max_bits)
+{
+    uint32_t half = 1u << (sub_bits - 1);
+    int msb, shift;
+
+    if (v < (1u << sub_bits))
+        return (uint32_t)v;
+    msb = 63 - __builtin_clzll(v);
+    if (msb >= (int)max_bits)
+        return ((max_bits - sub_bits + 2) << (sub_bits - 1)) - 1;
+    shift = msb - (int)(sub_bits - 1);
+    return (uint32_t)shift * half + (uint32_t)(v >> shift);
+}
+
+uint64_t px_loglin_upper(uint32_t idx, unsigned sub_bits)
+{
+    uint32_t half = 1u << (sub_bits - 1), shift;
+
+    if (idx < (1u << sub_bits))
+        return idx;
+    shift = idx / half - 1;
+    return (((uint64_t)(idx - shift * half) + 1) << shift) - 1;
+}
 
 uint32_t px_hist_index(uint64_t v)
 {
-    int msb, shift;
-
-    if (v < (1u << PX_HIST_SUB_BITS))
-        return (uint32_t)v;
-    msb = 63 - __builtin_clzll(v);
-    if (msb >= PX_HIST_MAX_BITS)
-        return PX_HIST_BUCKETS - 1;
-    shift = msb - (PX_HIST_SUB_BITS - 1);
-    return (uint32_t)shift * HALF + (uint32_t)(v >> shift);
+    return px_loglin_index(v, PX_HIST_SUB_BITS, PX_HIST_MAX_BITS);
 }
 
 uint64_t px_hist_upper(uint32_t idx)
 {
-    uint32_t shift;
-
-    if (idx < (1u << PX_HIST_SUB_BITS))
-        return idx;
-    shift = idx / HALF - 1;
-    return (((uint64_t)(idx - shift * HALF) + 1) << shift) - 1;
+    return px_loglin_upper(idx, PX_HIST_SUB_BITS);
 }
 
 void px_hist_record(px_hist_t *h, uint64_t v)

@@ -33,6 +33,12 @@ uint64_t px_hist_quantile(const px_hist_snap_t *s, double q);
 /* Number of recorded values <= v, to within one bucket. */
 uint64_t px_hist_count_le(const px_hist_snap_t *s, uint64_t v);
 
+/* The log-linear layout itself, for any resolution: values below 2^sub_bits have a bucket
+ * each; above, each power of two is split into 2^(sub_bits-1) equal buckets; values of
+ * max_bits bits or more land in the last bucket. parex-bench uses a finer one (sub_bits 8). */
+uint32_t px_loglin_index(uint64_t v, unsigned sub_bits, unsigned max_bits);
+uint64_t px_loglin_upper(uint32_t idx, unsigned sub_bits);
+
 /* For tests and tools: the bucket of v and the largest value that bucket holds. */
 uint32_t px_hist_index(uint64_t v);
 uint64_t px_hist_upper(uint32_t idx);
