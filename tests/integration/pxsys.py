@@ -18,6 +18,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -323,3 +324,22 @@ class NotifySocket:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def nofile_prefix(n):
+    """argv prefix that sets RLIMIT_NOFILE in the child, then execs parexd. This is what a
+    preexec_fn would do, as an argv prefix SysDaemon accepts; exec keeps the pid, so
+    proc.pid is parexd's."""
+    return [sys.executable, "-c",
+            "import os, resource, sys\n"
+            "n = int(sys.argv[1])\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))\n"
+            "os.execv(sys.argv[2], sys.argv[2:])\n", str(n)]
+
+
+def vm_rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for ln in f:
+            if ln.startswith("VmRSS:"):
+                return int(ln.split()[1])
+    raise AssertionError("no VmRSS for pid %d" % pid)

@@ -18,25 +18,7 @@ import unittest
 
 import pxharness as px
 import pxsys
-
-
-def nofile_prefix(n):
-    """argv prefix that sets RLIMIT_NOFILE in the child, then execs parexd. This is what a
-    preexec_fn would do, as an argv prefix pxsys.SysDaemon accepts; exec keeps the pid, so
-    proc.pid is parexd's."""
-    return [sys.executable, "-c",
-            "import os, resource, sys\n"
-            "n = int(sys.argv[1])\n"
-            "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))\n"
-            "os.execv(sys.argv[2], sys.argv[2:])\n", str(n)]
-
-
-def vm_rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for ln in f:
-            if ln.startswith("VmRSS:"):
-                return int(ln.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
+from pxsys import nofile_prefix, vm_rss_kib
 
 
 def open_fds(pid):

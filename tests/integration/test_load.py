@@ -24,6 +24,7 @@ import unittest
 
 import pxharness as px
 import pxsys
+from pxsys import nofile_prefix, vm_rss_kib
 
 
 def _take_soak_seconds():
@@ -45,23 +46,6 @@ def _take_soak_seconds():
 SOAK_SECONDS = _take_soak_seconds()
 WARMUP_SECONDS = 5.0
 HOLD = 5000
-
-
-def nofile_prefix(n):
-    """argv prefix that sets RLIMIT_NOFILE in the child, then execs parexd (same pid)."""
-    return [sys.executable, "-c",
-            "import os, resource, sys\n"
-            "n = int(sys.argv[1])\n"
-            "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))\n"
-            "os.execv(sys.argv[2], sys.argv[2:])\n", str(n)]
-
-
-def vm_rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for ln in f:
-            if ln.startswith("VmRSS:"):
-                return int(ln.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
 
 
 def raise_nofile(need):
