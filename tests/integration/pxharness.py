@@ -158,13 +158,18 @@ class Daemon:
 
     config: a dict (written as JSON) or a str (written as is) for --config, or None.
     args: further command-line arguments. listen/metrics_listen: passed as flags unless None.
+    env: variables added to the test's environment (minus any systemd or fault-injection ones
+    the test runner itself may carry). prefix: argv put before the parexd binary.
     """
 
+    SCRUBBED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                    "LISTEN_FDNAMES", "JOURNAL_STREAM", "PAREXD_FAULT_INJECTION")
+
     def __init__(self, args=(), config=None, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0",
-                 wait_ready=True):
+                 wait_ready=True, env=None, prefix=()):
         self.tmp = tempfile.mkdtemp(prefix="parexd-test-")
         self.config_path = None
-        argv = [PAREXD]
+        argv = list(prefix) + [PAREXD]
         if config is not None:
             self.config_path = os.path.join(self.tmp, "parexd.json")
             with open(self.config_path, "w") as f:
@@ -175,12 +180,14 @@ class Daemon:
         if metrics_listen is not None:
             argv += ["--metrics-listen", metrics_listen]
         argv += list(args)
+        e = {k: v for k, v in os.environ.items() if k not in self.SCRUBBED_ENV}
+        e.update(env or {})
         self.argv = argv
         self.lines = []
         self.cond = threading.Condition()
         self.stderr_closed = False
         self.host = self.port = None
-        self.proc = subprocess.Popen(argv, cwd=self.tmp, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(argv, cwd=self.tmp, env=e, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.reader = threading.Thread(target=self._read_stderr, daemon=True)
         self.reader.start()

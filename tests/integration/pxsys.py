@@ -101,40 +101,8 @@ class SysDaemon(px.Daemon):
 
     def __init__(self, args=(), config=None, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0",
                  wait_ready=True, env=None, prefix=()):
-        self.tmp = tempfile.mkdtemp(prefix="parexd-sys-")
-        self.config_path = None
-        argv = list(prefix) + [px.PAREXD]
-        if config is not None:
-            self.config_path = os.path.join(self.tmp, "parexd.json")
-            self.write_config(config)
-            argv += ["--config", self.config_path]
-        if listen is not None:
-            argv += ["--listen", listen]
-        if metrics_listen is not None:
-            argv += ["--metrics-listen", metrics_listen]
-        argv += list(args)
-        e = dict(os.environ)
-        for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
-                  "LISTEN_FDNAMES", "JOURNAL_STREAM", "PAREXD_FAULT_INJECTION"):
-            e.pop(k, None)
-        e.update(env or {})
-        self.argv = argv
-        self.lines = []
-        self.cond = threading.Condition()
-        self.stderr_closed = False
-        self.host = self.port = None
-        self.mhost = self.mport = None
-        self.stdout = b""
-        self.proc = subprocess.Popen(argv, cwd=self.tmp, env=e, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self.reader.start()
-        if wait_ready:
-            try:
-                self._wait_ready()
-            except BaseException:
-                self.kill()
-                raise
+        self.mhost = self.mport = None  # set by _wait_ready, which the base may call
+        super().__init__(args, config, listen, metrics_listen, wait_ready, env, prefix)
 
     def write_config(self, config):
         """Rewrites the --config file (a dict as JSON, a str as is)."""
