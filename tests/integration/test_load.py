@@ -48,6 +48,12 @@ WARMUP_SECONDS = 5.0
 HOLD = 5000
 
 
+def under_asan():
+    """Is the parexd under test built with AddressSanitizer?"""
+    with open(px.PAREXD, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
 def raise_nofile(need):
     """Raises this process's RLIMIT_NOFILE to at least need; False if it cannot."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -302,8 +308,15 @@ class SoakTest(px.Accounting, unittest.TestCase):
                      sum(w.vanished for w in ws), d_received,
                      s1["responses_dropped"] - s0["responses_dropped"], rss_warm, rss_after,
                      limit))
-            self.assertLessEqual(rss_after, limit,
-                                 "RSS grew from %d to %d KiB over the soak" % (rss_warm, rss_after))
+            if under_asan():
+                # AddressSanitizer's allocator keeps freed blocks out of reuse and RSS drifts a
+                # few MiB under any churn; there LeakSanitizer, at the daemon's exit (checked by
+                # the harness's exit-status check), is the exact leak test instead. The plain
+                # build runs this bound.
+                print("RSS bound not applied: parexd is built with AddressSanitizer")
+            else:
+                self.assertLessEqual(rss_after, limit, "RSS grew from %d to %d KiB over the soak"
+                                     % (rss_warm, rss_after))
 
 
 if __name__ == "__main__":
