@@ -577,8 +577,7 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_close(c);
     }
     px_stats_end(&srv->stats);
-    px_pool_kick(srv->pool);
-    px_conn_flush_all(srv);
+    /* Workers are woken and answers written in the server's check callback, once per poll. */
     if (!c->closing)
         conn_maybe_close(c);
 }

@@ -50,6 +50,7 @@ typedef struct px_server {
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer;
     uv_timer_t notify_timer; /* systemd STATUS= and WATCHDOG=1 */
+    uv_check_t tick;         /* after each poll: wakes workers, flushes answers */
     uint64_t watchdog_usec;
     char last_status[256];
     px_config_loader_t reload;

@@ -51,8 +51,8 @@ int px_pool_start(px_pool_t *p, char *err, size_t errlen);
 uint32_t px_pool_size(const px_pool_t *p);
 
 /* Loop thread. 0, -EAGAIN when the worker's queue is full, -EPIPE once closed. The worker is
- * woken by the next px_pool_kick, which the loop calls once after each batch of submissions:
- * one wake-up per worker per read instead of one per request. */
+ * woken by the next px_pool_kick, which the loop calls once per iteration, after all reads:
+ * one wake-up per worker per poll instead of one per request. */
 int px_pool_submit(px_pool_t *p, px_req_t *r);
 void px_pool_kick(px_pool_t *p);
 /* Loop thread: no more submissions; workers finish what is queued, then exit. */
