@@ -396,7 +396,7 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
     px_server_t *srv = c->srv;
     const px_handler_t *h;
     px_line_t line;
-    px_buf_t idtext = {0};
+    px_buf_t *idtext = &srv->idtext;
     char msg[512], idnum[24];
     const char *id = NULL;
     size_t id_len = 0;
@@ -420,10 +420,11 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
 
     px_line_parse(&line, text, len);
     if (line.id) {
-        if (px_json_append(&idtext, line.id))
+        idtext->len = 0;
+        if (px_json_append(idtext, line.id))
             goto oom;
-        id = idtext.data;
-        id_len = idtext.len;
+        id = idtext->data;
+        id_len = idtext->len;
     }
     if (line.kind == PX_LINE_INVALID) {
         answer_invalid(c, id, id_len, line.code, line.message);
@@ -542,7 +543,6 @@ oom:
 out:
     if (k && !k->in_flight)
         px_keytab_release(&srv->keys, k, c->batch_ns);
-    px_buf_free(&idtext);
     px_line_free(&line);
 }
 

@@ -588,6 +588,7 @@ void px_server_free(px_server_t *srv)
     json_decref(srv->parked);
     px_keytab_free(&srv->keys);
     px_buf_free(&srv->scratch);
+    px_buf_free(&srv->idtext);
     px_hot_free(srv->hot);
     px_config_clear(&srv->cfg);
 }

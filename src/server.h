@@ -67,7 +67,8 @@ typedef struct px_server {
     px_pool_t *leaked;    /* threads stuck in handlers outlive the loop: skip the final frees */
 
     char readbuf[65536]; /* shared by every connection: lines are consumed within the read */
-    px_buf_t scratch;    /* loop-only: reused while building each request */
+    px_buf_t scratch;    /* loop-only: reused while building each request (its payload) */
+    px_buf_t idtext;     /* loop-only: reused for each line's id as JSON text */
 } px_server_t;
 
 /* Sets up the listener, the pool and the signal handlers. Returns 0 or -1 with err set. */
