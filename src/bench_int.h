@@ -55,7 +55,8 @@ struct px_bench {
     json_t *echo_expect; /* the payload an echo must return, or NULL */
     char *suffix;        /* the request line after the id: ,"op":"...","payload":...}\n */
     size_t suffix_len;
-    uint32_t printed; /* error lines printed so far */
+    size_t payload_len; /* strlen(o->payload), when there is one */
+    uint32_t printed;   /* error lines printed so far */
     char readbuf[256 << 10];
 };
 

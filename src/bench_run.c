@@ -262,6 +262,7 @@ int px_bench_run(const px_bench_opts_t *o, px_bench_result_t *res, char *err, si
     }
     if (build_suffix(b, err, errlen))
         goto out;
+    b->payload_len = o->payload ? strlen(o->payload) : 0;
     if (o->payload && strcmp(o->op, "echo") == 0)
         b->echo_expect = json_loads(o->payload, JSON_DECODE_ANY, NULL);
     if (init_conns(b, err, errlen))

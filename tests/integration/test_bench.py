@@ -30,10 +30,14 @@ def run_bench(*args, timeout=60):
 class FakeServer:
     """A one-connection stand-in for parexd that answers every request ok, but in a way chosen
     by the test: 'reverse' answers each read's requests last to first, 'twice' answers each
-    request two times, 'strangers' answers with ids that were never sent."""
+    request two times, 'strangers' answers with ids that were never sent, 'good' answers right.
+    With exact=True the answers are byte for byte parexd's compact form, which parex-bench
+    checks against its template without jansson; otherwise they are spaced (json.dumps), which
+    takes its jansson path. 'tampered' (exact) changes the last byte of the echoed string."""
 
-    def __init__(self, mode):
+    def __init__(self, mode, exact=False):
         self.mode = mode
+        self.exact = exact
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1)
@@ -42,8 +46,14 @@ class FakeServer:
         self.thread.start()
 
     def answer(self, req):
+        result = req.get("payload")
+        if self.mode == "tampered":
+            result = result[:-1] + "y"
+        if self.exact:
+            return ('{"id":%d,"status":"ok","worker":0,"queue_ms":0.250,"run_ms":1.500,'
+                    '"result":%s}\n' % (req["id"], json.dumps(result, separators=(",", ":"))))
         return json.dumps({"id": req["id"], "status": "ok", "worker": 0, "queue_ms": 0,
-                           "run_ms": 0, "result": req.get("payload")}) + "\n"
+                           "run_ms": 0, "result": result}) + "\n"
 
     def serve(self):
         conn, _ = self.sock.accept()
@@ -60,6 +70,8 @@ class FakeServer:
                     out = [self.answer(r) for r in reversed(reqs)]
                 elif self.mode == "twice":
                     out = [self.answer(r) * 2 for r in reqs]
+                elif self.mode in ("good", "tampered"):
+                    out = [self.answer(r) for r in reqs]
                 else:
                     out = [self.answer(dict(r, id=r["id"] + 1000003)) for r in reqs]
                 try:
@@ -103,14 +115,17 @@ class BenchTest(unittest.TestCase):
             self.assertEqual(r["ok"], 200, r)
             self.assertGreaterEqual(r["p50_ms"], 1.0, r)
 
-    def check_caught(self, mode, key):
-        srv = FakeServer(mode)
+    def run_fake(self, mode, exact=False):
+        srv = FakeServer(mode, exact)
         try:
-            rc, out, err = run_bench("--addr", "127.0.0.1:%d" % srv.port, "--requests", 400,
-                                     "--connections", 1, "--pipeline", 16, "--keys", 2,
-                                     "--timeout", 2, "--json")
+            return run_bench("--addr", "127.0.0.1:%d" % srv.port, "--requests", 400,
+                             "--connections", 1, "--pipeline", 16, "--keys", 2,
+                             "--payload-bytes", 24, "--timeout", 2, "--json")
         finally:
             srv.close()
+
+    def check_caught(self, mode, key, exact=False):
+        rc, out, err = self.run_fake(mode, exact)
         self.assertEqual(rc, 1, "exit %d; stdout %s; stderr %s" % (rc, out, err))
         r = json.loads(out)
         self.assertGreater(r[key], 0, r)
@@ -126,6 +141,25 @@ class BenchTest(unittest.TestCase):
     def test_unknown_ids_are_errors(self):
         r = self.check_caught("strangers", "errors")
         self.assertGreater(r["unanswered"], 0, r)
+
+    def test_exact_answers_pass_the_template(self):
+        # The template path accepts parexd's exact form and still reads the server's timings.
+        rc, out, err = self.run_fake("good", exact=True)
+        self.assertEqual(rc, 0, err)
+        r = json.loads(out)
+        self.assertEqual((r["ok"], r["errors"]), (400, 0), r)
+        self.assertAlmostEqual(r["server_queue_ms_mean"], 0.25, places=3)
+        self.assertAlmostEqual(r["server_run_ms_mean"], 1.5, places=3)
+
+    def test_exact_answers_out_of_order_are_violations(self):
+        self.check_caught("reverse", "order_violations", exact=True)
+
+    def test_exact_answers_with_a_wrong_result_are_errors(self):
+        r = self.check_caught("tampered", "errors", exact=True)
+        self.assertEqual(r["errors"], 400, r)
+
+    def test_exact_answers_twice_are_errors(self):
+        self.check_caught("twice", "errors", exact=True)
 
     def test_usage(self):
         rc, out, err = run_bench("--addr", "127.0.0.1:1", "--connections", 1)
