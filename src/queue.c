@@ -104,11 +104,15 @@ void px_queue_wake(px_queue_t *q)
 int px_queue_pop(px_queue_t *q, void **item, uint64_t timeout_ns)
 {
     struct timespec until;
-    int rc = 0;
+    int rc = 0, timed = 0;
 
-    until = px_deadline_after(CLOCK_MONOTONIC, timeout_ns);
     pthread_mutex_lock(&q->mu);
     while (q->len == 0 && !q->closed && rc == 0) {
+        /* The clock is read only when there is nothing to take: a busy worker pops without. */
+        if (!timed) {
+            until = px_deadline_after(CLOCK_MONOTONIC, timeout_ns);
+            timed = 1;
+        }
         q->waiting++;
         rc = pthread_cond_timedwait(&q->nonempty, &q->mu, &until);
         q->waiting--;

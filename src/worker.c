@@ -32,7 +32,8 @@ typedef struct slot {
     px_queue_t *queue;
     pthread_t thread;     /* loop-only */
     _Atomic int started;  /* set by the loop, read by px_pool_info anywhere */
-    int kick;             /* loop-only: a push left this worker to be woken by px_pool_kick */
+    uint32_t kick;        /* loop-only: requests pushed since this waiting worker was to be
+                           * woken by px_pool_kick (0: none owed) */
     _Atomic int running;  /* the current thread has not exited */
     _Atomic uint64_t gen; /* changed under cur_mu */
     _Atomic uint64_t heartbeat_ns, busy_since_ns; /* busy_since_ns 0 while idle */
@@ -75,6 +76,9 @@ const char *px_worker_state_name(enum px_worker_state s)
     return state_names[s];
 }
 
+/* A waiting worker is woken every this many pushes, even before the loop's next px_pool_kick. */
+#define KICK_BATCH 64
+
 /* Worker thread: hands a finished (or abandoned) request back to the loop. Wakes the loop only
  * when the list goes from empty to non-empty: uv_async_send coalesces anyway, and the loop
  * drains the whole list per wake-up. */
@@ -111,9 +115,11 @@ static void set_current(slot_t *s, px_req_t *r)
     pthread_mutex_lock(&s->cur_mu);
     s->current = r;
     if (r) {
+        size_t n = strnlen(r->handler->name, sizeof s->cur_op - 1);
         memcpy(s->cur_key, px_req_key(r), r->key_len);
         s->cur_key[r->key_len] = '\0';
-        snprintf(s->cur_op, sizeof s->cur_op, "%s", r->handler->name);
+        memcpy(s->cur_op, r->handler->name, n);
+        s->cur_op[n] = '\0';
     } else {
         s->cur_key[0] = s->cur_op[0] = '\0';
     }
@@ -183,6 +189,7 @@ static int run_one(slot_t *s, uint64_t gen, px_req_t *r)
     uint64_t run, waited;
 
     r->start_ns = px_now_ns();
+    atomic_store_explicit(&s->heartbeat_ns, r->start_ns, memory_order_relaxed);
     if (r->kent && px_key_parked(r->kent, r->start_ns)) {
         /* Quarantined while it waited: not run; the loop answers it rejected/key_parked. */
         void *token = r->sched_key;
@@ -292,9 +299,10 @@ static void *worker_main(void *arg)
         } else {
             rc = px_queue_pop(s->queue, &item, hb < 100 * PX_MS ? hb : 100 * PX_MS);
         }
-        atomic_store_explicit(&s->heartbeat_ns, px_now_ns(), memory_order_relaxed);
-        if (rc == -ETIMEDOUT)
+        if (rc == -ETIMEDOUT) {
+            atomic_store_explicit(&s->heartbeat_ns, px_now_ns(), memory_order_relaxed);
             continue;
+        }
         if (rc == -EPIPE)
             break;
         if (run_one(s, t.gen, item))
@@ -476,10 +484,13 @@ int px_pool_submit(px_pool_t *p, px_req_t *r)
     s = &p->slots[r->worker];
     rc = px_queue_push_lazy(s->queue, r);
     if (rc == 1) {
-        if (!s->kick) {
-            s->kick = 1;
+        if (!s->kick)
             p->kicks[p->nkicks++] = s->id;
-        }
+        /* One read can bring thousands of lines (libuv reads again while the socket has data,
+         * before the loop gets to px_pool_kick): past a batch, wake the worker now, so it
+         * drains its queue while the loop parses the rest instead of finding it full. */
+        if (++s->kick % KICK_BATCH == 0)
+            px_queue_wake(s->queue);
         rc = 0;
     }
     return rc;
