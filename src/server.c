@@ -121,8 +121,11 @@ static void on_tick(uv_check_t *t)
 {
     px_server_t *srv = t->data;
 
-    if (srv->pool)
+    if (srv->pool) {
         px_pool_kick(srv->pool);
+        /* Answers that came back while this iteration read: out now, not one poll later. */
+        px_pool_reap(srv->pool);
+    }
     px_conn_flush_all(srv);
 }
 

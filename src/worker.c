@@ -336,17 +336,33 @@ static int start_thread(slot_t *s, uint64_t gen)
     return rc;
 }
 
-/* Loop thread: swaps the whole list out under the lock, then works without it. */
-static void on_async(uv_async_t *a)
+/* Loop thread: swaps the whole list out under the lock; the caller works without it. */
+static px_req_t *take_done(px_pool_t *p)
 {
-    px_pool_t *p = a->data;
     px_req_t *list;
 
     pthread_mutex_lock(&p->done_mu);
     list = p->done_head;
     p->done_head = p->done_tail = NULL;
     pthread_mutex_unlock(&p->done_mu);
-    p->cb(list, p->cb_arg);
+    return list;
+}
+
+void px_pool_reap(px_pool_t *p)
+{
+    px_req_t *list = take_done(p);
+
+    if (list)
+        p->cb(list, p->cb_arg);
+}
+
+/* Runs even when the list is empty: a worker's exit or death (on_thread_exit) wakes the loop
+ * with nothing to hand back, and the drain and the supervisor must see it. */
+static void on_async(uv_async_t *a)
+{
+    px_pool_t *p = a->data;
+
+    p->cb(take_done(p), p->cb_arg);
 }
 
 int px_pool_new(px_pool_t **out, uv_loop_t *loop, uint32_t workers, uint32_t capacity, int keyed,

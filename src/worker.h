@@ -55,6 +55,9 @@ uint32_t px_pool_size(const px_pool_t *p);
  * one wake-up per worker per poll instead of one per request. */
 int px_pool_submit(px_pool_t *p, px_req_t *r);
 void px_pool_kick(px_pool_t *p);
+/* Loop thread: hands the requests finished so far to the done callback now, without waiting
+ * for the wake-up their workers sent (which then finds the list empty). */
+void px_pool_reap(px_pool_t *p);
 /* Loop thread: no more submissions; workers finish what is queued, then exit. */
 void px_pool_close(px_pool_t *p);
 /* Loop thread, forced stop: takes every queued request out (returned in a malloc'd array the
