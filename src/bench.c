@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define EXIT_ERRORS 1
 #define EXIT_CANNOT_RUN 2
@@ -29,6 +30,7 @@ static void usage(FILE *f)
         "                   [--payload-bytes B | --payload JSON] [--seed N] [--timeout S]\n"
         "                   [--json]\n"
         "       parex-bench --addr HOST:PORT --idle-connections N [--hold S]\n"
+        "       parex-bench --json-cost N [--op OP] [--payload-bytes B | --payload JSON] [--json]\n"
         "\n"
         "  --addr HOST:PORT     parexd's request listener ([::1]:PORT for IPv6)\n"
         "  --connections C      connections, each keeping P requests outstanding (default 1)\n"
@@ -47,6 +49,9 @@ static void usage(FILE *f)
         "  --idle-connections N open N connections, send one echo on each, print one line\n"
         "                       once all are answered, then hold them idle\n"
         "  --hold S             how long to hold them (default: until SIGINT/SIGTERM)\n"
+        "  --json-cost N        no connection: time N jansson parses of the request line this\n"
+        "                       run would send (parexd's flags), N dumps of its payload and N\n"
+        "                       parses of parexd's answer: the JSON work per request\n"
         "\n"
         "Every answer is checked: its id must match a request outstanding on its connection,\n"
         "and ok/failed answers for a key must come back in the order that key's requests were\n"
@@ -192,6 +197,74 @@ static char *payload_text(const char *json, uint64_t bytes, int have_bytes)
     return out;
 }
 
+static double now_s(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* --json-cost: what jansson costs per request on this machine, for the lines this run would
+ * exchange: parexd's parse of the request (its flags), its dump of the payload into the text
+ * the worker gets, and parex-bench's jansson path for the answer. Nanoseconds per operation. */
+static int json_cost_report(const px_bench_opts_t *o, uint64_t n, int as_json)
+{
+    const char *payload = o->payload ? o->payload : "null";
+    char *req = NULL, *ans = NULL, *optext = NULL, buf[1 << 16];
+    json_t *op = json_string(o->op), *root = NULL;
+    double t, parse_ns, dump_ns, answer_ns;
+    int rc = EXIT_CANNOT_RUN;
+    size_t len;
+
+    if (!op || !(optext = json_dumps(op, JSON_ENCODE_ANY)))
+        goto out;
+    len = strlen(payload) + strlen(optext) + 128;
+    if (!(req = malloc(len)) || !(ans = malloc(len)))
+        goto out;
+    snprintf(req, len, "{\"key\":\"k123\",\"id\":1234567,\"op\":%s,\"payload\":%s}", optext,
+             payload);
+    snprintf(ans, len,
+             "{\"id\":1234567,\"status\":\"ok\",\"worker\":2,\"queue_ms\":0.123,\"run_ms\":0.004,"
+             "\"result\":%s}",
+             payload);
+    if (!(root = json_loads(req, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, NULL)))
+        goto out;
+    t = now_s();
+    for (uint64_t i = 0; i < n; i++)
+        json_decref(json_loadb(req, strlen(req), JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, NULL));
+    parse_ns = (now_s() - t) / (double)n * 1e9;
+    t = now_s();
+    for (uint64_t i = 0; i < n; i++)
+        json_dumpb(json_object_get(root, "payload"), buf, sizeof buf,
+                   JSON_COMPACT | JSON_ENCODE_ANY);
+    dump_ns = (now_s() - t) / (double)n * 1e9;
+    t = now_s();
+    for (uint64_t i = 0; i < n; i++)
+        json_decref(json_loadb(ans, strlen(ans), 0, NULL));
+    answer_ns = (now_s() - t) / (double)n * 1e9;
+    if (as_json)
+        printf("{\"request_bytes\":%zu,\"parse_request_ns\":%.0f,\"dump_payload_ns\":%.0f,"
+               "\"answer_bytes\":%zu,\"parse_answer_ns\":%.0f,\"iterations\":%llu}\n",
+               strlen(req), parse_ns, dump_ns, strlen(ans), answer_ns, (unsigned long long)n);
+    else
+        printf("jansson, %llu iterations each:\n"
+               "  parse the request line (%zu bytes, parexd's flags)  %8.0f ns\n"
+               "  dump its payload as compact text                   %8.0f ns\n"
+               "  parse parexd's answer (%zu bytes)                  %8.0f ns\n",
+               (unsigned long long)n, strlen(req), parse_ns, dump_ns, strlen(ans), answer_ns);
+    rc = 0;
+out:
+    if (rc)
+        fprintf(stderr, "parex-bench: --json-cost: out of memory\n");
+    json_decref(root);
+    json_decref(op);
+    free(optext);
+    free(req);
+    free(ans);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -210,6 +283,7 @@ int main(int argc, char **argv)
         {"json", no_argument, 0, 'j'},
         {"idle-connections", required_argument, 0, 'I'},
         {"hold", required_argument, 0, 'H'},
+        {"json-cost", required_argument, 0, 'J'},
         {"hot-keys", required_argument, 0, 'K'},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},
@@ -219,7 +293,7 @@ int main(int argc, char **argv)
         .connections = 1, .pipeline = 1, .keys = 1000, .seed = 1, .op = "echo", .timeout = 30};
     px_bench_result_t *res;
     const char *addr = NULL, *payload_json = NULL;
-    uint64_t v, payload_bytes = 0;
+    uint64_t v, payload_bytes = 0, json_cost = 0;
     int opt, as_json = 0, have_bytes = 0, have_requests = 0;
     char *payload = NULL, err[256];
     int rc;
@@ -289,6 +363,10 @@ int main(int argc, char **argv)
                 return die_usage("--idle-connections '%s' is not an integer 1..1000000", optarg);
             o.idle_connections = (uint32_t)v;
             break;
+        case 'J':
+            if (parse_u64(optarg, 1, 100000000, &json_cost))
+                return die_usage("--json-cost '%s' is not an integer 1..100000000", optarg);
+            break;
         case 'H':
             if (parse_pos_double(optarg, &o.hold))
                 return die_usage("--hold '%s' is not a number of seconds", optarg);
@@ -306,6 +384,18 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         return die_usage("unexpected argument '%s'", argv[optind]);
+    if (have_bytes && payload_json)
+        return die_usage("%s", "give at most one of --payload-bytes and --payload");
+    if (have_bytes || payload_json) {
+        if (!(payload = payload_text(payload_json, payload_bytes, have_bytes)))
+            return die_usage("--payload '%s' is not valid JSON", payload_json ? payload_json : "");
+        o.payload = payload;
+    }
+    if (json_cost) {
+        rc = json_cost_report(&o, json_cost, as_json);
+        free(payload);
+        return rc;
+    }
     if (!addr)
         return die_usage("%s", "--addr HOST:PORT is required");
     if (px_parse_hostport(addr, o.host, sizeof o.host, &o.port) || o.port <= 0)
@@ -320,13 +410,6 @@ int main(int argc, char **argv)
     }
     if (have_requests == (o.duration > 0))
         return die_usage("%s", "give exactly one of --requests N and --duration S");
-    if (have_bytes && payload_json)
-        return die_usage("%s", "give at most one of --payload-bytes and --payload");
-    if (have_bytes || payload_json) {
-        if (!(payload = payload_text(payload_json, payload_bytes, have_bytes)))
-            return die_usage("--payload '%s' is not valid JSON", payload_json ? payload_json : "");
-        o.payload = payload;
-    }
     if ((uint64_t)o.connections * o.keys > (64ull << 20))
         return die_usage("%s", "--connections x --keys is over 67108864: the per-key order "
                                "check keeps 8 bytes per connection and key");

@@ -161,6 +161,23 @@ class BenchTest(unittest.TestCase):
     def test_exact_answers_twice_are_errors(self):
         self.check_caught("twice", "errors", exact=True)
 
+    def test_json_cost(self):
+        # No daemon: the JSON work per request, timed on the lines a run would exchange.
+        rc, out, err = run_bench("--json-cost", 2000, "--payload-bytes", 64, "--json")
+        self.assertEqual(rc, 0, err)
+        r = json.loads(out)
+        line = '{"key":"k123","id":1234567,"op":"echo","payload":"%s"}' % ("x" * 64)
+        self.assertEqual(r["request_bytes"], len(line), r)
+        self.assertEqual(r["iterations"], 2000, r)
+        for k in ("parse_request_ns", "dump_payload_ns", "parse_answer_ns"):
+            self.assertGreater(r[k], 0, r)
+        rc, out, err = run_bench("--json-cost", 10, "--op", "sleep", "--payload", '{"ms":1}')
+        self.assertEqual(rc, 0, err)
+        self.assertIn("parse the request line (59 bytes", out)
+        rc, out, err = run_bench("--json-cost", 0)
+        self.assertEqual(rc, 64, err)
+        self.assertIn("--json-cost", err)
+
     def test_usage(self):
         rc, out, err = run_bench("--addr", "127.0.0.1:1", "--connections", 1)
         self.assertEqual(rc, 64, err)
