@@ -209,7 +209,7 @@ static const char *lit(const char *p, const char *end, const char *s, size_t n)
 }
 #define LIT(p, end, s) lit(p, end, s, sizeof s - 1)
 
-/* A run of 1 to 19 decimal digits at p, or NULL. */
+/* A JSON integer of 1 to 19 digits at p (no leading zero), or NULL. */
 static const char *dec(const char *p, const char *end, uint64_t *v)
 {
     const char *start = p;
@@ -219,18 +219,23 @@ static const char *dec(const char *p, const char *end, uint64_t *v)
         return NULL;
     while (p < end && *p >= '0' && *p <= '9' && p - start < 19)
         *v = *v * 10 + (uint64_t)(*p++ - '0');
-    return p > start ? p : NULL;
+    if (p == start || (*start == '0' && p - start > 1))
+        return NULL;
+    return p;
 }
 
-/* parexd's milliseconds: digits, a point and three digits (px_buf_fixed3). */
+/* parexd's milliseconds: an integer, a point and exactly three digits (px_buf_fixed3). */
 static const char *ms3(const char *p, const char *end, double *v)
 {
-    const char *frac;
-    uint64_t whole, thou;
+    uint64_t whole, thou = 0;
 
-    if (!(p = dec(p, end, &whole)) || !(frac = LIT(p, end, ".")) || !(p = dec(frac, end, &thou)) ||
-        p - frac != 3)
+    if (!(p = LIT(dec(p, end, &whole), end, ".")) || end - p < 3)
         return NULL;
+    for (int i = 0; i < 3; i++, p++) {
+        if (*p < '0' || *p > '9')
+            return NULL;
+        thou = thou * 10 + (uint64_t)(*p - '0');
+    }
     *v = (double)whole + (double)thou / 1000.0;
     return p;
 }

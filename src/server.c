@@ -110,7 +110,7 @@ static void on_done(px_req_t *list, void *arg)
         px_req_free(r);
     }
     px_stats_end(&srv->stats);
-    px_server_check_drained(srv); /* the answers go out in on_tick, after this poll */
+    px_server_check_drained(srv); /* the answers go out in on_tick's flush */
 }
 
 /* Runs once per loop iteration, after every read and completion callback of that poll: the

@@ -32,8 +32,8 @@ typedef struct slot {
     px_queue_t *queue;
     pthread_t thread;     /* loop-only */
     _Atomic int started;  /* set by the loop, read by px_pool_info anywhere */
-    uint32_t kick;        /* loop-only: requests pushed since this waiting worker was to be
-                           * woken by px_pool_kick (0: none owed) */
+    uint32_t kick;        /* loop-only: pushes that found this worker waiting since the last
+                           * px_pool_kick (0: no wake-up owed) */
     _Atomic int running;  /* the current thread has not exited */
     _Atomic uint64_t gen; /* changed under cur_mu */
     _Atomic uint64_t heartbeat_ns, busy_since_ns; /* busy_since_ns 0 while idle */
@@ -62,8 +62,8 @@ struct px_pool {
     _Atomic uint64_t q_for_ns;
     struct px_hot *hot;
     px_sched_t *sched;       /* scheduling "keyed": one scheduler instead of per-slot queues */
-    uint32_t *kicks, nkicks; /* loop-only: slots to wake at the end of this batch */
-    int sched_kick;          /* loop-only: the keyed scheduler owes wake-ups */
+    uint32_t *kicks, nkicks; /* loop-only: slots to wake at the end of this loop iteration */
+    uint32_t sched_kick;     /* loop-only: pushes into the keyed scheduler since its last wake */
     pthread_mutex_t done_mu;
     px_req_t *done_head, *done_tail; /* under done_mu */
     slot_t slots[];
@@ -76,7 +76,8 @@ const char *px_worker_state_name(enum px_worker_state s)
     return state_names[s];
 }
 
-/* A waiting worker is woken every this many pushes, even before the loop's next px_pool_kick. */
+/* Within one loop iteration a waiting worker (or the keyed scheduler's) is woken every this
+ * many pushes that found it waiting, before the loop's px_pool_kick. */
 #define KICK_BATCH 64
 
 /* Worker thread: hands a finished (or abandoned) request back to the loop. Wakes the loop only
@@ -494,8 +495,10 @@ int px_pool_submit(px_pool_t *p, px_req_t *r)
     int rc;
 
     if (p->sched) {
-        p->sched_kick = 1;
-        return px_sched_push(p->sched, r);
+        rc = px_sched_push(p->sched, r);
+        if (rc == 0 && ++p->sched_kick % KICK_BATCH == 0)
+            px_sched_wake(p->sched); /* as below: let workers start on a huge read */
+        return rc;
     }
     s = &p->slots[r->worker];
     rc = px_queue_push_lazy(s->queue, r);

@@ -52,7 +52,8 @@ uint32_t px_pool_size(const px_pool_t *p);
 
 /* Loop thread. 0, -EAGAIN when the worker's queue is full, -EPIPE once closed. The worker is
  * woken by the next px_pool_kick, which the loop calls once per iteration, after all reads:
- * one wake-up per worker per poll instead of one per request. */
+ * one wake-up per worker per poll instead of one per request (and one more every 64 requests
+ * that find it waiting, so a huge read does not fill a queue nobody has started on). */
 int px_pool_submit(px_pool_t *p, px_req_t *r);
 void px_pool_kick(px_pool_t *p);
 /* Loop thread: hands the requests finished so far to the done callback now, without waiting

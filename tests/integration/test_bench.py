@@ -33,7 +33,8 @@ class FakeServer:
     request two times, 'strangers' answers with ids that were never sent, 'good' answers right.
     With exact=True the answers are byte for byte parexd's compact form, which parex-bench
     checks against its template without jansson; otherwise they are spaced (json.dumps), which
-    takes its jansson path. 'tampered' (exact) changes the last byte of the echoed string."""
+    takes its jansson path. 'tampered' (exact) changes the last byte of the echoed string,
+    'zeropad' (exact) writes each id with a leading zero (not JSON)."""
 
     def __init__(self, mode, exact=False):
         self.mode = mode
@@ -50,8 +51,10 @@ class FakeServer:
         if self.mode == "tampered":
             result = result[:-1] + "y"
         if self.exact:
-            return ('{"id":%d,"status":"ok","worker":0,"queue_ms":0.250,"run_ms":1.500,'
-                    '"result":%s}\n' % (req["id"], json.dumps(result, separators=(",", ":"))))
+            # 'zeropad': the template's shape with the id written as 0ID, which is not JSON.
+            return ('{"id":%s%d,"status":"ok","worker":0,"queue_ms":0.250,"run_ms":1.500,'
+                    '"result":%s}\n' % ("0" if self.mode == "zeropad" else "", req["id"],
+                                         json.dumps(result, separators=(",", ":"))))
         return json.dumps({"id": req["id"], "status": "ok", "worker": 0, "queue_ms": 0,
                            "run_ms": 0, "result": result}) + "\n"
 
@@ -70,7 +73,7 @@ class FakeServer:
                     out = [self.answer(r) for r in reversed(reqs)]
                 elif self.mode == "twice":
                     out = [self.answer(r) * 2 for r in reqs]
-                elif self.mode in ("good", "tampered"):
+                elif self.mode in ("good", "tampered", "zeropad"):
                     out = [self.answer(r) for r in reqs]
                 else:
                     out = [self.answer(dict(r, id=r["id"] + 1000003)) for r in reqs]
@@ -157,6 +160,12 @@ class BenchTest(unittest.TestCase):
     def test_exact_answers_with_a_wrong_result_are_errors(self):
         r = self.check_caught("tampered", "errors", exact=True)
         self.assertEqual(r["errors"], 400, r)
+
+    def test_exact_answers_with_a_leading_zero_are_errors(self):
+        # Not JSON: no answer is matched to its request, none counted ok.
+        r = self.check_caught("zeropad", "errors", exact=True)
+        self.assertGreaterEqual(r["errors"], 16, r)
+        self.assertEqual(r["ok"], 0, r)
 
     def test_exact_answers_twice_are_errors(self):
         self.check_caught("twice", "errors", exact=True)
