@@ -155,17 +155,16 @@ static const char *shown(char *dst, size_t cap, const char *line, size_t len)
     return dst;
 }
 
-/* What an ok or failed answer says, from either way of reading it. */
+/* What an ok or failed answer says besides its status, from either way of reading it. */
 typedef struct answer {
-    int ok;
     int timed; /* queue_ms and run_ms were present */
     double queue_ms, run_ms;
     int result_ok; /* ok answers: the result is there and, for echo, equals the payload */
 } answer_t;
 
 /* An ok or failed answer: order, latency, the server's own timings, the result. */
-static void check_done_answer(px_bconn_t *c, px_bslot_t *sl, const answer_t *a, const char *line,
-                              size_t len, uint64_t now_ns)
+static void check_done_answer(px_bconn_t *c, px_bslot_t *sl, const char *status, const answer_t *a,
+                              const char *line, size_t len, uint64_t now_ns)
 {
     px_bench_t *b = c->b;
     px_bench_result_t *res = b->res;
@@ -189,7 +188,7 @@ static void check_done_answer(px_bconn_t *c, px_bslot_t *sl, const answer_t *a, 
         res->server_run_ms += a->run_ms;
         res->server_timed++;
     }
-    if (a->ok) {
+    if (strcmp(status, "ok") == 0) {
         res->ok++;
         if (!a->result_ok)
             px_bench_error(b, "connection %u: ok answer without the expected result: %s", c->idx,
@@ -259,7 +258,7 @@ static int match_echo_ok(const px_bench_t *b, const char *p, size_t len, uint64_
     p = lit(LIT(p, end, ",\"result\":"), end, b->o->payload, b->payload_len);
     if (!p || end - p != 1 || *p != '}')
         return 0;
-    a->ok = a->timed = a->result_ok = 1;
+    a->timed = a->result_ok = 1;
     return 1;
 }
 
@@ -284,7 +283,6 @@ static int parse_answer(px_bconn_t *c, const char *line, size_t len, json_t **ro
     *status = json_string_value(json_object_get(r, "status"));
     qms = json_object_get(r, "queue_ms");
     rms = json_object_get(r, "run_ms");
-    a->ok = *status && strcmp(*status, "ok") == 0;
     a->timed = json_is_number(qms) && json_is_number(rms);
     a->queue_ms = a->timed ? json_number_value(qms) : 0;
     a->run_ms = a->timed ? json_number_value(rms) : 0;
@@ -326,7 +324,7 @@ static void handle_line(px_bconn_t *c, const char *line, size_t len, uint64_t no
     }
     sl = &c->slots[s];
     if (status && (strcmp(status, "ok") == 0 || strcmp(status, "failed") == 0)) {
-        check_done_answer(c, sl, &a, line, len, now_ns);
+        check_done_answer(c, sl, status, &a, line, len, now_ns);
     } else if (status && strcmp(status, "rejected") == 0) {
         res->rejected++;
         if (b->o->hot_keys && sl->key >= b->o->hot_keys) {
