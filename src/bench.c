@@ -6,7 +6,9 @@
  * (errors are printed on stderr and counted in the report), 2 when the run could not start,
  * 64 on a usage mistake. */
 #include "bench_run.h"
+#include "clock.h"
 #include "config.h"
+#include "protocol.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -16,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define EXIT_ERRORS 1
 #define EXIT_CANNOT_RUN 2
@@ -49,9 +50,9 @@ static void usage(FILE *f)
         "  --idle-connections N open N connections, send one echo on each, print one line\n"
         "                       once all are answered, then hold them idle\n"
         "  --hold S             how long to hold them (default: until SIGINT/SIGTERM)\n"
-        "  --json-cost N        no connection: time N jansson parses of the request line this\n"
-        "                       run would send (parexd's flags), N dumps of its payload and N\n"
-        "                       parses of parexd's answer: the JSON work per request\n"
+        "  --json-cost N        no connection: time N parses of the request line this run\n"
+        "                       would send (parexd's parser), N dumps of its payload and N\n"
+        "                       jansson parses of parexd's answer: the JSON work per request\n"
         "\n"
         "Every answer is checked: its id must match a request outstanding on its connection,\n"
         "and ok/failed answers for a key must come back in the order that key's requests were\n"
@@ -197,71 +198,78 @@ static char *payload_text(const char *json, uint64_t bytes, int have_bytes)
     return out;
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-/* --json-cost: what jansson costs per request on this machine, for the lines this run would
- * exchange: parexd's parse of the request (its flags), its dump of the payload into the text
- * the worker gets, and parex-bench's jansson path for the answer. Nanoseconds per operation. */
+/* --json-cost: what the JSON work costs per request on this machine, for the lines this run
+ * would exchange, timed through the code that does it: parexd's parse of the request line
+ * (px_line_parse), its dump of the payload into the text the worker gets (px_json_append), and
+ * parex-bench's jansson path for parexd's answer (px_resp_format's line). Nanoseconds each. */
 static int json_cost_report(const px_bench_opts_t *o, uint64_t n, int as_json)
 {
-    const char *payload = o->payload ? o->payload : "null";
-    char *req = NULL, *ans = NULL, *optext = NULL, buf[1 << 16];
-    json_t *op = json_string(o->op), *root = NULL;
-    double t, parse_ns, dump_ns, answer_ns;
+    static const char head[] = "{\"key\":\"k123\",\"id\":1234567";
+    px_resp_t resp = {.id = "1234567",
+                      .id_len = 7,
+                      .status = "ok",
+                      .worker = 2,
+                      .result_text = o->payload ? o->payload : "null",
+                      .queue_ms = 0.123,
+                      .run_ms = 0.004};
+    px_buf_t req = {0}, ans = {0}, text = {0};
+    uint64_t t0, t1, t2, t3;
+    char err[128] = "";
+    px_line_t line;
     int rc = EXIT_CANNOT_RUN;
-    size_t len;
 
-    if (!op || !(optext = json_dumps(op, JSON_ENCODE_ANY)))
+    resp.result_len = strlen(resp.result_text);
+    /* Both lines without their newline, as the framers hand them over. */
+    if (px_buf_puts(&req, head) || px_resp_format(&ans, &resp))
+        snprintf(err, sizeof err, "out of memory");
+    else
+        px_bench_suffix(o, &req, err, sizeof err); /* sets err only when it fails */
+    if (err[0]) {
+        fprintf(stderr, "parex-bench: --json-cost: %s\n", err);
         goto out;
-    len = strlen(payload) + strlen(optext) + 128;
-    if (!(req = malloc(len)) || !(ans = malloc(len)))
+    }
+    req.len--;
+    ans.len--;
+    px_line_parse(&line, req.data, req.len);
+    if (line.kind != PX_LINE_REQUEST) {
+        fprintf(stderr, "parex-bench: --json-cost: parexd would not take this line: %s\n",
+                line.message);
+        px_line_free(&line);
         goto out;
-    snprintf(req, len, "{\"key\":\"k123\",\"id\":1234567,\"op\":%s,\"payload\":%s}", optext,
-             payload);
-    snprintf(ans, len,
-             "{\"id\":1234567,\"status\":\"ok\",\"worker\":2,\"queue_ms\":0.123,\"run_ms\":0.004,"
-             "\"result\":%s}",
-             payload);
-    if (!(root = json_loads(req, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, NULL)))
-        goto out;
-    t = now_s();
+    }
+    t0 = px_now_ns();
+    for (uint64_t i = 0; i < n; i++) {
+        px_line_t l;
+        px_line_parse(&l, req.data, req.len);
+        px_line_free(&l);
+    }
+    t1 = px_now_ns();
+    for (uint64_t i = 0; i < n; i++) {
+        text.len = 0;
+        px_json_append(&text, line.payload);
+    }
+    t2 = px_now_ns();
     for (uint64_t i = 0; i < n; i++)
-        json_decref(json_loadb(req, strlen(req), JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, NULL));
-    parse_ns = (now_s() - t) / (double)n * 1e9;
-    t = now_s();
-    for (uint64_t i = 0; i < n; i++)
-        json_dumpb(json_object_get(root, "payload"), buf, sizeof buf,
-                   JSON_COMPACT | JSON_ENCODE_ANY);
-    dump_ns = (now_s() - t) / (double)n * 1e9;
-    t = now_s();
-    for (uint64_t i = 0; i < n; i++)
-        json_decref(json_loadb(ans, strlen(ans), 0, NULL));
-    answer_ns = (now_s() - t) / (double)n * 1e9;
+        json_decref(json_loadb(ans.data, ans.len, 0, NULL));
+    t3 = px_now_ns();
+    px_line_free(&line);
     if (as_json)
         printf("{\"request_bytes\":%zu,\"parse_request_ns\":%.0f,\"dump_payload_ns\":%.0f,"
                "\"answer_bytes\":%zu,\"parse_answer_ns\":%.0f,\"iterations\":%llu}\n",
-               strlen(req), parse_ns, dump_ns, strlen(ans), answer_ns, (unsigned long long)n);
+               req.len, (double)(t1 - t0) / (double)n, (double)(t2 - t1) / (double)n, ans.len,
+               (double)(t3 - t2) / (double)n, (unsigned long long)n);
     else
         printf("jansson, %llu iterations each:\n"
                "  parse the request line (%zu bytes, parexd's flags)  %8.0f ns\n"
                "  dump its payload as compact text                   %8.0f ns\n"
                "  parse parexd's answer (%zu bytes)                  %8.0f ns\n",
-               (unsigned long long)n, strlen(req), parse_ns, dump_ns, strlen(ans), answer_ns);
+               (unsigned long long)n, req.len, (double)(t1 - t0) / (double)n,
+               (double)(t2 - t1) / (double)n, ans.len, (double)(t3 - t2) / (double)n);
     rc = 0;
 out:
-    if (rc)
-        fprintf(stderr, "parex-bench: --json-cost: out of memory\n");
-    json_decref(root);
-    json_decref(op);
-    free(optext);
-    free(req);
-    free(ans);
+    px_buf_free(&req);
+    px_buf_free(&ans);
+    px_buf_free(&text);
     return rc;
 }
 

@@ -155,11 +155,9 @@ void px_bench_raise_nofile(uint64_t need)
     }
 }
 
-/* The part of every request line after the id. */
-static int build_suffix(px_bench_t *b, char *err, size_t errlen)
+int px_bench_suffix(const px_bench_opts_t *o, px_buf_t *out, char *err, size_t errlen)
 {
-    px_buf_t s = {0};
-    json_t *op = json_string(b->o->op);
+    json_t *op = json_string(o->op);
     char *optext = op ? json_dumps(op, JSON_ENCODE_ANY) : NULL;
     int rc = -1;
 
@@ -168,22 +166,31 @@ static int build_suffix(px_bench_t *b, char *err, size_t errlen)
         snprintf(err, errlen, "--op must be UTF-8 text");
         return -1;
     }
-    if (px_buf_puts(&s, ",\"op\":") || px_buf_puts(&s, optext))
+    if (px_buf_puts(out, ",\"op\":") || px_buf_puts(out, optext))
         goto out;
-    if (b->o->payload && (px_buf_puts(&s, ",\"payload\":") || px_buf_puts(&s, b->o->payload)))
+    if (o->payload && (px_buf_puts(out, ",\"payload\":") || px_buf_puts(out, o->payload)))
         goto out;
-    if (px_buf_append(&s, "}\n", 2))
+    if (px_buf_append(out, "}\n", 2))
         goto out;
-    b->suffix = s.data;
-    b->suffix_len = s.len;
-    s.data = NULL;
     rc = 0;
 out:
     if (rc)
         snprintf(err, errlen, "out of memory");
     free(optext);
-    px_buf_free(&s);
     return rc;
+}
+
+static int build_suffix(px_bench_t *b, char *err, size_t errlen)
+{
+    px_buf_t s = {0};
+
+    if (px_bench_suffix(b->o, &s, err, errlen)) {
+        px_buf_free(&s);
+        return -1;
+    }
+    b->suffix = s.data;
+    b->suffix_len = s.len;
+    return 0;
 }
 
 static void free_conns(px_bench_t *b)

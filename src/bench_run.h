@@ -5,6 +5,7 @@
 #define PX_BENCH_RUN_H
 
 #include "bench_hist.h"
+#include "buf.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -44,6 +45,9 @@ typedef struct px_bench_result {
 /* Runs the load described by o. Returns 0 when it ran (check res for errors), or -1 when it
  * could not (message in err). */
 int px_bench_run(const px_bench_opts_t *o, px_bench_result_t *res, char *err, size_t errlen);
+/* Appends the part of every request line after the id (,"op":...,"payload":...}\n) to out.
+ * 0, or -1 with err set. */
+int px_bench_suffix(const px_bench_opts_t *o, px_buf_t *out, char *err, size_t errlen);
 
 /* Opens o->idle_connections connections, sends one echo on each and waits for its answer, then
  * prints one line on stdout and holds them for o->hold seconds (0: until SIGINT/SIGTERM). */
