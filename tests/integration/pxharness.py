@@ -12,6 +12,7 @@ A test script is run as
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -357,6 +358,49 @@ def run_threads(fn, n):
         t.join(60)
     if errors:
         raise errors[0]
+
+
+def per_key_order_run(tc, d, conns=16, keys=32, per_conn=400, batch=40):
+    """From conns connections at once, sends per_conn requests each over keys keys (about 5% of
+    them a 1 ms sleep), in several writes so the daemon's reads interleave. Asserts that each
+    connection gets every answer, ok, carrying its own payload, and per key in send order.
+    Returns the (key, answer) pairs, for the caller's own checks."""
+    results = {}
+
+    def client(ci):
+        rnd = random.Random(ci)
+        seq, reqs, meta = {}, [], {}
+        for i in range(per_conn):
+            k = "ord-%d" % rnd.randrange(keys)
+            s = seq.get(k, 0)
+            seq[k] = s + 1
+            rid = "%d-%d" % (ci, i)
+            meta[rid] = (k, s)
+            if rnd.random() < 0.05:  # now and then a request that takes a moment
+                reqs.append({"key": k, "id": rid, "op": "sleep", "payload": {"ms": 1}})
+            else:
+                reqs.append({"key": k, "id": rid, "payload": {"c": ci, "k": k, "seq": s}})
+        with d.connect(timeout=30) as c:
+            for i in range(0, per_conn, batch):
+                c.send(*reqs[i:i + batch])
+            results[ci] = (meta, c.recv_n(per_conn, timeout=30))
+
+    run_threads(client, conns)
+    answers = []
+    for ci in range(conns):
+        meta, rs = results[ci]
+        tc.assertEqual(sorted(r["id"] for r in rs), sorted(meta))
+        last = {}
+        for r in rs:
+            tc.assertEqual(r["status"], "ok", r)
+            k, s = meta[r["id"]]
+            if "seq" in (r["result"] or {}):
+                tc.assertEqual(r["result"], {"c": ci, "k": k, "seq": s})
+            # On this connection, answers for a key come back in the order they were sent.
+            tc.assertEqual(s, last.get(k, -1) + 1, "connection %d key %s: %r" % (ci, k, r))
+            last[k] = s
+            answers.append((k, r))
+    return answers
 
 
 def run_parexctl(*args, input=None, env=None, timeout=TIMEOUT):

@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import threading
-import random
 import shutil
 import tempfile
 import time
@@ -657,41 +656,9 @@ class KeyedSchedulingTest(KeysTestCase):
         # test_order.py's check on a keyed daemon: per connection, answers for a key in send
         # order, each the request's own payload; the books balance, and no key is left behind.
         self.d = d = start("keyed", queue_capacity=100000)
-        conns, keys, per_conn, batch = 16, 32, 400, 40
-        results = {}
-
-        def client(ci):
-            rnd = random.Random(ci)
-            seq, reqs, meta = {}, [], {}
-            for i in range(per_conn):
-                k = "ord-%d" % rnd.randrange(keys)
-                s = seq.get(k, 0)
-                seq[k] = s + 1
-                rid = "%d-%d" % (ci, i)
-                meta[rid] = (k, s)
-                if rnd.random() < 0.05:
-                    reqs.append({"key": k, "id": rid, "op": "sleep", "payload": {"ms": 1}})
-                else:
-                    reqs.append({"key": k, "id": rid, "payload": {"c": ci, "k": k, "seq": s}})
-            with d.connect(timeout=30) as c:
-                for i in range(0, per_conn, batch):
-                    c.send(*reqs[i:i + batch])
-                results[ci] = (meta, c.recv_n(per_conn, timeout=30))
-
-        px.run_threads(client, conns)
-        workers_used = set()
-        for ci in range(conns):
-            meta, rs = results[ci]
-            self.assertEqual(sorted(r["id"] for r in rs), sorted(meta))
-            last = {}
-            for r in rs:
-                self.assertEqual(r["status"], "ok", r)
-                k, s = meta[r["id"]]
-                if "seq" in (r["result"] or {}):
-                    self.assertEqual(r["result"], {"c": ci, "k": k, "seq": s})
-                self.assertEqual(s, last.get(k, -1) + 1, "connection %d key %s: %r" % (ci, k, r))
-                last[k] = s
-                workers_used.add(r["worker"])
+        conns, per_conn = 16, 400
+        answers = px.per_key_order_run(self, d, conns=conns, per_conn=per_conn)
+        workers_used = {r["worker"] for _, r in answers}
         self.assertTrue(workers_used <= set(range(WORKERS)), workers_used)
         s = d.wait_idle()
         self.assertAccounting(s)

@@ -2,7 +2,6 @@
 across all connections, and on each connection their answers come back in that order. Different
 keys run in parallel."""
 
-import random
 import threading
 import time
 import unittest
@@ -25,47 +24,12 @@ class OrderTest(px.Accounting, unittest.TestCase):
         self.assertAccounting(self.d.wait_idle())
 
     def test_per_key_order_many_connections_many_keys(self):
-        conns, keys, per_conn, batch = 16, 32, 400, 40
+        conns, per_conn = 16, 400
         before = self.d.wait_idle()
-        results = {}
-
-        def client(ci):
-            rnd = random.Random(ci)
-            seq = {}
-            reqs, meta = [], {}
-            for i in range(per_conn):
-                k = "ord-%d" % rnd.randrange(keys)
-                s = seq.get(k, 0)
-                seq[k] = s + 1
-                rid = "%d-%d" % (ci, i)
-                meta[rid] = (k, s)
-                if rnd.random() < 0.05:  # now and then a request that takes a moment
-                    reqs.append({"key": k, "id": rid, "op": "sleep", "payload": {"ms": 1}})
-                else:
-                    reqs.append({"key": k, "id": rid, "payload": {"c": ci, "k": k, "seq": s}})
-            with self.d.connect(timeout=30) as c:
-                # Several writes, so the daemon's reads interleave with other connections'.
-                for i in range(0, per_conn, batch):
-                    c.send(*reqs[i:i + batch])
-                results[ci] = (meta, c.recv_n(per_conn, timeout=30))
-
-        px.run_threads(client, conns)
-
         worker_of = {}
-        for ci in range(conns):
-            meta, rs = results[ci]
-            self.assertEqual(sorted(r["id"] for r in rs), sorted(meta))
-            last = {}
-            for r in rs:
-                self.assertEqual(r["status"], "ok", r)
-                k, s = meta[r["id"]]
-                if "seq" in (r["result"] or {}):
-                    self.assertEqual(r["result"], {"c": ci, "k": k, "seq": s})
-                # On this connection, answers for a key come back in the order they were sent.
-                self.assertEqual(s, last.get(k, -1) + 1, "connection %d key %s: %r" % (ci, k, r))
-                last[k] = s
-                # A key always runs on the same worker, whichever connection sent it.
-                self.assertEqual(worker_of.setdefault(k, r["worker"]), r["worker"], k)
+        for k, r in px.per_key_order_run(self, self.d, conns=conns, per_conn=per_conn):
+            # A key always runs on the same worker, whichever connection sent it.
+            self.assertEqual(worker_of.setdefault(k, r["worker"]), r["worker"], k)
 
         after = self.d.wait_idle()
         self.assertEqual(after["received"] - before["received"], conns * per_conn)
