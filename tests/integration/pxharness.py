@@ -403,6 +403,42 @@ def per_key_order_run(tc, d, conns=16, keys=32, per_conn=400, batch=40):
     return answers
 
 
+def same_key_runs(tc, d, conns=6, per_conn=3, ms=60):
+    """From conns connections at once, sends per_conn sleeps of ms on one key. Asserts every
+    answer ok and the runs one at a time: laid end to end they take at least their sum, and none
+    starts before the previous one ended. Returns the runs as (start, end, answer, t_last)."""
+    spans, lock = [], threading.Lock()
+    t_first = time.monotonic()
+
+    def client(ci):
+        with d.connect() as c:
+            reqs = [{"key": "hot-seq", "id": "%d-%d" % (ci, i), "op": "sleep",
+                     "payload": {"ms": ms}} for i in range(per_conn)]
+            t_send = time.monotonic()
+            c.send(*reqs)
+            rs = c.recv_n(per_conn)
+            t_last = time.monotonic()
+        with lock:
+            for r in rs:
+                # The daemon read the line no earlier than we sent it, so its run started no
+                # earlier than t_send + queue_ms (and at most a read's delay later).
+                start = t_send + r["queue_ms"] / 1000
+                spans.append((start, start + r["run_ms"] / 1000, r, t_last))
+
+    run_threads(client, conns)
+    t_end = max(s[3] for s in spans)
+    tc.assertEqual(len(spans), conns * per_conn)
+    for s in spans:
+        tc.assertEqual(s[2]["status"], "ok", s[2])
+    # One at a time: the runs laid end to end take at least their sum...
+    tc.assertGreaterEqual(t_end - t_first, conns * per_conn * ms / 1000 * 0.98)
+    # ...and no run starts before the previous one ended (within the read-delay slack).
+    spans.sort(key=lambda s: s[0])
+    for a, b in zip(spans, spans[1:]):
+        tc.assertGreaterEqual(b[0], a[1] - 0.03, "runs overlap: %r and %r" % (a[2], b[2]))
+    return spans
+
+
 def run_parexctl(*args, input=None, env=None, timeout=TIMEOUT):
     """Runs parexctl; returns (exit status, stdout text, stderr text)."""
     e = dict(os.environ)

@@ -670,33 +670,9 @@ class KeyedSchedulingTest(KeysTestCase):
         self.assertEqual(s["keyed"]["active_keys"], 0)  # idle keys are forgotten
 
     def test_same_key_never_runs_twice_at_once(self):
-        self.d = d = start("keyed")
-        conns, per_conn, ms = 6, 3, 60
-        spans, lock = [], threading.Lock()
-        t_first = time.monotonic()
-
-        def client(ci):
-            with d.connect() as c:
-                t_send = time.monotonic()
-                c.send(*[{"key": "hot-seq", "id": "%d-%d" % (ci, i), "op": "sleep",
-                          "payload": {"ms": ms}} for i in range(per_conn)])
-                rs = c.recv_n(per_conn)
-                t_last = time.monotonic()
-            with lock:
-                for r in rs:
-                    start_t = t_send + r["queue_ms"] / 1000
-                    spans.append((start_t, start_t + r["run_ms"] / 1000, r, t_last))
-
-        px.run_threads(client, conns)
-        t_end = max(s[3] for s in spans)
-        self.assertEqual(len(spans), conns * per_conn)
-        for s in spans:
-            self.assertEqual(s[2]["status"], "ok", s[2])
         # 4 workers are free, yet the key's 18 runs go one at a time.
-        self.assertGreaterEqual(t_end - t_first, conns * per_conn * ms / 1000 * 0.98)
-        spans.sort(key=lambda s: s[0])
-        for a, b in zip(spans, spans[1:]):
-            self.assertGreaterEqual(b[0], a[1] - 0.03, "runs overlap: %r and %r" % (a[2], b[2]))
+        self.d = start("keyed")
+        px.same_key_runs(self, self.d, conns=6, per_conn=3, ms=60)
 
     def test_global_capacity_and_cap_per_key(self):
         # Bounded: queue_capacity * workers requests wait at most (queue_full past that), and

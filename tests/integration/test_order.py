@@ -2,7 +2,6 @@
 across all connections, and on each connection their answers come back in that order. Different
 keys run in parallel."""
 
-import threading
 import time
 import unittest
 
@@ -36,41 +35,11 @@ class OrderTest(px.Accounting, unittest.TestCase):
         self.assertEqual(after["ok"] - before["ok"], conns * per_conn)
 
     def test_same_key_from_several_connections_never_overlaps(self):
-        conns, per_conn, ms = 6, 3, 60
-        spans = []
-        lock = threading.Lock()
-        t_first = time.monotonic()
-
-        def client(ci):
-            with self.d.connect() as c:
-                reqs = [{"key": "hot-seq", "id": "%d-%d" % (ci, i), "op": "sleep",
-                         "payload": {"ms": ms}} for i in range(per_conn)]
-                t_send = time.monotonic()
-                c.send(*reqs)
-                rs = c.recv_n(per_conn)
-                t_last = time.monotonic()
-            with lock:
-                for r in rs:
-                    # The daemon read the line no earlier than we sent it, so its run started
-                    # no earlier than t_send + queue_ms (and at most a read's delay later).
-                    start = t_send + r["queue_ms"] / 1000
-                    spans.append((start, start + r["run_ms"] / 1000, r, t_last))
-
-        px.run_threads(client, conns)
-        t_end = max(s[3] for s in spans)
-        self.assertEqual(len(spans), conns * per_conn)
+        ms = 60
+        spans = px.same_key_runs(self, self.d, ms=ms)
         self.assertEqual(len({s[2]["worker"] for s in spans}), 1)
         for s in spans:
-            self.assertEqual(s[2]["status"], "ok", s[2])
             self.assertGreaterEqual(s[2]["run_ms"], ms * 0.95)
-        # One at a time: the runs laid end to end take at least their sum...
-        self.assertGreaterEqual(t_end - t_first, conns * per_conn * ms / 1000 * 0.98)
-        # ...and no run starts before the previous one ended (within the read-delay slack).
-        spans.sort(key=lambda s: s[0])
-        slack = 0.03
-        for a, b in zip(spans, spans[1:]):
-            self.assertGreaterEqual(b[0], a[1] - slack,
-                                    "runs overlap: %r and %r" % (a[2], b[2]))
 
     def test_order_across_connections_is_read_order(self):
         # A long request holds the key's worker; then requests for the key arrive on different
