@@ -35,6 +35,21 @@ static void expect_invalid(const char *text, enum px_invalid code)
     px_line_free(&l);
 }
 
+/* Each line must be invalid/bad_field with a message naming field ("'key'"), and echo no id:
+ * none of them carries a usable one. */
+static void expect_bad_field(const char *const *lines, size_t n, const char *field)
+{
+    for (size_t i = 0; i < n; i++) {
+        px_line_t l = parse(lines[i]);
+        assert_int_equal(l.kind, PX_LINE_INVALID);
+        if (l.code != PX_INV_BAD_FIELD)
+            fail_msg("%s: code %s, want bad_field", lines[i], px_invalid_code(l.code));
+        assert_null(l.id);
+        assert_non_null(strstr(l.message, field));
+        px_line_free(&l);
+    }
+}
+
 static void test_invalid_codes_named(void **state)
 {
     assert_string_equal(px_invalid_code(PX_INV_BAD_JSON), "bad_json");
@@ -161,14 +176,7 @@ static void test_key_wrong_type(void **state)
         "{\"key\":[]}", "{\"key\":{\"a\":\"b\"}}", "{\"key\":[\"a\"]}",
     };
 
-    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
-        px_line_t l = parse(lines[i]);
-        assert_int_equal(l.kind, PX_LINE_INVALID);
-        if (l.code != PX_INV_BAD_FIELD)
-            fail_msg("%s: code %s, want bad_field", lines[i], px_invalid_code(l.code));
-        assert_non_null(strstr(l.message, "'key'"));
-        px_line_free(&l);
-    }
+    expect_bad_field(lines, sizeof lines / sizeof lines[0], "'key'");
 }
 
 static void test_bad_id_types(void **state)
@@ -179,16 +187,8 @@ static void test_bad_id_types(void **state)
         "{\"key\":\"a\",\"id\":[1]}",   "{\"key\":\"a\",\"id\":{}}",
     };
 
-    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
-        px_line_t l = parse(lines[i]);
-        assert_int_equal(l.kind, PX_LINE_INVALID);
-        if (l.code != PX_INV_BAD_FIELD)
-            fail_msg("%s: code %s, want bad_field", lines[i], px_invalid_code(l.code));
-        /* An unusable id is not echoed. */
-        assert_null(l.id);
-        assert_non_null(strstr(l.message, "'id'"));
-        px_line_free(&l);
-    }
+    /* An unusable id is not echoed (expect_bad_field checks). */
+    expect_bad_field(lines, sizeof lines / sizeof lines[0], "'id'");
 }
 
 static void test_good_ids(void **state)
@@ -226,14 +226,7 @@ static void test_op_not_a_string(void **state)
         "{\"key\":\"a\",\"op\":true}",
     };
 
-    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
-        px_line_t l = parse(lines[i]);
-        assert_int_equal(l.kind, PX_LINE_INVALID);
-        if (l.code != PX_INV_BAD_FIELD)
-            fail_msg("%s: code %s, want bad_field", lines[i], px_invalid_code(l.code));
-        assert_non_null(strstr(l.message, "'op'"));
-        px_line_free(&l);
-    }
+    expect_bad_field(lines, sizeof lines / sizeof lines[0], "'op'");
 }
 
 static void test_defaults(void **state)
