@@ -1,6 +1,6 @@
 /* libFuzzer target: configuration text. Whatever it is, loading either succeeds with values in
  * range or fails with a message; nothing else. */
-#include "config.h"
+#include "daemon/core/config.h"
 
 #include <stdint.h>
 #include <stdlib.h>

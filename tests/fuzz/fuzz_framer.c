@@ -1,6 +1,6 @@
 /* libFuzzer target: a byte stream framed into lines, split into reads at fuzzer-chosen points.
  * Checks the framer's promises: no line over the limit is delivered, none contains '\n'. */
-#include "framer.h"
+#include "daemon/net/framer.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* libFuzzer target: one request line through the parser and, when it is a request, through the
  * response formatter, the way the loop and a worker would see it. */
-#include "protocol.h"
+#include "common/protocol.h"
 
 #include <stdint.h>
 #include <stdlib.h>

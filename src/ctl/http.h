@@ -1,0 +1,18 @@
+/* parexctl's view of the metrics endpoint: HTTP GETs through libcurl, and the human-readable
+ * renderings of /stats (the stats table and the live top view). */
+#ifndef PX_CTL_HTTP_H
+#define PX_CTL_HTTP_H
+
+#include "common/buf.h"
+
+#include <jansson.h>
+
+/* GET http://ADDR/PATH into body. Returns the HTTP status, or -1 with err set. */
+long px_http_get(const char *addr, const char *path, px_buf_t *body, char *err, size_t errlen);
+
+int px_ctl_stats(const char *maddr);
+int px_ctl_health(const char *maddr);
+int px_ctl_metrics(const char *maddr);
+int px_ctl_top(const char *maddr, double interval_s, int once);
+
+#endif

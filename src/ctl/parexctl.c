@@ -1,0 +1,367 @@
+/* parexctl: the command-line client. Exit status: 0 ok, 1 the daemon answered something other
+ * than ok, 2 usage or connection errors. */
+#include "ctl/client.h"
+#include "ctl/http.h"
+#include "common/route.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define EXIT_NOT_OK 1
+#define EXIT_USAGE 2
+
+static const char *addr = "127.0.0.1:7400";
+static const char *maddr = "127.0.0.1:9400";
+static const char *token; /* --token or $PAREXD_TOKEN: added to every line sent */
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage:\n"
+               "  parexctl send --key K [--op OP] [--payload JSON] [--id ID] [--addr HOST:PORT]\n"
+               "               [--token T]   (or $PAREXD_TOKEN, when parexd has an auth_token)\n"
+               "  parexctl send [--addr HOST:PORT] < requests.jsonl   (pipelines stdin lines)\n"
+               "  parexctl route KEY --workers N\n"
+               "  parexctl control NAME [--addr HOST:PORT]            (e.g. control stats)\n"
+               "  parexctl parked | unpark KEY | drop KEY [--addr HOST:PORT]   (quarantine)\n"
+               "  parexctl stats|health|metrics [--metrics-addr HOST:PORT]\n"
+               "  parexctl top [--metrics-addr HOST:PORT] [--interval SECONDS] [--once]\n"
+               "Defaults: --addr $PAREXD_ADDR or 127.0.0.1:7400, --metrics-addr\n"
+               "$PAREXD_METRICS_ADDR or 127.0.0.1:9400.\n"
+               "Exit status: 0 ok, 1 failed/rejected/invalid, 2 usage or connection error.\n");
+}
+
+static int die_usage(const char *msg)
+{
+    fprintf(stderr, "parexctl: %s\n", msg);
+    usage(stderr);
+    return EXIT_USAGE;
+}
+
+static int connect_or_report(void)
+{
+    char err[256];
+    int fd = px_client_connect(addr, err, sizeof err);
+
+    if (fd < 0)
+        fprintf(stderr, "parexctl: %s\n", err);
+    return fd;
+}
+
+static int status_ok(const char *line)
+{
+    json_t *r = json_loads(line, 0, NULL);
+    const char *st = json_string_value(json_object_get(r, "status"));
+    int ok = st && strcmp(st, "ok") == 0;
+
+    json_decref(r);
+    return ok;
+}
+
+/* Sends one line and prints its one answer. */
+static int roundtrip(json_t *req)
+{
+    px_lines_t in = {0};
+    char *text, *line = NULL;
+    int fd, rc = EXIT_USAGE;
+
+    if (token)
+        json_object_set_new(req, "token", json_string(token));
+    text = json_dumps(req, JSON_COMPACT);
+    if ((fd = connect_or_report()) < 0)
+        goto out;
+    in.fd = fd;
+    if (px_client_write_all(fd, text, strlen(text)) || px_client_write_all(fd, "\n", 1)) {
+        fprintf(stderr, "parexctl: write to %s failed: %s\n", addr, strerror(errno));
+        goto out;
+    }
+    while (!(line = px_lines_next(&in)))
+        if (px_lines_fill(&in) <= 0) {
+            fprintf(stderr, "parexctl: %s closed the connection without an answer\n", addr);
+            goto out;
+        }
+    printf("%s\n", line);
+    rc = status_ok(line) ? 0 : EXIT_NOT_OK;
+out:
+    if (fd >= 0)
+        close(fd);
+    px_buf_free(&in.buf);
+    free(text);
+    return rc;
+}
+
+/* Pipelines stdin to the daemon while printing answers as they arrive. The daemon closes the
+ * connection once it has answered every line sent before our end-of-stream. */
+static int pipeline_stdin(void)
+{
+    px_lines_t in = {0};
+    char chunk[65536], *line;
+    int fd, rc = 0, stdin_open = 1;
+
+    if ((fd = connect_or_report()) < 0)
+        return EXIT_USAGE;
+    in.fd = fd;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = 0, .events = POLLIN}};
+        int r;
+
+        if (poll(p, stdin_open ? 2 : 1, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (stdin_open && (p[1].revents & (POLLIN | POLLHUP))) {
+            ssize_t n = read(0, chunk, sizeof chunk);
+            if (n > 0 && px_client_write_all(fd, chunk, (size_t)n)) {
+                fprintf(stderr, "parexctl: write to %s failed: %s\n", addr, strerror(errno));
+                rc = EXIT_USAGE;
+                break;
+            }
+            if (n <= 0) {
+                stdin_open = 0;
+                shutdown(fd, SHUT_WR);
+            }
+        }
+        if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+            r = px_lines_fill(&in);
+            while ((line = px_lines_next(&in))) {
+                printf("%s\n", line);
+                if (!status_ok(line))
+                    rc = EXIT_NOT_OK;
+            }
+            fflush(stdout);
+            if (r <= 0) {
+                if (r < 0 || stdin_open) {
+                    fprintf(stderr, "parexctl: %s closed the connection early\n", addr);
+                    rc = EXIT_USAGE;
+                }
+                break;
+            }
+        }
+    }
+    close(fd);
+    px_buf_free(&in.buf);
+    return rc;
+}
+
+static int cmd_send(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"key", required_argument, NULL, 'k'},
+        {"op", required_argument, NULL, 'o'},
+        {"payload", required_argument, NULL, 'p'},
+        {"id", required_argument, NULL, 'i'},
+        {"addr", required_argument, NULL, 'a'},
+        {"token", required_argument, NULL, 't'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *key = NULL, *op = NULL, *payload = NULL, *id = NULL;
+    json_t *req, *pl = NULL;
+    json_error_t jerr;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "k:o:p:i:a:t:", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'k':
+            key = optarg;
+            break;
+        case 'o':
+            op = optarg;
+            break;
+        case 'p':
+            payload = optarg;
+            break;
+        case 'i':
+            id = optarg;
+            break;
+        case 'a':
+            addr = optarg;
+            break;
+        case 't':
+            token = optarg;
+            break;
+        default:
+            return die_usage("send: unknown option");
+        }
+    }
+    if (!key) {
+        if (op || payload || id)
+            return die_usage("send: --op, --payload and --id need --key");
+        return pipeline_stdin();
+    }
+    if (payload && !(pl = json_loads(payload, JSON_DECODE_ANY, &jerr))) {
+        fprintf(stderr, "parexctl: --payload is not JSON: %s (column %d)\n", jerr.text,
+                jerr.column);
+        return EXIT_USAGE;
+    }
+    req = json_pack("{ss}", "key", key);
+    if (op)
+        json_object_set_new(req, "op", json_string(op));
+    if (pl)
+        json_object_set_new(req, "payload", pl);
+    if (id) {
+        char *end;
+        long long n = strtoll(id, &end, 10);
+        json_object_set_new(req, "id", *id && !*end ? json_integer(n) : json_string(id));
+    }
+    rc = roundtrip(req);
+    json_decref(req);
+    return rc;
+}
+
+static int cmd_route(int argc, char **argv)
+{
+    static const struct option opts[] = {{"workers", required_argument, NULL, 'w'},
+                                         {NULL, 0, NULL, 0}};
+    const char *key = NULL;
+    long workers = 0;
+    char *end = NULL;
+    int ch;
+
+    while ((ch = getopt_long(argc, argv, "-w:", opts, NULL)) != -1) {
+        if (ch == 'w')
+            workers = strtol(optarg, &end, 10);
+        else if (ch == 1 && !key)
+            key = optarg;
+        else
+            return die_usage("route: takes KEY and --workers N");
+    }
+    if (!key || workers < 1 || workers > 1024 || (end && *end))
+        return die_usage("route: takes KEY and --workers N (1 to 1024)");
+    printf("%u\n", px_route(key, strlen(key), (uint32_t)workers));
+    return 0;
+}
+
+static int cmd_control(int argc, char **argv)
+{
+    static const struct option opts[] = {{"addr", required_argument, NULL, 'a'},
+                                         {"token", required_argument, NULL, 't'},
+                                         {NULL, 0, NULL, 0}};
+    const char *name = NULL;
+    json_t *req;
+    int ch, rc;
+
+    while ((ch = getopt_long(argc, argv, "-a:t:", opts, NULL)) != -1) {
+        if (ch == 't')
+            token = optarg;
+        else if (ch == 'a')
+            addr = optarg;
+        else if (ch == 1 && !name)
+            name = optarg;
+        else
+            return die_usage("control: takes NAME [--addr HOST:PORT]");
+    }
+    if (!name)
+        return die_usage("control: takes NAME (e.g. stats)");
+    req = json_pack("{ss}", "control", name);
+    rc = roundtrip(req);
+    json_decref(req);
+    return rc;
+}
+
+/* parked, unpark KEY, drop KEY: control lines on the request socket. */
+static int cmd_quarantine(const char *cmd, int argc, char **argv)
+{
+    static const struct option opts[] = {{"addr", required_argument, NULL, 'a'},
+                                         {"token", required_argument, NULL, 't'},
+                                         {NULL, 0, NULL, 0}};
+    int need_key = strcmp(cmd, "parked") != 0, ch, rc;
+    const char *key = NULL;
+    json_t *req;
+
+    while ((ch = getopt_long(argc, argv, "-a:t:", opts, NULL)) != -1) {
+        if (ch == 'a')
+            addr = optarg;
+        else if (ch == 't')
+            token = optarg;
+        else if (ch == 1 && need_key && !key)
+            key = optarg;
+        else
+            return die_usage(need_key ? "unpark/drop: take KEY [--addr HOST:PORT]"
+                                      : "parked: takes [--addr HOST:PORT]");
+    }
+    if (need_key && !key)
+        return die_usage("unpark/drop: take KEY");
+    req = json_pack("{ss}", "control", cmd);
+    if (key)
+        json_object_set_new(req, "key", json_string(key));
+    rc = roundtrip(req);
+    json_decref(req);
+    return rc;
+}
+
+/* stats, health, metrics, top: the commands that read the metrics endpoint. */
+static int cmd_observe(const char *cmd, int argc, char **argv)
+{
+    static const struct option opts[] = {{"metrics-addr", required_argument, NULL, 'm'},
+                                         {"interval", required_argument, NULL, 'i'},
+                                         {"once", no_argument, NULL, 'o'},
+                                         {NULL, 0, NULL, 0}};
+    double interval = 1.0;
+    int ch, once = 0, top = strcmp(cmd, "top") == 0;
+
+    while ((ch = getopt_long(argc, argv, "m:i:o", opts, NULL)) != -1) {
+        if (ch == 'm')
+            maddr = optarg;
+        else if (ch == 'i' && top && (interval = atof(optarg)) >= 0.1)
+            ;
+        else if (ch == 'o' && top)
+            once = 1;
+        else
+            return die_usage(top ? "top: takes [--metrics-addr HOST:PORT] [--interval S>=0.1] "
+                                   "[--once]"
+                                 : "takes [--metrics-addr HOST:PORT]");
+    }
+    if (optind < argc)
+        return die_usage("unexpected argument");
+    if (top)
+        return px_ctl_top(maddr, interval, once);
+    if (strcmp(cmd, "stats") == 0)
+        return px_ctl_stats(maddr);
+    if (strcmp(cmd, "health") == 0)
+        return px_ctl_health(maddr);
+    return px_ctl_metrics(maddr);
+}
+
+int main(int argc, char **argv)
+{
+    const char *env = getenv("PAREXD_ADDR");
+
+    if (env && *env)
+        addr = env;
+    if ((env = getenv("PAREXD_METRICS_ADDR")) && *env)
+        maddr = env;
+    if ((env = getenv("PAREXD_TOKEN")) && *env)
+        token = env;
+    if (argc < 2)
+        return die_usage("missing command");
+    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("parexctl %s\n", PX_VERSION);
+        return 0;
+    }
+    if (strcmp(argv[1], "send") == 0)
+        return cmd_send(argc - 1, argv + 1);
+    if (strcmp(argv[1], "route") == 0)
+        return cmd_route(argc - 1, argv + 1);
+    if (strcmp(argv[1], "control") == 0)
+        return cmd_control(argc - 1, argv + 1);
+    if (strcmp(argv[1], "parked") == 0 || strcmp(argv[1], "unpark") == 0 ||
+        strcmp(argv[1], "drop") == 0)
+        return cmd_quarantine(argv[1], argc - 1, argv + 1);
+    if (strcmp(argv[1], "stats") == 0 || strcmp(argv[1], "health") == 0 ||
+        strcmp(argv[1], "metrics") == 0 || strcmp(argv[1], "top") == 0)
+        return cmd_observe(argv[1], argc - 1, argv + 1);
+    fprintf(stderr, "parexctl: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,75 @@
+/* One request from the moment its line is parsed until its response is handed to its
+ * connection. Ownership moves in one direction and back: the loop creates it, the worker owns it
+ * while it is queued and running, and the completion list gives it back to the loop, which alone
+ * frees it. Fields are grouped by the thread that writes them. */
+#ifndef PX_REQUEST_H
+#define PX_REQUEST_H
+
+#include "common/buf.h"
+
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+struct px_conn;
+struct px_handler;
+struct px_registry;
+struct px_key;
+
+enum px_req_state {
+    PX_REQ_QUEUED,    /* in a worker's queue */
+    PX_REQ_RUNNING,   /* its handler is running */
+    PX_REQ_DONE,      /* the worker finished it and owns its response */
+    PX_REQ_ABANDONED, /* the loop answered it (stall, forced stop); the worker's result is void */
+};
+
+typedef struct px_req {
+    /* Written by the loop before the request is queued, read-only afterwards. */
+    struct px_conn *conn; /* touched by the loop only */
+    const struct px_handler *handler;
+    struct px_registry *reg; /* holds the handler's registry alive (one reference) */
+    uint32_t payload_len;    /* the payload as compact JSON text, stored after key and id */
+    uint64_t recv_ns;
+    uint64_t deadline_ns; /* 0: none */
+    struct px_key *kent;  /* per-key state (cap, quarantine) or NULL; workers touch its atomics */
+    uint32_t worker;      /* routed worker; keyed scheduling: the worker that ran it */
+    uint32_t route;       /* routed worker, never changed (hot-key sketches are kept per route) */
+    void *sched_key;      /* keyed scheduling: the scheduler's entry of the key, set when popped */
+    uint16_t key_len;
+    uint32_t id_len; /* id as JSON text, echoed verbatim */
+
+    /* Written by the worker while it owns the request. */
+    uint64_t start_ns, end_ns;
+    int ok;       /* 1 ok, 0 failed */
+    int attempts; /* handler runs, retries included */
+    int skipped;  /* not run: its key was parked when its turn came */
+    int parked;   /* this failure parked its key (the count of consecutive failures) */
+    px_buf_t out; /* the response line, '\n' included */
+
+    _Atomic int state;   /* enum px_req_state; RUNNING -> DONE | ABANDONED decided by one CAS */
+    struct px_req *next; /* completion list link, under the completion lock */
+
+    char data[]; /* key bytes, then id text; neither NUL-terminated */
+} px_req_t;
+
+static inline const char *px_req_key(const px_req_t *r)
+{
+    return r->data;
+}
+static inline const char *px_req_id(const px_req_t *r)
+{
+    return r->data + r->key_len;
+}
+/* JSON text, not NUL-terminated. Kept as text, not a jansson tree: a third of the memory per
+ * queued request, and exec, http and plugin handlers want text anyway. */
+static inline const char *px_req_payload(const px_req_t *r)
+{
+    return r->data + r->key_len + r->id_len;
+}
+
+/* One allocation holding the request and the bytes of its key, id and payload. */
+px_req_t *px_req_new(const char *key, size_t key_len, const char *id, size_t id_len,
+                     const char *payload, size_t payload_len);
+void px_req_free(px_req_t *r);
+
+#endif

@@ -1,0 +1,94 @@
+/* The worker pool: N threads, each owning one bounded queue. The loop submits requests to the
+ * worker that owns their key; workers run the handler, build the response line and hand the
+ * request back through one completion list that wakes the loop with a single uv_async_t. */
+#ifndef PX_WORKER_H
+#define PX_WORKER_H
+
+#include "common/hist.h"
+#include "daemon/core/request.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct px_pool px_pool_t;
+
+/* Loop thread: the requests finished since the last call, linked by ->next in completion order
+ * (so in per-key order). A request whose state is PX_REQ_ABANDONED was already answered. */
+typedef void (*px_pool_done_cb)(px_req_t *list, void *arg);
+
+enum px_worker_state { PX_WS_IDLE, PX_WS_BUSY, PX_WS_STALLED, PX_WS_DEAD, PX_WS_COUNT };
+const char *px_worker_state_name(enum px_worker_state s);
+
+/* What a worker looks like from outside; filled without stopping it. */
+typedef struct px_worker_info {
+    uint32_t id;
+    enum px_worker_state state;
+    uint32_t depth, capacity;
+    uint64_t processed, failed, busy_ns, replaced;
+    uint64_t heartbeat_age_ns, busy_for_ns; /* busy_for_ns is 0 when idle */
+    uint64_t ewma_run_ns;                   /* recent service time */
+    char current_key[257];                  /* "" when idle */
+    char current_op[64];
+} px_worker_info_t;
+
+struct px_hot;
+/* Quarantine: park a key for for_ns after `after` consecutive failures (0: off). Any thread. */
+void px_pool_set_quarantine(px_pool_t *p, uint32_t after, uint64_t for_ns);
+/* Where workers record time spent per key (hot-key visibility); set before start. */
+void px_pool_set_hot(px_pool_t *p, struct px_hot *hot);
+
+/* Thresholds for the stalled and dead states (any thread may change them: config reload). */
+void px_pool_set_limits(px_pool_t *p, uint64_t stall_after_ns, uint64_t dead_after_ns);
+
+/* keyed: one keyed scheduler of workers x capacity instead of a queue per worker. */
+int px_pool_new(px_pool_t **out, uv_loop_t *loop, uint32_t workers, uint32_t capacity, int keyed,
+                px_pool_done_cb cb, void *arg);
+/* Keyed scheduling only (returns 0 otherwise): the shared backlog and its bound. Any thread. */
+int px_pool_keyed(px_pool_t *p, uint32_t *depth, uint32_t *capacity, uint32_t *keys);
+/* Starts the threads; on failure stops those already started. */
+int px_pool_start(px_pool_t *p, char *err, size_t errlen);
+uint32_t px_pool_size(const px_pool_t *p);
+
+/* Loop thread. 0, -EAGAIN when the worker's queue is full, -EPIPE once closed. The worker is
+ * woken by the next px_pool_kick, which the loop calls once per iteration, after all reads:
+ * one wake-up per worker per poll instead of one per request (and one more every 64 requests
+ * that find it waiting, so a huge read does not fill a queue nobody has started on). */
+int px_pool_submit(px_pool_t *p, px_req_t *r);
+void px_pool_kick(px_pool_t *p);
+/* Loop thread: hands the requests finished so far to the done callback now, without waiting
+ * for the wake-up their workers sent (which then finds the list empty). */
+void px_pool_reap(px_pool_t *p);
+/* Loop thread: no more submissions; workers finish what is queued, then exit. */
+void px_pool_close(px_pool_t *p);
+/* Loop thread, forced stop: takes every queued request out (returned in a malloc'd array the
+ * caller frees) and marks every running one abandoned (appended to the same array). */
+size_t px_pool_take_all(px_pool_t *p, px_req_t ***out);
+/* Loop thread: joins threads that have exited, closes the async handle; safe to call once the
+ * workers are done. Frees the pool in the close callback. */
+void px_pool_destroy(px_pool_t *p);
+/* Loop thread, at a stop that cannot wait for stuck threads: detaches every thread so the
+ * process exit takes them; the pool is then left as it is. */
+void px_pool_abandon(px_pool_t *p);
+/* Any thread. */
+void px_pool_info(px_pool_t *p, uint32_t worker, px_worker_info_t *out);
+/* Slot threads still running (the drain is complete at 0). */
+uint32_t px_pool_live(px_pool_t *p);
+/* Does the worker's current thread still run? */
+int px_pool_thread_alive(px_pool_t *p, uint32_t worker);
+/* Abandoned threads still inside a handler: while any remain the pool must not be freed. */
+uint32_t px_pool_strays(px_pool_t *p);
+/* Loop thread, on_stall=replace: abandons the worker's thread and starts a fresh one on the same
+ * queue. Returns the request it was stuck on (now PX_REQ_ABANDONED, for the loop to answer) or
+ * NULL when the request finished meanwhile (then nothing is replaced). */
+px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, int *rc);
+/* Loop thread: removes the first queued request (any worker) for which match is true. */
+px_req_t *px_pool_remove_if(px_pool_t *p, int (*match)(px_req_t *r, void *arg), void *arg);
+/* Loop thread: is a running request matching? (match runs under the worker's current lock.) */
+int px_pool_running_match(px_pool_t *p, int (*match)(px_req_t *r, void *arg), void *arg);
+/* Adds the worker's histograms (microseconds) into queue and run. Any thread. */
+void px_pool_hists(px_pool_t *p, uint32_t worker, px_hist_snap_t *queue, px_hist_snap_t *run);
+/* Honest wait before a retry can get in: queued requests x recent service time. Any thread. */
+uint64_t px_pool_retry_after_ms(px_pool_t *p, uint32_t worker);
+
+#endif

@@ -1,0 +1,121 @@
+/* The plugin handler: a shared object behind the versioned ABI of <parex/plugin.h>, loaded with
+ * dlopen once per definition. JSON crosses the boundary as text, so the plugin and the daemon
+ * never share a jansson. */
+#include "daemon/handlers/handlers.h"
+
+#include <parex/plugin.h>
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct plugin_ctx {
+    void *dl;
+    const parex_plugin_t *p;
+    void *state;
+} plugin_ctx_t;
+
+static void plugin_destroy(px_handler_t *h)
+{
+    plugin_ctx_t *x = h->ctx;
+
+    if (!x)
+        return;
+    if (x->p && x->state && x->p->fini)
+        x->p->fini(x->state);
+    /* The object stays mapped: a thread abandoned on stall may still be inside it. */
+    free(x);
+}
+
+static int plugin_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout_ns,
+                      px_result_t *res)
+{
+    plugin_ctx_t *x = h->ctx;
+    char *out = NULL, *perr = NULL, *payload;
+    size_t out_len = 0;
+    int rc;
+
+    /* The ABI promises NUL-terminated text; the stored payload is not. */
+    if (!(payload = strndup(px_req_payload(req), req->payload_len)))
+        return px_fail(res, "handler_error", "out of memory copying the payload");
+    rc = x->p->process(x->state, px_req_key(req), req->key_len, payload, req->payload_len, &out,
+                       &out_len, &perr);
+    free(payload);
+    if (rc != 0) {
+        px_fail(res, "handler_error", "%s", perr ? perr : "the plugin failed without a message");
+    } else if (!out || !(res->value = json_loadb(out, out_len, JSON_DECODE_ANY, NULL))) {
+        rc = px_fail(res, "handler_error", "the plugin returned a result that is not JSON text");
+    }
+    if (out)
+        x->p->free_buf(x->state, out);
+    if (perr)
+        x->p->free_buf(x->state, perr);
+    return rc ? -1 : 0;
+}
+
+int px_plugin_make(px_handler_t *h, const json_t *def, char *err, size_t errlen)
+{
+    static const char *const keys[] = {
+        "type", "path", "config", "timeout_ms", "retry", "max_concurrency", "rate_limit", NULL};
+    const char *path = json_string_value(json_object_get(def, "path"));
+    json_t *cfg = json_object_get(def, "config");
+    parex_plugin_entry_fn entry;
+    char where[128], *cfg_text, *perr = NULL;
+    plugin_ctx_t *x;
+    int rc;
+
+    snprintf(where, sizeof where, "handlers.%s", h->name);
+    if (px_spec_only(def, where, keys, err, errlen))
+        return -1;
+    if (!path || !*path) {
+        snprintf(err, errlen, "key '%s.path': expected the path of a plugin .so", where);
+        return -1;
+    }
+    if (!(x = calloc(1, sizeof *x))) {
+        snprintf(err, errlen, "out of memory building handler '%s'", h->name);
+        return -1;
+    }
+    h->ctx = x;
+    h->destroy = plugin_destroy;
+    h->run = plugin_run;
+    if (!(x->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL))) {
+        snprintf(err, errlen, "key '%s.path': cannot load plugin: %s", where, dlerror());
+        return -1;
+    }
+    *(void **)&entry = dlsym(x->dl, PAREX_PLUGIN_ENTRY_SYMBOL);
+    if (!entry) {
+        snprintf(err, errlen,
+                 "key '%s.path': %s does not export %s(); build it against "
+                 "<parex/plugin.h>",
+                 where, path, PAREX_PLUGIN_ENTRY_SYMBOL);
+        return -1;
+    }
+    x->p = entry();
+    if (!x->p || x->p->abi_version != PAREX_PLUGIN_ABI_VERSION) {
+        snprintf(err, errlen,
+                 "key '%s.path': %s speaks plugin ABI %u, parexd speaks %u; "
+                 "rebuild it against this parexd's <parex/plugin.h>",
+                 where, path, x->p ? x->p->abi_version : 0, PAREX_PLUGIN_ABI_VERSION);
+        x->p = NULL;
+        return -1;
+    }
+    if (!x->p->init || !x->p->process || !x->p->free_buf) {
+        snprintf(err, errlen, "key '%s.path': %s leaves init, process or free_buf unset", where,
+                 path);
+        x->p = NULL;
+        return -1;
+    }
+    cfg_text = json_dumps(cfg ? cfg : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
+    rc = cfg_text ? x->p->init(cfg_text, strlen(cfg_text), &x->state, &perr) : -1;
+    free(cfg_text);
+    if (rc) {
+        snprintf(err, errlen, "key '%s.config': the plugin refused it: %s", where,
+                 perr ? perr : "no reason given");
+        if (perr)
+            x->p->free_buf(NULL, perr);
+        x->p = NULL;
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,662 @@
+/* Client connections. Reading uses the server's one shared buffer: complete lines are parsed in
+ * place and only a line split across reads is copied. Responses are appended to a per-connection
+ * buffer and written once per loop callback (uv_try_write first, a queued write only for what the
+ * socket would not take), so a pipelining client costs one syscall per batch, not per response.
+ *
+ * Lifetime: refs counts the open handle, each request in flight and each queued write; the
+ * memory goes when the last one is released, so a worker's late answer never touches freed
+ * memory. */
+#include "daemon/net/conn.h"
+
+#include "common/clock.h"
+#include "daemon/net/framer.h"
+#include "common/log.h"
+#include "common/protocol.h"
+#include "daemon/ops/report.h"
+#include "common/route.h"
+#include "daemon/core/hot.h"
+#include "daemon/core/keytab.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Per-connection output cap: past HIGH bytes unwritten we stop reading from the client (it is
+ * not reading its answers) and resume below LOW. */
+#define OUT_HIGH (1u << 20)
+#define OUT_LOW (256u << 10)
+
+struct px_conn {
+    union {
+        uv_tcp_t tcp;   /* clients of a TCP listener */
+        uv_pipe_t pipe; /* clients of the Unix-domain listener */
+    } h;
+    px_server_t *srv;
+    px_conn_t *prev, *next; /* srv->conns */
+    px_conn_t *dirty_next;
+    px_framer_t framer;
+    px_buf_t out; /* response bytes not yet handed to the socket */
+    uint64_t next_id;
+    uint64_t batch_ns; /* receive time of the lines of the current read */
+    uint32_t refs, inflight, writes;
+    unsigned in_dirty : 1, closing : 1, eof : 1, throttled : 1, close_when_flushed : 1;
+};
+
+typedef struct wreq {
+    uv_write_t w;
+    px_conn_t *c;
+    px_buf_t buf;
+} wreq_t;
+
+static void conn_on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void conn_unref(px_conn_t *c)
+{
+    if (--c->refs > 0)
+        return;
+    px_framer_free(&c->framer);
+    px_buf_free(&c->out);
+    free(c);
+}
+
+static void conn_on_close(uv_handle_t *h)
+{
+    px_conn_t *c = h->data;
+    px_server_t *srv = c->srv;
+
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    srv->nconns--;
+    px_stats_begin(&srv->stats);
+    px_stats_add(&srv->stats.c.connections, -1);
+    px_stats_end(&srv->stats);
+    conn_unref(c);
+    if (srv->finishing)
+        px_server_check_drained(srv);
+}
+
+static void conn_close(px_conn_t *c)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    uv_close((uv_handle_t *)&c->h, conn_on_close);
+}
+
+/* Closes a connection whose client is done (EOF) or that the drain is finishing, once every
+ * answer it is owed has been written. */
+static void conn_maybe_close(px_conn_t *c)
+{
+    if ((c->eof || c->close_when_flushed) && c->inflight == 0 && c->out.len == 0 && c->writes == 0)
+        conn_close(c);
+}
+
+static void mark_dirty(px_conn_t *c)
+{
+    if (!c->in_dirty) {
+        c->in_dirty = 1;
+        c->refs++;
+        c->dirty_next = c->srv->dirty;
+        c->srv->dirty = c;
+    }
+}
+
+static void on_write(uv_write_t *w, int status)
+{
+    wreq_t *wr = (wreq_t *)w;
+    px_conn_t *c = wr->c;
+
+    px_buf_free(&wr->buf);
+    free(wr);
+    c->writes--;
+    if (status < 0 && status != UV_ECANCELED) {
+        px_debug("connection: write failed: %s", uv_strerror(status));
+        conn_close(c);
+    } else if (!c->closing) {
+        if (c->throttled && uv_stream_get_write_queue_size((uv_stream_t *)&c->h) < OUT_LOW &&
+            !c->eof && !c->close_when_flushed) {
+            c->throttled = 0;
+            uv_read_start((uv_stream_t *)&c->h, conn_on_alloc, conn_on_read);
+        }
+        conn_maybe_close(c);
+    }
+    conn_unref(c);
+}
+
+static void flush_one(px_conn_t *c)
+{
+    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
+    wreq_t *wr;
+    int n = 0;
+
+    if (c->closing || c->out.len == 0)
+        return;
+    /* Only when nothing is queued may we write directly, or bytes would overtake. */
+    if (c->writes == 0) {
+        n = uv_try_write((uv_stream_t *)&c->h, &b, 1);
+        if (n == UV_EAGAIN)
+            n = 0;
+        if (n < 0) {
+            conn_close(c);
+            return;
+        }
+        if ((size_t)n == c->out.len) {
+            c->out.len = 0;
+            if (c->out.cap > 65536)
+                px_buf_free(&c->out);
+            conn_maybe_close(c);
+            return;
+        }
+    }
+    wr = calloc(1, sizeof *wr);
+    if (!wr || px_buf_append(&wr->buf, c->out.data + n, c->out.len - (size_t)n)) {
+        free(wr);
+        conn_close(c);
+        return;
+    }
+    c->out.len = 0;
+    wr->c = c;
+    b = uv_buf_init(wr->buf.data, (unsigned)wr->buf.len);
+    if (uv_write(&wr->w, (uv_stream_t *)&c->h, &b, 1, on_write)) {
+        px_buf_free(&wr->buf);
+        free(wr);
+        conn_close(c);
+        return;
+    }
+    c->writes++;
+    c->refs++;
+    if (!c->throttled && uv_stream_get_write_queue_size((uv_stream_t *)&c->h) > OUT_HIGH) {
+        c->throttled = 1;
+        uv_read_stop((uv_stream_t *)&c->h);
+    }
+}
+
+void px_conn_flush_all(px_server_t *srv)
+{
+    while (srv->dirty) {
+        px_conn_t *c = srv->dirty;
+        srv->dirty = c->dirty_next;
+        c->in_dirty = 0;
+        flush_one(c);
+        conn_unref(c);
+    }
+}
+
+/* Answers a line on the spot (invalid, rejected, control): never held behind running work. */
+static void answer(px_conn_t *c, const px_resp_t *r)
+{
+    size_t before = c->out.len;
+
+    if (px_resp_format(&c->out, r)) {
+        c->out.len = before;
+        px_err("connection: out of memory formatting a response; closing the connection");
+        conn_close(c);
+        return;
+    }
+    mark_dirty(c);
+}
+
+static void answer_invalid(px_conn_t *c, const char *id, size_t id_len, enum px_invalid code,
+                           const char *message)
+{
+    px_resp_t r = {.id = id,
+                   .id_len = id_len,
+                   .status = "invalid",
+                   .worker = -1,
+                   .code = px_invalid_code(code),
+                   .message = message,
+                   .queue_ms = -1};
+
+    px_stats_add(&c->srv->stats.c.invalid[code], 1);
+    answer(c, &r);
+}
+
+/* retry_after_ms, when non-zero, tells the client how long to wait before a retry can get in. */
+static void answer_rejected(px_conn_t *c, const char *id, size_t id_len, int worker,
+                            enum px_reject why, const char *message, uint64_t retry_after_ms)
+{
+    char extra[48];
+    px_resp_t r = {.id = id,
+                   .id_len = id_len,
+                   .status = "rejected",
+                   .worker = worker,
+                   .code = px_reject_code(why),
+                   .message = message,
+                   .queue_ms = -1};
+
+    if (retry_after_ms) {
+        snprintf(extra, sizeof extra, ",\"retry_after_ms\":%llu",
+                 (unsigned long long)retry_after_ms);
+        r.extra = extra;
+    }
+
+    px_stats_add(&c->srv->stats.c.rejected[why], 1);
+    answer(c, &r);
+}
+
+struct key_match {
+    const char *key;
+    size_t len;
+};
+
+static int key_matches(px_req_t *r, void *arg)
+{
+    struct key_match *m = arg;
+
+    return r->key_len == m->len && memcmp(px_req_key(r), m->key, m->len) == 0;
+}
+
+/* unpark and drop: the operator's hands on a quarantined key. */
+static json_t *control_key(px_conn_t *c, px_line_t *line, char *msg, size_t msglen)
+{
+    px_server_t *srv = c->srv;
+    json_t *key = json_object_get(line->root, "key");
+    struct key_match m;
+    px_key_t *k;
+    px_req_t *r;
+    int dropped = 0;
+
+    if (!json_is_string(key) || json_string_length(key) < 1 ||
+        json_string_length(key) > PX_KEY_MAX) {
+        snprintf(msg, msglen, "control '%s' needs \"key\": the parked key (1 to %d bytes)",
+                 line->control, PX_KEY_MAX);
+        return NULL;
+    }
+    m.key = json_string_value(key);
+    m.len = json_string_length(key);
+    k = srv->keys_on ? px_keytab_get(&srv->keys, m.key, m.len, 0) : NULL;
+    if (!k || !px_key_parked(k, px_now_ns()))
+        return json_pack("{sO sb ss}", "key", key, "done", 0, "reason", "the key is not parked");
+    if (strcmp(line->control, "unpark") == 0) {
+        atomic_store(&k->parked_until_ns, 0);
+        atomic_store(&k->failures, 0);
+        px_notice("quarantine: key '%.*s' unparked by an operator", (int)m.len, m.key);
+        px_server_sweep_keys(srv);
+        return json_pack("{sO sb}", "key", key, "done", 1);
+    }
+    while ((r = px_pool_remove_if(srv->pool, key_matches, &m))) {
+        px_server_fail_request(srv, r, "cancelled",
+                               "dropped by an operator while its key was parked (parexctl drop)");
+        px_req_free(r);
+        dropped++;
+    }
+    px_notice("quarantine: %d queued requests of parked key '%.*s' dropped by an operator", dropped,
+              (int)m.len, m.key);
+    return json_pack("{sO sb si}", "key", key, "done", 1, "dropped", dropped);
+}
+
+static void handle_control(px_conn_t *c, px_line_t *line, const char *id, size_t id_len)
+{
+    px_resp_t r = {.id = id, .id_len = id_len, .status = "ok", .worker = -1, .queue_ms = -1};
+    json_t *result = NULL;
+    char msg[200];
+
+    if (strcmp(line->control, "stats") == 0) {
+        result = px_report_stats(c->srv);
+    } else if (strcmp(line->control, "parked") == 0) {
+        px_server_sweep_keys(c->srv);
+        result = json_pack("{so}", "parked", px_server_parked(c->srv));
+    } else if (strcmp(line->control, "top") == 0) {
+        result = px_hot_top(c->srv->hot, 10, px_now_ns());
+    } else if (strcmp(line->control, "unpark") == 0 || strcmp(line->control, "drop") == 0) {
+        if (!(result = control_key(c, line, msg, sizeof msg))) {
+            answer_invalid(c, id, id_len, PX_INV_BAD_FIELD, msg);
+            return;
+        }
+    } else {
+        snprintf(msg, sizeof msg,
+                 "unknown control command '%.64s'; available: stats, parked, unpark, drop, top",
+                 line->control);
+        answer_invalid(c, id, id_len, PX_INV_BAD_FIELD, msg);
+        return;
+    }
+    r.result = result;
+    answer(c, &r);
+    json_decref(result);
+}
+
+struct cancel_match {
+    px_conn_t *c;
+    const char *id;
+    size_t id_len;
+};
+
+static int cancel_matches(px_req_t *r, void *arg)
+{
+    struct cancel_match *m = arg;
+
+    return r->conn == m->c && r->id_len == m->id_len && memcmp(px_req_id(r), m->id, m->id_len) == 0;
+}
+
+/* {"cancel": ID}: like Future.cancel(): a request still queued is taken out and answered
+ * failed/cancelled; one already running is left alone. The reply says which. */
+static void handle_cancel(px_conn_t *c, px_line_t *line, const char *id, size_t id_len)
+{
+    px_resp_t r = {.id = id, .id_len = id_len, .status = "ok", .worker = -1, .queue_ms = -1};
+    px_buf_t target = {0};
+    struct cancel_match m = {.c = c};
+    const char *state = "unknown";
+    px_req_t *q;
+    json_t *result;
+
+    if (px_json_append(&target, line->cancel)) {
+        px_buf_free(&target);
+        conn_close(c);
+        return;
+    }
+    m.id = target.data;
+    m.id_len = target.len;
+    if ((q = px_pool_remove_if(c->srv->pool, cancel_matches, &m))) {
+        px_server_fail_request(c->srv, q, "cancelled", "cancelled by the client before it ran");
+        px_req_free(q);
+        state = "queued";
+    } else if (px_pool_running_match(c->srv->pool, cancel_matches, &m)) {
+        state = "running";
+    }
+    result = json_pack("{sO sb ss}", "cancel", line->cancel, "cancelled", q != NULL, "state",
+                       strcmp(state, "unknown") == 0 ? "not_found" : state);
+    r.result = result;
+    answer(c, &r);
+    json_decref(result);
+    px_buf_free(&target);
+}
+
+/* Compares in time that depends only on the lengths, never on where the bytes differ. */
+static int token_ok(const json_t *token, const char *want)
+{
+    const char *got = json_string_value(token);
+    size_t glen = got ? json_string_length(token) : 0, wlen = strlen(want);
+    unsigned char diff = (unsigned char)(glen != wlen);
+
+    if (!got)
+        return 0;
+    for (size_t i = 0; i < wlen; i++)
+        diff |= (unsigned char)(want[i] ^ (i < glen ? got[i] : 0));
+    return diff == 0;
+}
+
+static int blank(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\t')
+            return 0;
+    return 1;
+}
+
+/* One line from the client. Runs inside the px_stats_begin/end of the read. */
+static void on_line(void *arg, const char *text, size_t len, int too_long)
+{
+    px_conn_t *c = arg;
+    px_server_t *srv = c->srv;
+    const px_handler_t *h;
+    px_line_t line;
+    px_buf_t *idtext = &srv->idtext;
+    char msg[512], idnum[24];
+    const char *id = NULL;
+    size_t id_len = 0;
+    px_key_t *k = NULL;
+    uint32_t worker;
+    px_req_t *r;
+    int rc;
+
+    if (c->closing)
+        return;
+    if (too_long) {
+        snprintf(msg, sizeof msg,
+                 "line of %zu or more bytes is over max_line_bytes (%lld); it was skipped up to "
+                 "its newline",
+                 len, (long long)srv->cfg.max_line_bytes);
+        answer_invalid(c, NULL, 0, PX_INV_LINE_TOO_LONG, msg);
+        return;
+    }
+    if (blank(text, len))
+        return; /* an empty line carries no request and gets no answer */
+
+    px_line_parse(&line, text, len);
+    if (line.id) {
+        idtext->len = 0;
+        if (px_json_append(idtext, line.id))
+            goto oom;
+        id = idtext->data;
+        id_len = idtext->len;
+    }
+    if (line.kind == PX_LINE_INVALID) {
+        answer_invalid(c, id, id_len, line.code, line.message);
+        goto out;
+    }
+    if (srv->cfg.auth_token[0] && !token_ok(line.token, srv->cfg.auth_token)) {
+        /* Counted as received and rejected, so the accounting invariant still holds. */
+        px_stats_add(&srv->stats.c.received, 1);
+        answer_rejected(c, id, id_len, -1, PX_REJ_UNAUTHORIZED,
+                        "missing or wrong 'token': this parexd requires the shared auth_token "
+                        "in every line",
+                        0);
+        goto out;
+    }
+    if (line.kind == PX_LINE_CONTROL) {
+        handle_control(c, &line, id, id_len);
+        goto out;
+    }
+    if (line.kind == PX_LINE_CANCEL) {
+        handle_cancel(c, &line, id, id_len);
+        goto out;
+    }
+    if (!(h = px_registry_find(srv->reg, line.op))) {
+        char names[256];
+        px_registry_names(srv->reg, names, sizeof names);
+        snprintf(msg, sizeof msg, "op '%.64s' is not a handler here; available: %s", line.op,
+                 names);
+        answer_invalid(c, id, id_len, PX_INV_UNKNOWN_OP, msg);
+        goto out;
+    }
+    if (h->validate && h->validate(h, line.payload, msg, sizeof msg)) {
+        answer_invalid(c, id, id_len, PX_INV_BAD_FIELD, msg);
+        goto out;
+    }
+    if (!id) {
+        id_len = (size_t)snprintf(idnum, sizeof idnum, "%llu", (unsigned long long)++c->next_id);
+        id = idnum;
+    }
+
+    px_stats_add(&srv->stats.c.received, 1);
+    if (srv->draining) {
+        answer_rejected(c, id, id_len, -1, PX_REJ_SHUTTING_DOWN,
+                        "parexd is shutting down and takes no new requests; retry on another "
+                        "instance or after restart",
+                        0);
+        goto out;
+    }
+    if (srv->keys_on) {
+        if (!(k = px_keytab_get(&srv->keys, line.key, line.key_len, 1)))
+            goto oom;
+        if (px_key_parked(k, c->batch_ns)) {
+            uint64_t left = (atomic_load(&k->parked_until_ns) - c->batch_ns) / PX_MS + 1;
+            snprintf(msg, sizeof msg,
+                     "key is parked after repeated failures (last error: %.200s); it is "
+                     "admitted again in %llu ms or after parexctl unpark",
+                     k->last_error, (unsigned long long)left);
+            answer_rejected(c, id, id_len, -1, PX_REJ_KEY_PARKED, msg, left);
+            goto out;
+        }
+        if (srv->cfg.max_queued_per_key && k->in_flight >= (uint64_t)srv->cfg.max_queued_per_key) {
+            uint32_t w = px_route(line.key, line.key_len, px_pool_size(srv->pool));
+            uint64_t wait = px_pool_retry_after_ms(srv->pool, w);
+            snprintf(msg, sizeof msg,
+                     "key already has %u requests queued or running (max_queued_per_key %lld); "
+                     "retry after %llu ms",
+                     k->in_flight, (long long)srv->cfg.max_queued_per_key,
+                     (unsigned long long)wait);
+            answer_rejected(c, id, id_len, (int)w, PX_REJ_KEY_BUSY, msg, wait);
+            goto out;
+        }
+    }
+    /* The payload travels as compact text, dumped into a buffer the loop reuses. */
+    srv->scratch.len = 0;
+    if (px_json_append(&srv->scratch, line.payload) ||
+        !(r = px_req_new(line.key, line.key_len, id, id_len, srv->scratch.data, srv->scratch.len)))
+        goto oom;
+    r->conn = c;
+    r->handler = h;
+    r->reg = srv->reg;
+    px_registry_ref(r->reg);
+    if (line.deadline_ms)
+        r->deadline_ns = c->batch_ns + (uint64_t)line.deadline_ms * 1000000ull;
+    r->recv_ns = c->batch_ns;
+    /* Kept in a local: once submitted the request belongs to the worker side. */
+    worker = px_route(line.key, line.key_len, px_pool_size(srv->pool));
+    r->worker = r->route = worker;
+    r->kent = k; /* before submit: from then on a worker may read it */
+    rc = px_pool_submit(srv->pool, r);
+    if (rc) {
+        uint64_t wait = rc == -EAGAIN ? px_pool_retry_after_ms(srv->pool, worker) : 0;
+        snprintf(msg, sizeof msg,
+                 "worker %u's queue is full (queue_capacity %lld); retry after %llu ms or spread "
+                 "the load over more keys",
+                 worker, (long long)srv->cfg.queue_capacity, (unsigned long long)wait);
+        answer_rejected(c, id, id_len, rc == -EAGAIN ? (int)worker : -1,
+                        rc == -EAGAIN ? PX_REJ_QUEUE_FULL : PX_REJ_SHUTTING_DOWN, msg, wait);
+        r->kent = NULL;
+        px_req_free(r);
+        goto out;
+    }
+    c->refs++;
+    c->inflight++;
+    if (k) {
+        k->in_flight++;
+        k->last_ns = c->batch_ns;
+    }
+    px_hot_arrival(srv->hot, worker, line.key, line.key_len, c->batch_ns);
+    px_stats_add(&srv->stats.c.accepted, 1);
+    px_stats_add(&srv->stats.c.in_flight, 1);
+    goto out;
+
+oom:
+    /* Losing a request silently is not allowed: close, so the client knows. */
+    px_err("connection: out of memory reading a request; closing the connection");
+    conn_close(c);
+out:
+    if (k && !k->in_flight)
+        px_keytab_release(&srv->keys, k, c->batch_ns);
+    px_line_free(&line);
+}
+
+static void conn_on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    px_conn_t *c = h->data;
+
+    *buf = uv_buf_init(c->srv->readbuf, sizeof c->srv->readbuf);
+}
+
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    px_conn_t *c = s->data;
+    px_server_t *srv = c->srv;
+
+    if (nread == 0)
+        return;
+    px_stats_begin(&srv->stats);
+    c->batch_ns = px_now_ns();
+    if (nread > 0) {
+        if (px_framer_feed(&c->framer, buf->base, (size_t)nread, on_line, c)) {
+            px_err("connection: out of memory buffering a partial line; closing the connection");
+            conn_close(c);
+        }
+    } else if (nread == UV_EOF) {
+        /* The client has sent everything; answer it all, then close. */
+        uv_read_stop(s);
+        c->eof = 1;
+        px_framer_finish(&c->framer, on_line, c);
+    } else {
+        px_debug("connection: read failed: %s", uv_strerror((int)nread));
+        conn_close(c);
+    }
+    px_stats_end(&srv->stats);
+    /* Workers are woken and answers written in the server's check callback, once per poll. */
+    if (!c->closing)
+        conn_maybe_close(c);
+}
+
+void px_conn_deliver(px_conn_t *c, const char *line, size_t len)
+{
+    c->inflight--;
+    if (c->closing) {
+        px_stats_add(&c->srv->stats.c.dropped, 1);
+    } else if (px_buf_append(&c->out, line, len)) {
+        px_err("connection: out of memory queueing a response; closing the connection");
+        conn_close(c);
+    } else {
+        mark_dirty(c);
+    }
+    conn_unref(c);
+}
+
+void px_conn_accept(px_server_t *srv, uv_stream_t *listener)
+{
+    static const char full[] =
+        "{\"id\":null,\"status\":\"rejected\",\"error\":{\"code\":\"too_many_connections\","
+        "\"message\":\"parexd is at max_connections; close idle connections or raise "
+        "max_connections\"}}\n";
+    px_conn_t *c = calloc(1, sizeof *c);
+    int rc;
+
+    if (!c) {
+        px_err("listener: out of memory accepting a connection");
+        return;
+    }
+    c->srv = srv;
+    c->refs = 1;
+    px_framer_init(&c->framer, (size_t)srv->cfg.max_line_bytes);
+    if (listener->type == UV_NAMED_PIPE)
+        uv_pipe_init(srv->loop, &c->h.pipe, 0);
+    else
+        uv_tcp_init(srv->loop, &c->h.tcp);
+    c->h.tcp.data = c; /* the handle's data field sits at the same place in both */
+    c->prev = NULL;
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    srv->nconns++;
+    px_stats_begin(&srv->stats);
+    px_stats_add(&srv->stats.c.connections, 1);
+    px_stats_end(&srv->stats);
+
+    if ((rc = uv_accept(listener, (uv_stream_t *)&c->h))) {
+        px_warn("listener: accept failed: %s", uv_strerror(rc));
+        conn_close(c);
+        return;
+    }
+    if (srv->nconns > (uint64_t)srv->cfg.max_connections) {
+        uv_buf_t b = uv_buf_init((char *)full, sizeof full - 1);
+        uv_try_write((uv_stream_t *)&c->h, &b, 1);
+        px_warn("listener: max_connections (%lld) reached; refused a connection",
+                (long long)srv->cfg.max_connections);
+        conn_close(c);
+        return;
+    }
+    if (listener->type == UV_TCP)
+        uv_tcp_nodelay(&c->h.tcp, 1);
+    if ((rc = uv_read_start((uv_stream_t *)&c->h, conn_on_alloc, conn_on_read))) {
+        conn_close(c);
+        return;
+    }
+}
+
+void px_conn_close_all(px_server_t *srv, int now)
+{
+    for (px_conn_t *c = srv->conns; c; c = c->next) {
+        if (now) {
+            conn_close(c);
+            continue;
+        }
+        c->close_when_flushed = 1;
+        uv_read_stop((uv_stream_t *)&c->h);
+        conn_maybe_close(c);
+    }
+}

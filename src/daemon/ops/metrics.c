@@ -1,0 +1,165 @@
+/* HTTP for operators, kept off the event loop: libmicrohttpd runs its own polling thread and
+ * every answer is built from the read-only report functions, so a slow scraper never delays a
+ * request. */
+#include "daemon/ops/metrics.h"
+
+#include "common/log.h"
+#include "daemon/ops/report.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct px_metrics {
+    struct MHD_Daemon *d;
+    px_server_t *srv;
+    char addr[160];
+};
+
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned code, const char *type, char *body,
+                             size_t len, int must_free)
+{
+    struct MHD_Response *r;
+    enum MHD_Result rc;
+
+    r = MHD_create_response_from_buffer(len, body,
+                                        must_free ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!r) {
+        if (must_free)
+            free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    if (code == MHD_HTTP_METHOD_NOT_ALLOWED)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+    rc = MHD_queue_response(c, code, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
+static enum MHD_Result text(struct MHD_Connection *c, unsigned code, const char *msg)
+{
+    return reply(c, code, "text/plain; charset=utf-8", (char *)msg, strlen(msg), 0);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **state)
+{
+    static const char landing[] =
+        "<html><head><title>parexd</title></head><body><h1>parexd</h1>"
+        "<p><a href=\"/metrics\">metrics</a> &middot; <a href=\"/stats\">stats</a> &middot; "
+        "<a href=\"/healthz\">healthz</a></p></body></html>\n";
+    px_metrics_t *m = cls;
+
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        return text(c, MHD_HTTP_METHOD_NOT_ALLOWED,
+                    "method not allowed: the metrics endpoint is read-only (GET, HEAD)\n");
+    if (strcmp(url, "/metrics") == 0) {
+        px_buf_t b = {0};
+        if (px_report_prometheus(m->srv, &b)) {
+            px_buf_free(&b);
+            return text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+        }
+        return reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len, 1);
+    }
+    if (strcmp(url, "/stats") == 0) {
+        json_t *o = px_report_stats(m->srv);
+        char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+        size_t n;
+        json_decref(o);
+        if (!s)
+            return text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+        n = strlen(s);
+        s[n] = '\0';
+        {
+            /* A trailing newline makes curl output and line tools behave. */
+            char *t = realloc(s, n + 2);
+            if (t) {
+                s = t;
+                s[n++] = '\n';
+                s[n] = '\0';
+            }
+        }
+        return reply(c, MHD_HTTP_OK, "application/json", s, n, 1);
+    }
+    if (strcmp(url, "/healthz") == 0) {
+        char reason[512], *body;
+        int sick = px_report_health(m->srv, reason, sizeof reason - 1);
+        size_t n = strlen(reason);
+        if (!(body = malloc(n + 2)))
+            return text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+        memcpy(body, reason, n);
+        body[n++] = '\n';
+        return reply(c, sick ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK,
+                     "text/plain; charset=utf-8", body, n, 1);
+    }
+    if (strcmp(url, "/") == 0)
+        return reply(c, MHD_HTTP_OK, "text/html; charset=utf-8", (char *)landing,
+                     sizeof landing - 1, 0);
+    return text(c, MHD_HTTP_NOT_FOUND, "not found: try /metrics, /stats or /healthz\n");
+}
+
+int px_metrics_start(px_metrics_t **out, px_server_t *srv, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss = {0};
+    char host[128];
+    int port, v6 = 0;
+    px_metrics_t *m;
+    const union MHD_DaemonInfo *info;
+
+    *out = NULL;
+    if (px_parse_hostport(srv->cfg.metrics_listen, host, sizeof host, &port))
+        goto bad;
+    if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+        ss.ss_family = AF_INET;
+        ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+    } else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+        ss.ss_family = AF_INET6;
+        ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+        v6 = 1;
+    } else {
+        goto bad;
+    }
+    if (!(m = calloc(1, sizeof *m))) {
+        snprintf(err, errlen, "out of memory starting the metrics endpoint");
+        return -1;
+    }
+    m->srv = srv;
+    m->d = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | (v6 ? MHD_USE_IPv6 : 0), 0, NULL, NULL,
+        on_request, m, MHD_OPTION_SOCK_ADDR, &ss, MHD_OPTION_CONNECTION_LIMIT, 64u,
+        MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
+    if (!m->d) {
+        snprintf(err, errlen,
+                 "key 'metrics_listen': cannot serve metrics on %s (address in use? change "
+                 "'metrics_listen')",
+                 srv->cfg.metrics_listen);
+        free(m);
+        return -1;
+    }
+    info = MHD_get_daemon_info(m->d, MHD_DAEMON_INFO_BIND_PORT);
+    snprintf(m->addr, sizeof m->addr, v6 ? "[%s]:%u" : "%s:%u", host,
+             info ? (unsigned)info->port : (unsigned)port);
+    *out = m;
+    return 0;
+bad:
+    snprintf(err, errlen, "key 'metrics_listen': \"%s\" is not a numeric HOST:PORT address",
+             srv->cfg.metrics_listen);
+    return -1;
+}
+
+const char *px_metrics_addr(const px_metrics_t *m)
+{
+    return m ? m->addr : "(off)";
+}
+
+void px_metrics_stop(px_metrics_t *m)
+{
+    if (!m)
+        return;
+    MHD_stop_daemon(m->d);
+    free(m);
+}
