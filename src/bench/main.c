@@ -7,7 +7,7 @@
  * 64 on a usage mistake. */
 #include "bench/run.h"
 #include "common/clock.h"
-#include "daemon/core/config.h"
+#include "common/hostport.h"
 #include "common/protocol.h"
 
 #include <errno.h>
@@ -16,6 +16,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <sysexits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -74,7 +75,7 @@ static int die_usage(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputs(" (see --help)\n", stderr);
-    return PX_EX_USAGE;
+    return EX_USAGE;
 }
 
 static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
@@ -387,7 +388,7 @@ int main(int argc, char **argv)
             return 0;
         default:
             usage(stderr);
-            return PX_EX_USAGE;
+            return EX_USAGE;
         }
     }
     if (optind < argc)

@@ -3,9 +3,6 @@
  * result, which keeps the hot path to one allocation and no temporary JSON tree. */
 #include "common/protocol.h"
 
-#include "daemon/core/handler.h"
-#include "daemon/core/request.h"
-
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -210,32 +207,4 @@ int px_resp_format(px_buf_t *b, const px_resp_t *r)
         rc |= px_buf_puts(b, r->extra);
     rc |= px_buf_puts(b, "}\n");
     return rc ? -1 : 0;
-}
-
-px_req_t *px_req_new(const char *key, size_t key_len, const char *id, size_t id_len,
-                     const char *payload, size_t payload_len)
-{
-    px_req_t *r = malloc(sizeof *r + key_len + id_len + payload_len);
-
-    if (!r)
-        return NULL;
-    memset(r, 0, sizeof *r);
-    memcpy(r->data, key, key_len);
-    memcpy(r->data + key_len, id, id_len);
-    if (payload_len)
-        memcpy(r->data + key_len + id_len, payload, payload_len);
-    r->key_len = (uint16_t)key_len;
-    r->id_len = (uint32_t)id_len;
-    r->payload_len = (uint32_t)payload_len;
-    atomic_init(&r->state, PX_REQ_QUEUED);
-    return r;
-}
-
-void px_req_free(px_req_t *r)
-{
-    if (!r)
-        return;
-    px_registry_unref(r->reg);
-    px_buf_free(&r->out);
-    free(r);
 }

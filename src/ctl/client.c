@@ -1,7 +1,7 @@
 /* Plain blocking sockets: parexctl talks to one daemon at a time and has nothing else to do. */
 #include "ctl/client.h"
 
-#include "daemon/core/config.h"
+#include "common/hostport.h"
 
 #include <errno.h>
 #include <netdb.h>

@@ -2,6 +2,7 @@
  * the flag parser and the README all follow that table, so a key cannot be half-supported. */
 #include "daemon/core/config.h"
 
+#include "common/hostport.h"
 #include "common/log.h"
 
 #include <arpa/inet.h>
@@ -81,38 +82,6 @@ void px_config_clear(px_config_t *c)
 {
     json_decref(c->handlers);
     c->handlers = NULL;
-}
-
-int px_parse_hostport(const char *s, char *host, size_t hostlen, int *port)
-{
-    const char *colon, *h = s;
-    size_t hl;
-    char *end;
-    long p;
-
-    if (*s == '[') {
-        const char *rb = strchr(s, ']');
-        if (!rb || rb[1] != ':')
-            return -1;
-        h = s + 1;
-        hl = (size_t)(rb - h);
-        colon = rb + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (!colon)
-            return -1;
-        hl = (size_t)(colon - s);
-    }
-    if (hl == 0 || hl >= hostlen)
-        return -1;
-    errno = 0;
-    p = strtol(colon + 1, &end, 10);
-    if (errno || end == colon + 1 || *end || p < 0 || p > 65535)
-        return -1;
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    *port = (int)p;
-    return 0;
 }
 
 static const struct key *find_key(const char *name)

@@ -50,7 +50,4 @@ int px_config_set(px_config_t *c, const char *key, const char *value, char *err,
 /* Resolves derived values (workers = 0) and checks cross-key rules. */
 int px_config_finish(px_config_t *c, char *err, size_t errlen);
 
-/* Splits "HOST:PORT" ("[::1]:7400" for IPv6). Returns 0, or -1 when malformed. */
-int px_parse_hostport(const char *s, char *host, size_t hostlen, int *port);
-
 #endif

@@ -4,7 +4,6 @@
 #include "daemon/core/handler.h"
 
 #include "common/clock.h"
-#include "daemon/handlers/handlers.h"
 #include "common/protocol.h"
 
 #include <errno.h>
@@ -51,35 +50,6 @@ void px_handler_discard(px_handler_t *h)
     ctl_free(h->ctl);
     if (strcmp(h->type, "builtin") != 0)
         free((char *)h->name); /* configured names are copies; built-in ones are literals */
-}
-
-int px_request_json(const px_req_t *req, px_buf_t *b)
-{
-    int rc = 0;
-
-    rc |= px_buf_puts(b, "{\"id\":");
-    rc |= px_buf_append(b, px_req_id(req), req->id_len);
-    rc |= px_buf_puts(b, ",\"key\":");
-    rc |= px_buf_json_string(b, px_req_key(req), req->key_len);
-    rc |= px_buf_puts(b, ",\"op\":");
-    rc |= px_buf_json_string(b, req->handler->name, strlen(req->handler->name));
-    rc |= px_buf_puts(b, ",\"payload\":");
-    rc |= px_buf_append(b, px_req_payload(req), req->payload_len);
-    rc |= px_buf_puts(b, "}");
-    return rc ? -1 : 0;
-}
-
-json_t *px_output_value(const char *p, size_t n)
-{
-    json_t *v = json_loadb(p, n, JSON_DECODE_ANY, NULL);
-
-    if (v)
-        return v;
-    if (n > 0 && p[n - 1] == '\n')
-        n--;
-    if (n > 0 && p[n - 1] == '\r')
-        n--;
-    return json_stringn(p, n);
 }
 
 void px_registry_unref(px_registry_t *reg)

@@ -81,6 +81,10 @@ typedef struct px_registry px_registry_t;
 px_registry_t *px_registry_new(void);
 void px_registry_ref(px_registry_t *reg);
 void px_registry_unref(px_registry_t *reg); /* frees at 0 */
+/* Policies with their defaults (no retry, timeout, limit); NULL when out of memory. */
+px_handler_ctl_t *px_handler_ctl_new(void);
+/* Frees a handler that never made it into a registry. */
+void px_handler_discard(px_handler_t *h);
 /* Takes ownership of h's ctx and ctl (a copy of h is kept). -EEXIST when the name is taken. */
 int px_registry_add(px_registry_t *reg, const px_handler_t *h);
 const px_handler_t *px_registry_find(const px_registry_t *reg, const char *name);
@@ -88,13 +92,6 @@ size_t px_registry_count(const px_registry_t *reg);
 const px_handler_t *px_registry_at(const px_registry_t *reg, size_t i);
 /* "echo, fail, sleep": for messages that list what exists. */
 void px_registry_names(const px_registry_t *reg, char *out, size_t outlen);
-
-/* The built-in ops: echo, sleep, fail. */
-int px_builtin_register(px_registry_t *reg);
-
-/* Builds a registry from the built-ins and the config's "handlers" object (may be NULL).
- * Returns NULL with err naming the key ("key 'handlers.x.argv': ...") on a bad definition. */
-px_registry_t *px_handlers_build(const json_t *spec, char *err, size_t errlen);
 
 /* Worker thread: runs h for req under its policies (deadline, rate limit, concurrency, retry).
  * Sets *attempts; *wait_ns is the time spent waiting for a token or a slot (counted as queue

@@ -11,7 +11,6 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-struct px_conn;
 struct px_handler;
 struct px_registry;
 struct px_key;
@@ -25,7 +24,7 @@ enum px_req_state {
 
 typedef struct px_req {
     /* Written by the loop before the request is queued, read-only afterwards. */
-    struct px_conn *conn; /* touched by the loop only */
+    void *origin; /* where the answer goes (a connection); opaque below the server */
     const struct px_handler *handler;
     struct px_registry *reg; /* holds the handler's registry alive (one reference) */
     uint32_t payload_len;    /* the payload as compact JSON text, stored after key and id */

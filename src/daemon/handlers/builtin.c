@@ -1,6 +1,6 @@
 /* Built-in ops. echo and fail prove the plumbing; sleep stands in for I/O-bound work, which is
  * what parexd's worker threads exist for. */
-#include "daemon/core/handler.h"
+#include "daemon/handlers/handlers.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -1,9 +1,16 @@
-/* Constructors of the configurable handler types, for handlers.c. Each reads its options from
+/* Constructors of the configurable handler types, for build.c. Each reads its options from
  * the definition object, fills h->run/destroy/ctx, and on error names the key in err. */
 #ifndef PX_HANDLER_TYPES_H
 #define PX_HANDLER_TYPES_H
 
 #include "daemon/core/handler.h"
+
+/* The built-in ops: echo, sleep, fail. */
+int px_builtin_register(px_registry_t *reg);
+
+/* Builds a registry from the built-ins and the config's "handlers" object (may be NULL).
+ * Returns NULL with err naming the key ("key 'handlers.x.argv': ...") on a bad definition. */
+px_registry_t *px_handlers_build(const json_t *spec, char *err, size_t errlen);
 
 int px_exec_make(px_handler_t *h, const json_t *def, char *err, size_t errlen);
 int px_http_make(px_handler_t *h, const json_t *def, char *err, size_t errlen);
@@ -12,9 +19,6 @@ int px_plugin_make(px_handler_t *h, const json_t *def, char *err, size_t errlen)
 /* Helpers shared by the constructors. */
 int px_spec_only(const json_t *def, const char *where, const char *const *allowed, char *err,
                  size_t errlen);
-px_handler_ctl_t *px_handler_ctl_new(void);
-/* Frees a handler that never made it into a registry. */
-void px_handler_discard(px_handler_t *h);
 /* The request as the JSON text handlers send upstream: {"id","key","op","payload"}. */
 int px_request_json(const px_req_t *req, px_buf_t *out);
 /* A handler's output as a result: JSON when it parses as JSON, else a string (trailing newline

@@ -9,13 +9,8 @@
 #include "daemon/net/conn.h"
 
 #include "common/clock.h"
-#include "daemon/net/framer.h"
 #include "common/log.h"
-#include "common/protocol.h"
-#include "daemon/ops/report.h"
-#include "common/route.h"
-#include "daemon/core/hot.h"
-#include "daemon/core/keytab.h"
+#include "daemon/net/framer.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -32,8 +27,8 @@ struct px_conn {
         uv_tcp_t tcp;   /* clients of a TCP listener */
         uv_pipe_t pipe; /* clients of the Unix-domain listener */
     } h;
-    px_server_t *srv;
-    px_conn_t *prev, *next; /* srv->conns */
+    px_net_t *net;
+    px_conn_t *prev, *next; /* net->conns */
     px_conn_t *dirty_next;
     px_framer_t framer;
     px_buf_t out; /* response bytes not yet handed to the socket */
@@ -64,21 +59,20 @@ static void conn_unref(px_conn_t *c)
 static void conn_on_close(uv_handle_t *h)
 {
     px_conn_t *c = h->data;
-    px_server_t *srv = c->srv;
+    px_net_t *n = c->net;
 
     if (c->prev)
         c->prev->next = c->next;
     else
-        srv->conns = c->next;
+        n->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    srv->nconns--;
-    px_stats_begin(&srv->stats);
-    px_stats_add(&srv->stats.c.connections, -1);
-    px_stats_end(&srv->stats);
+    n->nconns--;
+    px_stats_begin(n->stats);
+    px_stats_add(&n->stats->c.connections, -1);
+    px_stats_end(n->stats);
     conn_unref(c);
-    if (srv->finishing)
-        px_server_check_drained(srv);
+    n->ev.closed(n->ev.arg);
 }
 
 static void conn_close(px_conn_t *c)
@@ -102,8 +96,8 @@ static void mark_dirty(px_conn_t *c)
     if (!c->in_dirty) {
         c->in_dirty = 1;
         c->refs++;
-        c->dirty_next = c->srv->dirty;
-        c->srv->dirty = c;
+        c->dirty_next = c->net->dirty;
+        c->net->dirty = c;
     }
 }
 
@@ -177,11 +171,11 @@ static void flush_one(px_conn_t *c)
     }
 }
 
-void px_conn_flush_all(px_server_t *srv)
+void px_conn_flush_all(px_net_t *n)
 {
-    while (srv->dirty) {
-        px_conn_t *c = srv->dirty;
-        srv->dirty = c->dirty_next;
+    while (n->dirty) {
+        px_conn_t *c = n->dirty;
+        n->dirty = c->dirty_next;
         c->in_dirty = 0;
         flush_one(c);
         conn_unref(c);
@@ -213,7 +207,7 @@ static void answer_invalid(px_conn_t *c, const char *id, size_t id_len, enum px_
                    .message = message,
                    .queue_ms = -1};
 
-    px_stats_add(&c->srv->stats.c.invalid[code], 1);
+    px_stats_add(&c->net->stats->c.invalid[code], 1);
     answer(c, &r);
 }
 
@@ -236,102 +230,21 @@ static void answer_rejected(px_conn_t *c, const char *id, size_t id_len, int wor
         r.extra = extra;
     }
 
-    px_stats_add(&c->srv->stats.c.rejected[why], 1);
+    px_stats_add(&c->net->stats->c.rejected[why], 1);
     answer(c, &r);
-}
-
-struct key_match {
-    const char *key;
-    size_t len;
-};
-
-static int key_matches(px_req_t *r, void *arg)
-{
-    struct key_match *m = arg;
-
-    return r->key_len == m->len && memcmp(px_req_key(r), m->key, m->len) == 0;
-}
-
-/* unpark and drop: the operator's hands on a quarantined key. */
-static json_t *control_key(px_conn_t *c, px_line_t *line, char *msg, size_t msglen)
-{
-    px_server_t *srv = c->srv;
-    json_t *key = json_object_get(line->root, "key");
-    struct key_match m;
-    px_key_t *k;
-    px_req_t *r;
-    int dropped = 0;
-
-    if (!json_is_string(key) || json_string_length(key) < 1 ||
-        json_string_length(key) > PX_KEY_MAX) {
-        snprintf(msg, msglen, "control '%s' needs \"key\": the parked key (1 to %d bytes)",
-                 line->control, PX_KEY_MAX);
-        return NULL;
-    }
-    m.key = json_string_value(key);
-    m.len = json_string_length(key);
-    k = srv->keys_on ? px_keytab_get(&srv->keys, m.key, m.len, 0) : NULL;
-    if (!k || !px_key_parked(k, px_now_ns()))
-        return json_pack("{sO sb ss}", "key", key, "done", 0, "reason", "the key is not parked");
-    if (strcmp(line->control, "unpark") == 0) {
-        atomic_store(&k->parked_until_ns, 0);
-        atomic_store(&k->failures, 0);
-        px_notice("quarantine: key '%.*s' unparked by an operator", (int)m.len, m.key);
-        px_server_sweep_keys(srv);
-        return json_pack("{sO sb}", "key", key, "done", 1);
-    }
-    while ((r = px_pool_remove_if(srv->pool, key_matches, &m))) {
-        px_server_fail_request(srv, r, "cancelled",
-                               "dropped by an operator while its key was parked (parexctl drop)");
-        px_req_free(r);
-        dropped++;
-    }
-    px_notice("quarantine: %d queued requests of parked key '%.*s' dropped by an operator", dropped,
-              (int)m.len, m.key);
-    return json_pack("{sO sb si}", "key", key, "done", 1, "dropped", dropped);
 }
 
 static void handle_control(px_conn_t *c, px_line_t *line, const char *id, size_t id_len)
 {
     px_resp_t r = {.id = id, .id_len = id_len, .status = "ok", .worker = -1, .queue_ms = -1};
-    json_t *result = NULL;
     char msg[200];
 
-    if (strcmp(line->control, "stats") == 0) {
-        result = px_report_stats(c->srv);
-    } else if (strcmp(line->control, "parked") == 0) {
-        px_server_sweep_keys(c->srv);
-        result = json_pack("{so}", "parked", px_server_parked(c->srv));
-    } else if (strcmp(line->control, "top") == 0) {
-        result = px_hot_top(c->srv->hot, 10, px_now_ns());
-    } else if (strcmp(line->control, "unpark") == 0 || strcmp(line->control, "drop") == 0) {
-        if (!(result = control_key(c, line, msg, sizeof msg))) {
-            answer_invalid(c, id, id_len, PX_INV_BAD_FIELD, msg);
-            return;
-        }
-    } else {
-        snprintf(msg, sizeof msg,
-                 "unknown control command '%.64s'; available: stats, parked, unpark, drop, top",
-                 line->control);
+    if (!(r.result = c->net->ev.control(c->net->ev.arg, line, msg, sizeof msg))) {
         answer_invalid(c, id, id_len, PX_INV_BAD_FIELD, msg);
         return;
     }
-    r.result = result;
     answer(c, &r);
-    json_decref(result);
-}
-
-struct cancel_match {
-    px_conn_t *c;
-    const char *id;
-    size_t id_len;
-};
-
-static int cancel_matches(px_req_t *r, void *arg)
-{
-    struct cancel_match *m = arg;
-
-    return r->conn == m->c && r->id_len == m->id_len && memcmp(px_req_id(r), m->id, m->id_len) == 0;
+    json_decref((json_t *)r.result);
 }
 
 /* {"cancel": ID}: like Future.cancel(): a request still queued is taken out and answered
@@ -340,9 +253,7 @@ static void handle_cancel(px_conn_t *c, px_line_t *line, const char *id, size_t 
 {
     px_resp_t r = {.id = id, .id_len = id_len, .status = "ok", .worker = -1, .queue_ms = -1};
     px_buf_t target = {0};
-    struct cancel_match m = {.c = c};
-    const char *state = "unknown";
-    px_req_t *q;
+    const char *state;
     json_t *result;
 
     if (px_json_append(&target, line->cancel)) {
@@ -350,17 +261,9 @@ static void handle_cancel(px_conn_t *c, px_line_t *line, const char *id, size_t 
         conn_close(c);
         return;
     }
-    m.id = target.data;
-    m.id_len = target.len;
-    if ((q = px_pool_remove_if(c->srv->pool, cancel_matches, &m))) {
-        px_server_fail_request(c->srv, q, "cancelled", "cancelled by the client before it ran");
-        px_req_free(q);
-        state = "queued";
-    } else if (px_pool_running_match(c->srv->pool, cancel_matches, &m)) {
-        state = "running";
-    }
-    result = json_pack("{sO sb ss}", "cancel", line->cancel, "cancelled", q != NULL, "state",
-                       strcmp(state, "unknown") == 0 ? "not_found" : state);
+    state = px_engine_cancel(c->net->eng, c, target.data, target.len);
+    result = json_pack("{sO sb ss}", "cancel", line->cancel, "cancelled",
+                       strcmp(state, "queued") == 0, "state", state);
     r.result = result;
     answer(c, &r);
     json_decref(result);
@@ -393,16 +296,15 @@ static int blank(const char *p, size_t n)
 static void on_line(void *arg, const char *text, size_t len, int too_long)
 {
     px_conn_t *c = arg;
-    px_server_t *srv = c->srv;
+    px_net_t *net = c->net;
     const px_handler_t *h;
     px_line_t line;
-    px_buf_t *idtext = &srv->idtext;
+    px_buf_t *idtext = &net->idtext;
     char msg[512], idnum[24];
     const char *id = NULL;
     size_t id_len = 0;
-    px_key_t *k = NULL;
-    uint32_t worker;
-    px_req_t *r;
+    px_submit_t sub;
+    px_verdict_t v;
     int rc;
 
     if (c->closing)
@@ -411,7 +313,7 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
         snprintf(msg, sizeof msg,
                  "line of %zu or more bytes is over max_line_bytes (%lld); it was skipped up to "
                  "its newline",
-                 len, (long long)srv->cfg.max_line_bytes);
+                 len, (long long)net->cfg->max_line_bytes);
         answer_invalid(c, NULL, 0, PX_INV_LINE_TOO_LONG, msg);
         return;
     }
@@ -430,9 +332,9 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
         answer_invalid(c, id, id_len, line.code, line.message);
         goto out;
     }
-    if (srv->cfg.auth_token[0] && !token_ok(line.token, srv->cfg.auth_token)) {
+    if (net->cfg->auth_token[0] && !token_ok(line.token, net->cfg->auth_token)) {
         /* Counted as received and rejected, so the accounting invariant still holds. */
-        px_stats_add(&srv->stats.c.received, 1);
+        px_stats_add(&net->stats->c.received, 1);
         answer_rejected(c, id, id_len, -1, PX_REJ_UNAUTHORIZED,
                         "missing or wrong 'token': this parexd requires the shared auth_token "
                         "in every line",
@@ -447,9 +349,9 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
         handle_cancel(c, &line, id, id_len);
         goto out;
     }
-    if (!(h = px_registry_find(srv->reg, line.op))) {
+    if (!(h = px_engine_find(net->eng, line.op))) {
         char names[256];
-        px_registry_names(srv->reg, names, sizeof names);
+        px_engine_names(net->eng, names, sizeof names);
         snprintf(msg, sizeof msg, "op '%.64s' is not a handler here; available: %s", line.op,
                  names);
         answer_invalid(c, id, id_len, PX_INV_UNKNOWN_OP, msg);
@@ -463,77 +365,29 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
         id_len = (size_t)snprintf(idnum, sizeof idnum, "%llu", (unsigned long long)++c->next_id);
         id = idnum;
     }
-
-    px_stats_add(&srv->stats.c.received, 1);
-    if (srv->draining) {
-        answer_rejected(c, id, id_len, -1, PX_REJ_SHUTTING_DOWN,
-                        "parexd is shutting down and takes no new requests; retry on another "
-                        "instance or after restart",
-                        0);
-        goto out;
-    }
-    if (srv->keys_on) {
-        if (!(k = px_keytab_get(&srv->keys, line.key, line.key_len, 1)))
-            goto oom;
-        if (px_key_parked(k, c->batch_ns)) {
-            uint64_t left = (atomic_load(&k->parked_until_ns) - c->batch_ns) / PX_MS + 1;
-            snprintf(msg, sizeof msg,
-                     "key is parked after repeated failures (last error: %.200s); it is "
-                     "admitted again in %llu ms or after parexctl unpark",
-                     k->last_error, (unsigned long long)left);
-            answer_rejected(c, id, id_len, -1, PX_REJ_KEY_PARKED, msg, left);
-            goto out;
-        }
-        if (srv->cfg.max_queued_per_key && k->in_flight >= (uint64_t)srv->cfg.max_queued_per_key) {
-            uint32_t w = px_route(line.key, line.key_len, px_pool_size(srv->pool));
-            uint64_t wait = px_pool_retry_after_ms(srv->pool, w);
-            snprintf(msg, sizeof msg,
-                     "key already has %u requests queued or running (max_queued_per_key %lld); "
-                     "retry after %llu ms",
-                     k->in_flight, (long long)srv->cfg.max_queued_per_key,
-                     (unsigned long long)wait);
-            answer_rejected(c, id, id_len, (int)w, PX_REJ_KEY_BUSY, msg, wait);
-            goto out;
-        }
-    }
     /* The payload travels as compact text, dumped into a buffer the loop reuses. */
-    srv->scratch.len = 0;
-    if (px_json_append(&srv->scratch, line.payload) ||
-        !(r = px_req_new(line.key, line.key_len, id, id_len, srv->scratch.data, srv->scratch.len)))
+    net->scratch.len = 0;
+    if (px_json_append(&net->scratch, line.payload))
         goto oom;
-    r->conn = c;
-    r->handler = h;
-    r->reg = srv->reg;
-    px_registry_ref(r->reg);
-    if (line.deadline_ms)
-        r->deadline_ns = c->batch_ns + (uint64_t)line.deadline_ms * 1000000ull;
-    r->recv_ns = c->batch_ns;
-    /* Kept in a local: once submitted the request belongs to the worker side. */
-    worker = px_route(line.key, line.key_len, px_pool_size(srv->pool));
-    r->worker = r->route = worker;
-    r->kent = k; /* before submit: from then on a worker may read it */
-    rc = px_pool_submit(srv->pool, r);
-    if (rc) {
-        uint64_t wait = rc == -EAGAIN ? px_pool_retry_after_ms(srv->pool, worker) : 0;
-        snprintf(msg, sizeof msg,
-                 "worker %u's queue is full (queue_capacity %lld); retry after %llu ms or spread "
-                 "the load over more keys",
-                 worker, (long long)srv->cfg.queue_capacity, (unsigned long long)wait);
-        answer_rejected(c, id, id_len, rc == -EAGAIN ? (int)worker : -1,
-                        rc == -EAGAIN ? PX_REJ_QUEUE_FULL : PX_REJ_SHUTTING_DOWN, msg, wait);
-        r->kent = NULL;
-        px_req_free(r);
+    sub = (px_submit_t){.key = line.key,
+                        .key_len = line.key_len,
+                        .id = id,
+                        .id_len = id_len,
+                        .payload = net->scratch.data,
+                        .payload_len = net->scratch.len,
+                        .handler = h,
+                        .recv_ns = c->batch_ns,
+                        .deadline_ms = line.deadline_ms,
+                        .origin = c};
+    rc = px_engine_submit(net->eng, &sub, &v);
+    if (rc < 0)
+        goto oom;
+    if (rc > 0) {
+        answer_rejected(c, id, id_len, v.worker, v.why, v.message, v.retry_after_ms);
         goto out;
     }
     c->refs++;
     c->inflight++;
-    if (k) {
-        k->in_flight++;
-        k->last_ns = c->batch_ns;
-    }
-    px_hot_arrival(srv->hot, worker, line.key, line.key_len, c->batch_ns);
-    px_stats_add(&srv->stats.c.accepted, 1);
-    px_stats_add(&srv->stats.c.in_flight, 1);
     goto out;
 
 oom:
@@ -541,8 +395,6 @@ oom:
     px_err("connection: out of memory reading a request; closing the connection");
     conn_close(c);
 out:
-    if (k && !k->in_flight)
-        px_keytab_release(&srv->keys, k, c->batch_ns);
     px_line_free(&line);
 }
 
@@ -550,17 +402,17 @@ static void conn_on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     px_conn_t *c = h->data;
 
-    *buf = uv_buf_init(c->srv->readbuf, sizeof c->srv->readbuf);
+    *buf = uv_buf_init(c->net->readbuf, sizeof c->net->readbuf);
 }
 
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     px_conn_t *c = s->data;
-    px_server_t *srv = c->srv;
+    px_net_t *n = c->net;
 
     if (nread == 0)
         return;
-    px_stats_begin(&srv->stats);
+    px_stats_begin(n->stats);
     c->batch_ns = px_now_ns();
     if (nread > 0) {
         if (px_framer_feed(&c->framer, buf->base, (size_t)nread, on_line, c)) {
@@ -576,17 +428,19 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         px_debug("connection: read failed: %s", uv_strerror((int)nread));
         conn_close(c);
     }
-    px_stats_end(&srv->stats);
+    px_stats_end(n->stats);
     /* Workers are woken and answers written in the server's check callback, once per poll. */
     if (!c->closing)
         conn_maybe_close(c);
 }
 
-void px_conn_deliver(px_conn_t *c, const char *line, size_t len)
+void px_conn_deliver(void *origin, const char *line, size_t len)
 {
+    px_conn_t *c = origin;
+
     c->inflight--;
     if (c->closing) {
-        px_stats_add(&c->srv->stats.c.dropped, 1);
+        px_stats_add(&c->net->stats->c.dropped, 1);
     } else if (px_buf_append(&c->out, line, len)) {
         px_err("connection: out of memory queueing a response; closing the connection");
         conn_close(c);
@@ -596,7 +450,7 @@ void px_conn_deliver(px_conn_t *c, const char *line, size_t len)
     conn_unref(c);
 }
 
-void px_conn_accept(px_server_t *srv, uv_stream_t *listener)
+void px_conn_accept(px_net_t *n, uv_stream_t *listener)
 {
     static const char full[] =
         "{\"id\":null,\"status\":\"rejected\",\"error\":{\"code\":\"too_many_connections\","
@@ -609,34 +463,34 @@ void px_conn_accept(px_server_t *srv, uv_stream_t *listener)
         px_err("listener: out of memory accepting a connection");
         return;
     }
-    c->srv = srv;
+    c->net = n;
     c->refs = 1;
-    px_framer_init(&c->framer, (size_t)srv->cfg.max_line_bytes);
+    px_framer_init(&c->framer, (size_t)n->cfg->max_line_bytes);
     if (listener->type == UV_NAMED_PIPE)
-        uv_pipe_init(srv->loop, &c->h.pipe, 0);
+        uv_pipe_init(n->loop, &c->h.pipe, 0);
     else
-        uv_tcp_init(srv->loop, &c->h.tcp);
+        uv_tcp_init(n->loop, &c->h.tcp);
     c->h.tcp.data = c; /* the handle's data field sits at the same place in both */
     c->prev = NULL;
-    c->next = srv->conns;
-    if (srv->conns)
-        srv->conns->prev = c;
-    srv->conns = c;
-    srv->nconns++;
-    px_stats_begin(&srv->stats);
-    px_stats_add(&srv->stats.c.connections, 1);
-    px_stats_end(&srv->stats);
+    c->next = n->conns;
+    if (n->conns)
+        n->conns->prev = c;
+    n->conns = c;
+    n->nconns++;
+    px_stats_begin(n->stats);
+    px_stats_add(&n->stats->c.connections, 1);
+    px_stats_end(n->stats);
 
     if ((rc = uv_accept(listener, (uv_stream_t *)&c->h))) {
         px_warn("listener: accept failed: %s", uv_strerror(rc));
         conn_close(c);
         return;
     }
-    if (srv->nconns > (uint64_t)srv->cfg.max_connections) {
+    if (n->nconns > (uint64_t)n->cfg->max_connections) {
         uv_buf_t b = uv_buf_init((char *)full, sizeof full - 1);
         uv_try_write((uv_stream_t *)&c->h, &b, 1);
         px_warn("listener: max_connections (%lld) reached; refused a connection",
-                (long long)srv->cfg.max_connections);
+                (long long)n->cfg->max_connections);
         conn_close(c);
         return;
     }
@@ -648,9 +502,9 @@ void px_conn_accept(px_server_t *srv, uv_stream_t *listener)
     }
 }
 
-void px_conn_close_all(px_server_t *srv, int now)
+void px_conn_close_all(px_net_t *n, int now)
 {
-    for (px_conn_t *c = srv->conns; c; c = c->next) {
+    for (px_conn_t *c = n->conns; c; c = c->next) {
         if (now) {
             conn_close(c);
             continue;
@@ -659,4 +513,21 @@ void px_conn_close_all(px_server_t *srv, int now)
         uv_read_stop((uv_stream_t *)&c->h);
         conn_maybe_close(c);
     }
+}
+
+void px_net_init(px_net_t *n, uv_loop_t *loop, const px_config_t *cfg, px_stats_t *stats,
+                 px_engine_t *eng, const px_net_events_t *ev)
+{
+    memset(n, 0, sizeof *n);
+    n->loop = loop;
+    n->cfg = cfg;
+    n->stats = stats;
+    n->eng = eng;
+    n->ev = *ev;
+}
+
+void px_net_free(px_net_t *n)
+{
+    px_buf_free(&n->scratch);
+    px_buf_free(&n->idtext);
 }

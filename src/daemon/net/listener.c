@@ -2,7 +2,7 @@
  * a socket-activated parexd never needs the privilege or the address itself. */
 #include "daemon/net/listener.h"
 
-#include "daemon/net/conn.h"
+#include "common/hostport.h"
 #include "common/log.h"
 #include "daemon/core/notify.h"
 
@@ -17,22 +17,22 @@
 
 static void on_connection(uv_stream_t *listener, int status)
 {
-    px_server_t *srv = listener->data;
+    px_listeners_t *ls = listener->data;
 
     if (status < 0) {
         /* EMFILE and the like: the connection stays in the backlog and libuv retries. */
         px_warn("listener: %s", uv_strerror(status));
         return;
     }
-    px_conn_accept(srv, listener);
+    ls->accept(ls->arg, listener);
 }
 
-static void describe(px_server_t *srv, int fd)
+static void describe(px_listeners_t *ls, int fd)
 {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     char host[INET6_ADDRSTRLEN], one[INET6_ADDRSTRLEN + 16];
-    size_t used = strlen(srv->listen_addr);
+    size_t used = strlen(ls->addr);
     int port = 0;
 
     if (getsockname(fd, (struct sockaddr *)&ss, &len))
@@ -48,19 +48,19 @@ static void describe(px_server_t *srv, int fd)
     } else {
         snprintf(one, sizeof one, "fd %d", fd);
     }
-    snprintf(srv->listen_addr + used, sizeof srv->listen_addr - used, "%s%s", used ? ", " : "",
-             one);
+    snprintf(ls->addr + used, sizeof ls->addr - used, "%s%s", used ? ", " : "", one);
 }
 
-static int add_tcp(px_server_t *srv, int fd, const struct sockaddr *sa, char *err, size_t errlen)
+static int add_tcp(px_listeners_t *ls, uv_loop_t *loop, const char *listen, int fd,
+                   const struct sockaddr *sa, char *err, size_t errlen)
 {
-    uv_tcp_t *t = &srv->listeners[srv->nlisteners].tcp;
+    uv_tcp_t *t = &ls->l[ls->n].tcp;
     uv_os_fd_t ufd;
     int rc;
 
-    uv_tcp_init(srv->loop, t);
-    t->data = srv;
-    srv->nlisteners++;
+    uv_tcp_init(loop, t);
+    t->data = ls;
+    ls->n++;
     if (fd >= 0)
         rc = uv_tcp_open(t, fd);
     else
@@ -72,19 +72,20 @@ static int add_tcp(px_server_t *srv, int fd, const struct sockaddr *sa, char *er
             snprintf(err, errlen, "inherited socket (fd %d): %s", fd, uv_strerror(rc));
         else
             snprintf(err, errlen, "listen %s: %s (is another parexd running? change 'listen')",
-                     srv->cfg.listen, uv_strerror(rc));
+                     listen, uv_strerror(rc));
         return -1;
     }
     uv_fileno((uv_handle_t *)t, &ufd);
-    describe(srv, ufd);
+    describe(ls, ufd);
     return 0;
 }
 
 /* The Unix-domain listener: who may submit is then a matter of file permissions. */
-static int add_unix(px_server_t *srv, char *err, size_t errlen)
+static int add_unix(px_listeners_t *ls, uv_loop_t *loop, const px_config_t *cfg, char *err,
+                    size_t errlen)
 {
-    uv_pipe_t *p = &srv->listeners[srv->nlisteners].pipe;
-    const char *path = srv->cfg.listen_unix;
+    uv_pipe_t *p = &ls->l[ls->n].pipe;
+    const char *path = cfg->listen_unix;
     struct stat st;
     int rc;
 
@@ -107,12 +108,13 @@ static int add_unix(px_server_t *srv, char *err, size_t errlen)
         }
         unlink(path);
     }
-    uv_pipe_init(srv->loop, p, 0);
-    p->data = srv;
-    srv->nlisteners++;
+    uv_pipe_init(loop, p, 0);
+    p->data = ls;
+    ls->n++;
     if ((rc = uv_pipe_bind(p, path)) == 0) {
-        srv->unix_bound = 1; /* from here the path is ours, and removed at exit */
-        if (chmod(path, (mode_t)srv->cfg.listen_unix_mode))
+        ls->unix_bound = 1; /* from here the path is ours, and removed at exit */
+        snprintf(ls->unix_path, sizeof ls->unix_path, "%s", path);
+        if (chmod(path, (mode_t)cfg->listen_unix_mode))
             rc = uv_translate_sys_error(errno);
         else
             rc = uv_listen((uv_stream_t *)p, 511, on_connection);
@@ -121,54 +123,56 @@ static int add_unix(px_server_t *srv, char *err, size_t errlen)
         snprintf(err, errlen, "key 'listen_unix': cannot listen on %s: %s", path, uv_strerror(rc));
         return -1;
     }
-    snprintf(srv->listen_addr + strlen(srv->listen_addr),
-             sizeof srv->listen_addr - strlen(srv->listen_addr), ", unix:%s", path);
+    snprintf(ls->addr + strlen(ls->addr), sizeof ls->addr - strlen(ls->addr), ", unix:%s", path);
     return 0;
 }
 
-int px_listener_open(px_server_t *srv, char *err, size_t errlen)
+int px_listener_open(px_listeners_t *ls, uv_loop_t *loop, const px_config_t *cfg, px_accept_cb cb,
+                     void *arg, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     char host[128];
     int port, n = px_notify_listen_fds();
 
-    srv->listen_addr[0] = '\0';
+    ls->addr[0] = '\0';
+    ls->accept = cb;
+    ls->arg = arg;
     if (n > PX_MAX_LISTENERS) {
         snprintf(err, errlen, "%d inherited sockets is over the limit of %d", n, PX_MAX_LISTENERS);
         return -1;
     }
     if (n > 0) {
         for (int i = 0; i < n; i++)
-            if (add_tcp(srv, PX_LISTEN_FDS_START + i, NULL, err, errlen))
+            if (add_tcp(ls, loop, cfg->listen, PX_LISTEN_FDS_START + i, NULL, err, errlen))
                 return -1;
         px_info("listener: adopted %d socket(s) from systemd; 'listen' is not used", n);
-        return srv->cfg.listen_unix[0] ? add_unix(srv, err, errlen) : 0;
+        return cfg->listen_unix[0] ? add_unix(ls, loop, cfg, err, errlen) : 0;
     }
-    if (px_parse_hostport(srv->cfg.listen, host, sizeof host, &port) ||
+    if (px_parse_hostport(cfg->listen, host, sizeof host, &port) ||
         (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) &&
          uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss))) {
         snprintf(err, errlen, "key 'listen': \"%s\" is not a numeric HOST:PORT address",
-                 srv->cfg.listen);
+                 cfg->listen);
         return -1;
     }
-    if (add_tcp(srv, -1, (struct sockaddr *)&ss, err, errlen))
+    if (add_tcp(ls, loop, cfg->listen, -1, (struct sockaddr *)&ss, err, errlen))
         return -1;
-    return srv->cfg.listen_unix[0] ? add_unix(srv, err, errlen) : 0;
+    return cfg->listen_unix[0] ? add_unix(ls, loop, cfg, err, errlen) : 0;
 }
 
 static void on_closed(uv_handle_t *h) {}
 
-void px_listener_close(px_server_t *srv)
+void px_listener_close(px_listeners_t *ls)
 {
     int closed = 0;
 
-    for (int i = 0; i < srv->nlisteners; i++)
-        if (!uv_is_closing((uv_handle_t *)&srv->listeners[i])) {
-            uv_close((uv_handle_t *)&srv->listeners[i], on_closed);
+    for (int i = 0; i < ls->n; i++)
+        if (!uv_is_closing((uv_handle_t *)&ls->l[i])) {
+            uv_close((uv_handle_t *)&ls->l[i], on_closed);
             closed = 1;
         }
-    if (closed && srv->unix_bound) {
-        unlink(srv->cfg.listen_unix);
-        srv->unix_bound = 0;
+    if (closed && ls->unix_bound) {
+        unlink(ls->unix_path);
+        ls->unix_bound = 0;
     }
 }

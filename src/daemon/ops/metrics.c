@@ -3,6 +3,7 @@
  * request. */
 #include "daemon/ops/metrics.h"
 
+#include "common/hostport.h"
 #include "common/log.h"
 #include "daemon/ops/report.h"
 
@@ -14,7 +15,7 @@
 
 struct px_metrics {
     struct MHD_Daemon *d;
-    px_server_t *srv;
+    px_snapshot_src_t *src;
     char addr[160];
 };
 
@@ -59,14 +60,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                     "method not allowed: the metrics endpoint is read-only (GET, HEAD)\n");
     if (strcmp(url, "/metrics") == 0) {
         px_buf_t b = {0};
-        if (px_report_prometheus(m->srv, &b)) {
+        px_snapshot_t s;
+        int rc = px_snapshot_take(m->src, PX_SNAP_FULL, &s);
+        if (rc == 0) {
+            rc = px_report_prometheus(&s, &b);
+            px_snapshot_free(&s);
+        }
+        if (rc) {
             px_buf_free(&b);
             return text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
         }
         return reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len, 1);
     }
     if (strcmp(url, "/stats") == 0) {
-        json_t *o = px_report_stats(m->srv);
+        px_snapshot_t snap;
+        json_t *o = NULL;
+        if (px_snapshot_take(m->src, PX_SNAP_FULL, &snap) == 0) {
+            o = px_report_stats(&snap);
+            px_snapshot_free(&snap);
+        }
         char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
         size_t n;
         json_decref(o);
@@ -87,8 +99,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (strcmp(url, "/healthz") == 0) {
         char reason[512], *body;
-        int sick = px_report_health(m->srv, reason, sizeof reason - 1);
-        size_t n = strlen(reason);
+        px_snapshot_t snap;
+        int sick;
+        size_t n;
+        if (px_snapshot_take(m->src, PX_SNAP_WORKERS, &snap))
+            return text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+        sick = px_report_health(&snap, reason, sizeof reason - 1);
+        px_snapshot_free(&snap);
+        n = strlen(reason);
         if (!(body = malloc(n + 2)))
             return text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
         memcpy(body, reason, n);
@@ -102,7 +120,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return text(c, MHD_HTTP_NOT_FOUND, "not found: try /metrics, /stats or /healthz\n");
 }
 
-int px_metrics_start(px_metrics_t **out, px_server_t *srv, char *err, size_t errlen)
+int px_metrics_start(px_metrics_t **out, const char *listen, px_snapshot_src_t *src, char *err,
+                     size_t errlen)
 {
     struct sockaddr_storage ss = {0};
     char host[128];
@@ -111,7 +130,7 @@ int px_metrics_start(px_metrics_t **out, px_server_t *srv, char *err, size_t err
     const union MHD_DaemonInfo *info;
 
     *out = NULL;
-    if (px_parse_hostport(srv->cfg.metrics_listen, host, sizeof host, &port))
+    if (px_parse_hostport(listen, host, sizeof host, &port))
         goto bad;
     if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
         ss.ss_family = AF_INET;
@@ -127,7 +146,7 @@ int px_metrics_start(px_metrics_t **out, px_server_t *srv, char *err, size_t err
         snprintf(err, errlen, "out of memory starting the metrics endpoint");
         return -1;
     }
-    m->srv = srv;
+    m->src = src;
     m->d = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | (v6 ? MHD_USE_IPv6 : 0), 0, NULL, NULL,
         on_request, m, MHD_OPTION_SOCK_ADDR, &ss, MHD_OPTION_CONNECTION_LIMIT, 64u,
@@ -136,7 +155,7 @@ int px_metrics_start(px_metrics_t **out, px_server_t *srv, char *err, size_t err
         snprintf(err, errlen,
                  "key 'metrics_listen': cannot serve metrics on %s (address in use? change "
                  "'metrics_listen')",
-                 srv->cfg.metrics_listen);
+                 listen);
         free(m);
         return -1;
     }
@@ -147,7 +166,7 @@ int px_metrics_start(px_metrics_t **out, px_server_t *srv, char *err, size_t err
     return 0;
 bad:
     snprintf(err, errlen, "key 'metrics_listen': \"%s\" is not a numeric HOST:PORT address",
-             srv->cfg.metrics_listen);
+             listen);
     return -1;
 }
 

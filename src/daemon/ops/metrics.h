@@ -3,12 +3,13 @@
 #ifndef PX_METRICS_H
 #define PX_METRICS_H
 
-#include "daemon/server.h"
+#include "daemon/ops/snapshot.h"
 
 typedef struct px_metrics px_metrics_t;
 
-/* Binds cfg.metrics_listen. Returns 0 or -1 with err set. */
-int px_metrics_start(px_metrics_t **out, px_server_t *srv, char *err, size_t errlen);
+/* Binds listen (metrics_listen). Returns 0 or -1 with err set. */
+int px_metrics_start(px_metrics_t **out, const char *listen, px_snapshot_src_t *src, char *err,
+                     size_t errlen);
 /* The address actually bound ("127.0.0.1:9400"). */
 const char *px_metrics_addr(const px_metrics_t *m);
 /* Stops the thread (joins it). NULL is a no-op. */

@@ -1,12 +1,8 @@
-/* Every figure is gathered at read time from the loop's sequence-locked counters and the
- * workers' own atomics and histograms; nothing here takes a lock a request waits on, except each
- * worker's tiny current-key lock. */
+/* Rendering a snapshot: the /stats JSON document, the Prometheus exposition and the health
+ * verdict. Pure functions of the snapshot, so a unit test can drive them with a hand-built one. */
 #include "daemon/ops/report.h"
 
-#include "daemon/core/handler.h"
-#include "common/clock.h"
-#include "common/hist.h"
-#include "daemon/core/hot.h"
+#include "common/protocol.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -18,152 +14,95 @@ static const double le_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005
                                    0.1,    0.25,    0.5,    1,     2.5,    5,     10,   30,    60};
 #define NLE (sizeof le_bounds / sizeof le_bounds[0])
 
-int px_report_backpressure(px_server_t *srv, const px_worker_info_t *w)
-{
-    return w->capacity > 0 &&
-           (double)w->depth >= atomic_load(&srv->bp_threshold) * (double)w->capacity;
-}
-
-/* Keyed scheduling: backpressure of the one shared backlog. */
-static int keyed_backpressure(px_server_t *srv, uint32_t *depth, uint32_t *cap, uint32_t *keys)
-{
-    return px_pool_keyed(srv->pool, depth, cap, keys) &&
-           (double)*depth >= atomic_load(&srv->bp_threshold) * (double)*cap;
-}
-
 static double round3(double v)
 {
     return round(v * 1000.0) / 1000.0;
 }
 
-static void merged_hists(px_server_t *srv, px_hist_snap_t *q, px_hist_snap_t *r)
-{
-    memset(q, 0, sizeof *q);
-    memset(r, 0, sizeof *r);
-    for (uint32_t i = 0; i < px_pool_size(srv->pool); i++)
-        px_pool_hists(srv->pool, i, q, r);
-}
-
 static const char *const fcodes[PX_F_COUNT] = {"handler_error", "timeout", "deadline_exceeded",
                                                "other"};
 
-static double tokens_now(px_handler_ctl_t *ctl)
+static json_t *handlers_json(const px_snapshot_t *s)
 {
-    double t;
-
-    pthread_mutex_lock(&ctl->mu);
-    t = ctl->tokens;
-    pthread_mutex_unlock(&ctl->mu);
-    return t;
-}
-
-static json_t *handlers_json(px_server_t *srv)
-{
-    px_registry_t *reg = px_server_registry(srv);
-    px_hist_snap_t *h = malloc(sizeof *h);
     json_t *a = json_array();
 
-    for (size_t i = 0; h && i < px_registry_count(reg); i++) {
-        const px_handler_t *x = px_registry_at(reg, i);
-        px_handler_ctl_t *ctl = x->ctl;
+    for (size_t i = 0; i < s->nhandlers; i++) {
+        const px_snap_handler_t *x = &s->handlers[i];
         json_t *failed = json_object();
         json_t *o;
 
-        memset(h, 0, sizeof *h);
-        px_hist_merge(h, &ctl->st->run_us);
         for (int f = 0; f < PX_F_COUNT; f++)
-            json_object_set_new(failed, fcodes[f],
-                                json_integer((json_int_t)atomic_load(&ctl->st->failed[f])));
+            json_object_set_new(failed, fcodes[f], json_integer((json_int_t)x->failed[f]));
         o = json_pack("{ss ss sI sI so sI si sf sf}", "name", x->name, "type", x->type, "requests",
-                      (json_int_t)atomic_load(&ctl->st->requests), "ok",
-                      (json_int_t)atomic_load(&ctl->st->ok), "failed", failed, "attempts",
-                      (json_int_t)atomic_load(&ctl->st->attempts), "concurrency",
-                      atomic_load(&ctl->concurrency), "run_p50_ms",
-                      (double)px_hist_quantile(h, 0.5) / 1e3, "run_p99_ms",
-                      (double)px_hist_quantile(h, 0.99) / 1e3);
-        if (ctl->max_concurrency)
-            json_object_set_new(o, "max_concurrency", json_integer(ctl->max_concurrency));
-        if (ctl->per_second > 0)
-            json_object_set_new(o, "tokens", json_real(round3(tokens_now(ctl))));
+                      (json_int_t)x->requests, "ok", (json_int_t)x->ok, "failed", failed,
+                      "attempts", (json_int_t)x->attempts, "concurrency", x->concurrency,
+                      "run_p50_ms", (double)px_hist_quantile(&x->run_us, 0.5) / 1e3, "run_p99_ms",
+                      (double)px_hist_quantile(&x->run_us, 0.99) / 1e3);
+        if (x->max_concurrency)
+            json_object_set_new(o, "max_concurrency", json_integer(x->max_concurrency));
+        if (x->per_second > 0)
+            json_object_set_new(o, "tokens", json_real(round3(x->tokens)));
         json_array_append_new(a, o);
     }
-    free(h);
-    px_registry_unref(reg);
     return a;
 }
 
-json_t *px_report_stats(px_server_t *srv)
+json_t *px_report_stats(const px_snapshot_t *s)
 {
-    px_hist_snap_t *q = malloc(2 * sizeof *q), *r = q + 1;
+    const px_counts_t *n = &s->n;
+    const px_hist_snap_t *q = s->queue_us, *r = s->run_us;
     json_t *o, *workers, *rej, *inv, *lat;
-    int bp = 0;
-    px_counts_t n;
 
-    if (!q)
-        return NULL;
-    px_stats_snapshot(&srv->stats, &n);
-    merged_hists(srv, q, r);
     rej = json_object();
     for (int i = 0; i < PX_REJ_COUNT; i++)
-        json_object_set_new(rej, px_reject_code(i), json_integer((json_int_t)n.rejected[i]));
+        json_object_set_new(rej, px_reject_code(i), json_integer((json_int_t)n->rejected[i]));
     inv = json_object();
     for (int i = 0; i < PX_INV_COUNT; i++)
-        json_object_set_new(inv, px_invalid_code(i), json_integer((json_int_t)n.invalid[i]));
+        json_object_set_new(inv, px_invalid_code(i), json_integer((json_int_t)n->invalid[i]));
     workers = json_array();
-    for (uint32_t i = 0; i < px_pool_size(srv->pool); i++) {
-        px_worker_info_t w;
-        int wbp;
+    for (uint32_t i = 0; i < s->nworkers; i++) {
+        const px_worker_info_t *w = &s->workers[i];
 
-        px_pool_info(srv->pool, i, &w);
-        wbp = px_report_backpressure(srv, &w);
-        bp |= wbp;
         json_array_append_new(
             workers,
-            json_pack("{sI ss sI sI sb sI sI sI sf sf ss ss}", "id", (json_int_t)w.id, "state",
-                      px_worker_state_name(w.state), "queue_depth", (json_int_t)w.depth,
-                      "queue_capacity", (json_int_t)w.capacity, "backpressure", wbp, "processed",
-                      (json_int_t)w.processed, "failed", (json_int_t)w.failed, "replaced",
-                      (json_int_t)w.replaced, "busy_ms", round3((double)w.busy_ns / 1e6),
-                      "heartbeat_age_ms", round3((double)w.heartbeat_age_ns / 1e6), "current_key",
-                      w.current_key, "current_op", w.current_op));
+            json_pack("{sI ss sI sI sb sI sI sI sf sf ss ss}", "id", (json_int_t)w->id, "state",
+                      px_worker_state_name(w->state), "queue_depth", (json_int_t)w->depth,
+                      "queue_capacity", (json_int_t)w->capacity, "backpressure",
+                      px_snapshot_worker_bp(s, w), "processed", (json_int_t)w->processed, "failed",
+                      (json_int_t)w->failed, "replaced", (json_int_t)w->replaced, "busy_ms",
+                      round3((double)w->busy_ns / 1e6), "heartbeat_age_ms",
+                      round3((double)w->heartbeat_age_ns / 1e6), "current_key", w->current_key,
+                      "current_op", w->current_op));
     }
     lat = json_pack(
         "{s{sf sf} s{sf sf}}", "queue_ms", "p50", (double)px_hist_quantile(q, 0.50) / 1e3, "p99",
         (double)px_hist_quantile(q, 0.99) / 1e3, "run_ms", "p50",
         (double)px_hist_quantile(r, 0.50) / 1e3, "p99", (double)px_hist_quantile(r, 0.99) / 1e3);
-    o = json_pack("{sI sI sI so sI so sI sI sI sI sI sI sb sb sb so so}", "received",
-                  (json_int_t)n.received, "accepted", (json_int_t)n.accepted, "rejected",
-                  (json_int_t)px_counts_rejected(&n), "rejected_by_reason", rej, "invalid",
-                  (json_int_t)px_counts_invalid(&n), "invalid_by_code", inv, "ok", (json_int_t)n.ok,
-                  "failed", (json_int_t)n.failed, "in_flight", (json_int_t)n.in_flight,
-                  "connections", (json_int_t)n.connections, "responses_dropped",
-                  (json_int_t)n.dropped, "late_results_discarded", (json_int_t)n.late,
-                  "backpressure", bp, "draining", atomic_load(&srv->draining), "invariant_holds",
-                  n.received == px_counts_rejected(&n) + n.ok + n.failed + n.in_flight, "latency",
-                  lat, "workers", workers);
-    {
-        uint32_t kd = 0, kc = 0, kk = 0;
-        int kbp = keyed_backpressure(srv, &kd, &kc, &kk);
-        if (px_pool_keyed(srv->pool, &kd, &kc, &kk)) {
-            json_object_set_new(o, "scheduling", json_string("keyed"));
-            json_object_set_new(o, "keyed",
-                                json_pack("{sI sI sI}", "queue_depth", (json_int_t)kd,
-                                          "queue_capacity", (json_int_t)kc, "active_keys",
-                                          (json_int_t)kk));
-            if (kbp)
-                json_object_set_new(o, "backpressure", json_true());
-        } else {
-            json_object_set_new(o, "scheduling", json_string("partitioned"));
-        }
+    o = json_pack(
+        "{sI sI sI so sI so sI sI sI sI sI sI sb sb sb so so}", "received", (json_int_t)n->received,
+        "accepted", (json_int_t)n->accepted, "rejected", (json_int_t)px_counts_rejected(n),
+        "rejected_by_reason", rej, "invalid", (json_int_t)px_counts_invalid(n), "invalid_by_code",
+        inv, "ok", (json_int_t)n->ok, "failed", (json_int_t)n->failed, "in_flight",
+        (json_int_t)n->in_flight, "connections", (json_int_t)n->connections, "responses_dropped",
+        (json_int_t)n->dropped, "late_results_discarded", (json_int_t)n->late, "backpressure",
+        px_snapshot_backpressure(s), "draining", s->draining, "invariant_holds",
+        n->received == px_counts_rejected(n) + n->ok + n->failed + n->in_flight, "latency", lat,
+        "workers", workers);
+    if (s->keyed) {
+        json_object_set_new(o, "scheduling", json_string("keyed"));
+        json_object_set_new(o, "keyed",
+                            json_pack("{sI sI sI}", "queue_depth", (json_int_t)s->keyed_depth,
+                                      "queue_capacity", (json_int_t)s->keyed_capacity,
+                                      "active_keys", (json_int_t)s->keyed_keys));
+    } else {
+        json_object_set_new(o, "scheduling", json_string("partitioned"));
     }
-    json_object_set_new(o, "handlers", handlers_json(srv));
-    json_object_set_new(o, "parked", px_server_parked(srv));
-    json_object_set_new(o, "keys_parked", json_integer((json_int_t)n.keys_parked));
-    json_object_set_new(o, "key_parks", json_integer((json_int_t)n.key_parks));
-    json_object_set_new(o, "top_keys", px_hot_top(srv->hot, 10, px_now_ns()));
-    json_object_set_new(o, "imbalance_ratio",
-                        json_real(round3(px_hot_imbalance(srv->hot, px_now_ns()))));
-    free(q);
+    json_object_set_new(o, "handlers", handlers_json(s));
+    json_object_set_new(o, "parked", s->parked ? json_deep_copy(s->parked) : json_array());
+    json_object_set_new(o, "keys_parked", json_integer((json_int_t)n->keys_parked));
+    json_object_set_new(o, "key_parks", json_integer((json_int_t)n->key_parks));
+    json_object_set_new(o, "top_keys", s->top ? json_deep_copy(s->top) : json_object());
+    json_object_set_new(o, "imbalance_ratio", json_real(round3(s->imbalance)));
     return o;
 }
 
@@ -183,101 +122,77 @@ static void histogram(px_buf_t *b, const char *name, const char *help, const px_
                   (unsigned long long)h->count);
 }
 
-static void handlers_prometheus(px_server_t *srv, px_buf_t *b)
+static void handlers_prometheus(const px_snapshot_t *s, px_buf_t *b)
 {
-    px_registry_t *reg = px_server_registry(srv);
-    size_t n = px_registry_count(reg);
-    px_hist_snap_t *h = malloc(sizeof *h);
+    size_t n = s->nhandlers;
+    const px_snap_handler_t *x = s->handlers;
 
     help_type(b, "parexd_handler_requests_total", "counter", "Requests each handler took.");
     for (size_t i = 0; i < n; i++)
-        px_buf_printf(b, "parexd_handler_requests_total{handler=\"%s\"} %llu\n",
-                      px_registry_at(reg, i)->name,
-                      (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->st->requests));
+        px_buf_printf(b, "parexd_handler_requests_total{handler=\"%s\"} %llu\n", x[i].name,
+                      (unsigned long long)x[i].requests);
     help_type(b, "parexd_handler_failures_total", "counter",
               "Requests each handler answered failed, by code.");
     for (size_t i = 0; i < n; i++)
         for (int f = 0; f < PX_F_COUNT; f++)
-            px_buf_printf(
-                b, "parexd_handler_failures_total{handler=\"%s\",code=\"%s\"} %llu\n",
-                px_registry_at(reg, i)->name, fcodes[f],
-                (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->st->failed[f]));
+            px_buf_printf(b, "parexd_handler_failures_total{handler=\"%s\",code=\"%s\"} %llu\n",
+                          x[i].name, fcodes[f], (unsigned long long)x[i].failed[f]);
     help_type(b, "parexd_handler_attempts_total", "counter", "Handler runs, retries included.");
     for (size_t i = 0; i < n; i++)
-        px_buf_printf(b, "parexd_handler_attempts_total{handler=\"%s\"} %llu\n",
-                      px_registry_at(reg, i)->name,
-                      (unsigned long long)atomic_load(&px_registry_at(reg, i)->ctl->st->attempts));
+        px_buf_printf(b, "parexd_handler_attempts_total{handler=\"%s\"} %llu\n", x[i].name,
+                      (unsigned long long)x[i].attempts);
     help_type(b, "parexd_handler_concurrency", "gauge", "Runs of each handler in progress.");
     for (size_t i = 0; i < n; i++)
-        px_buf_printf(b, "parexd_handler_concurrency{handler=\"%s\"} %d\n",
-                      px_registry_at(reg, i)->name,
-                      atomic_load(&px_registry_at(reg, i)->ctl->concurrency));
+        px_buf_printf(b, "parexd_handler_concurrency{handler=\"%s\"} %d\n", x[i].name,
+                      x[i].concurrency);
     help_type(b, "parexd_handler_rate_tokens", "gauge",
               "Tokens in each rate-limited handler's bucket (negative: callers waiting).");
     for (size_t i = 0; i < n; i++)
-        if (px_registry_at(reg, i)->ctl->per_second > 0)
-            px_buf_printf(b, "parexd_handler_rate_tokens{handler=\"%s\"} %.3f\n",
-                          px_registry_at(reg, i)->name, tokens_now(px_registry_at(reg, i)->ctl));
+        if (x[i].per_second > 0)
+            px_buf_printf(b, "parexd_handler_rate_tokens{handler=\"%s\"} %.3f\n", x[i].name,
+                          x[i].tokens);
     help_type(b, "parexd_handler_run_seconds", "histogram", "Time each handler attempt ran.");
-    for (size_t i = 0; h && i < n; i++) {
-        const char *name = px_registry_at(reg, i)->name;
-        memset(h, 0, sizeof *h);
-        px_hist_merge(h, &px_registry_at(reg, i)->ctl->st->run_us);
+    for (size_t i = 0; i < n; i++) {
+        const px_hist_snap_t *h = &x[i].run_us;
         for (size_t j = 0; j < NLE; j++)
             px_buf_printf(b, "parexd_handler_run_seconds_bucket{handler=\"%s\",le=\"%g\"} %llu\n",
-                          name, le_bounds[j],
+                          x[i].name, le_bounds[j],
                           (unsigned long long)px_hist_count_le(h, (uint64_t)(le_bounds[j] * 1e6)));
         px_buf_printf(b,
                       "parexd_handler_run_seconds_bucket{handler=\"%s\",le=\"+Inf\"} %llu\n"
                       "parexd_handler_run_seconds_sum{handler=\"%s\"} %.6f\n"
                       "parexd_handler_run_seconds_count{handler=\"%s\"} %llu\n",
-                      name, (unsigned long long)h->count, name, (double)h->sum / 1e6, name,
-                      (unsigned long long)h->count);
+                      x[i].name, (unsigned long long)h->count, x[i].name, (double)h->sum / 1e6,
+                      x[i].name, (unsigned long long)h->count);
     }
-    free(h);
-    px_registry_unref(reg);
 }
 
-int px_report_prometheus(px_server_t *srv, px_buf_t *b)
+int px_report_prometheus(const px_snapshot_t *s, px_buf_t *b)
 {
-    uint32_t nw = px_pool_size(srv->pool);
-    px_worker_info_t *w = calloc(nw, sizeof *w);
-    px_hist_snap_t *q = malloc(2 * sizeof *q), *r = q ? q + 1 : NULL;
-    px_counts_t n;
-    int bp = 0;
-
-    if (!w || !q) {
-        free(w);
-        free(q);
-        return -1;
-    }
-    px_stats_snapshot(&srv->stats, &n);
-    for (uint32_t i = 0; i < nw; i++) {
-        px_pool_info(srv->pool, i, &w[i]);
-        bp |= px_report_backpressure(srv, &w[i]);
-    }
-    merged_hists(srv, q, r);
+    const px_counts_t *n = &s->n;
+    const px_worker_info_t *w = s->workers;
+    uint32_t nw = s->nworkers;
 
     help_type(b, "parexd_requests_received_total", "counter", "Valid requests read from clients.");
-    px_buf_printf(b, "parexd_requests_received_total %llu\n", (unsigned long long)n.received);
+    px_buf_printf(b, "parexd_requests_received_total %llu\n", (unsigned long long)n->received);
     help_type(b, "parexd_requests_rejected_total", "counter",
               "Requests answered rejected, by reason.");
     for (int i = 0; i < PX_REJ_COUNT; i++)
         px_buf_printf(b, "parexd_requests_rejected_total{reason=\"%s\"} %llu\n", px_reject_code(i),
-                      (unsigned long long)n.rejected[i]);
+                      (unsigned long long)n->rejected[i]);
     help_type(b, "parexd_requests_completed_total", "counter",
               "Requests that ran and were answered, by status.");
     px_buf_printf(b,
                   "parexd_requests_completed_total{status=\"ok\"} %llu\n"
                   "parexd_requests_completed_total{status=\"failed\"} %llu\n",
-                  (unsigned long long)n.ok, (unsigned long long)n.failed);
+                  (unsigned long long)n->ok, (unsigned long long)n->failed);
     help_type(b, "parexd_requests_invalid_total", "counter",
               "Lines answered invalid, by error code.");
     for (int i = 0; i < PX_INV_COUNT; i++)
         px_buf_printf(b, "parexd_requests_invalid_total{code=\"%s\"} %llu\n", px_invalid_code(i),
-                      (unsigned long long)n.invalid[i]);
+                      (unsigned long long)n->invalid[i]);
     help_type(b, "parexd_requests_in_flight", "gauge", "Requests queued or running.");
-    px_buf_printf(b, "parexd_requests_in_flight %llu\n", (unsigned long long)n.in_flight);
+    px_buf_printf(b, "parexd_requests_in_flight %llu\n", (unsigned long long)n->in_flight);
 
     help_type(b, "parexd_queue_depth", "gauge", "Requests waiting in each worker's queue.");
     for (uint32_t i = 0; i < nw; i++)
@@ -301,13 +216,12 @@ int px_report_prometheus(px_server_t *srv, px_buf_t *b)
     help_type(b, "parexd_worker_state", "gauge",
               "1 for each worker's current state (idle, busy, stalled, dead).");
     for (uint32_t i = 0; i < nw; i++)
-        for (int s = 0; s < PX_WS_COUNT; s++)
+        for (int st = 0; st < PX_WS_COUNT; st++)
             px_buf_printf(b, "parexd_worker_state{worker=\"%u\",state=\"%s\"} %d\n", i,
-                          px_worker_state_name(s), (int)w[i].state == s);
+                          px_worker_state_name(st), (int)w[i].state == st);
     {
-        uint32_t kd = 0, kc = 0, kk = 0;
-        bp |= keyed_backpressure(srv, &kd, &kc, &kk);
-        if (px_pool_keyed(srv->pool, &kd, &kc, &kk)) {
+        uint32_t kd = s->keyed_depth, kc = s->keyed_capacity, kk = s->keyed_keys;
+        if (s->keyed) {
             help_type(b, "parexd_keyed_queue_depth", "gauge",
                       "Requests waiting in the keyed scheduler (scheduling keyed).");
             px_buf_printf(b, "parexd_keyed_queue_depth %u\n", kd);
@@ -319,53 +233,50 @@ int px_report_prometheus(px_server_t *srv, px_buf_t *b)
     }
     help_type(b, "parexd_backpressure", "gauge",
               "1 while any worker's queue is at or above backpressure_threshold.");
-    px_buf_printf(b, "parexd_backpressure %d\n", bp);
+    px_buf_printf(b, "parexd_backpressure %d\n", px_snapshot_backpressure(s));
     help_type(b, "parexd_connections", "gauge", "Open client connections.");
-    px_buf_printf(b, "parexd_connections %llu\n", (unsigned long long)n.connections);
-    histogram(b, "parexd_request_queue_seconds", "Time from receipt until a worker started.", q);
-    histogram(b, "parexd_request_run_seconds", "Time a handler ran.", r);
+    px_buf_printf(b, "parexd_connections %llu\n", (unsigned long long)n->connections);
+    histogram(b, "parexd_request_queue_seconds", "Time from receipt until a worker started.",
+              s->queue_us);
+    histogram(b, "parexd_request_run_seconds", "Time a handler ran.", s->run_us);
     help_type(b, "parexd_responses_dropped_total", "counter",
               "Responses not delivered, by reason.");
     px_buf_printf(b, "parexd_responses_dropped_total{reason=\"client_gone\"} %llu\n",
-                  (unsigned long long)n.dropped);
+                  (unsigned long long)n->dropped);
     help_type(b, "parexd_late_results_discarded_total", "counter",
               "Results of requests already answered (abandoned on stall or forced stop).");
-    px_buf_printf(b, "parexd_late_results_discarded_total %llu\n", (unsigned long long)n.late);
-    handlers_prometheus(srv, b);
+    px_buf_printf(b, "parexd_late_results_discarded_total %llu\n", (unsigned long long)n->late);
+    handlers_prometheus(s, b);
     help_type(b, "parexd_keys_parked", "gauge", "Keys in quarantine now.");
-    px_buf_printf(b, "parexd_keys_parked %llu\n", (unsigned long long)n.keys_parked);
+    px_buf_printf(b, "parexd_keys_parked %llu\n", (unsigned long long)n->keys_parked);
     help_type(b, "parexd_key_parks_total", "counter", "Times a key was parked.");
-    px_buf_printf(b, "parexd_key_parks_total %llu\n", (unsigned long long)n.key_parks);
+    px_buf_printf(b, "parexd_key_parks_total %llu\n", (unsigned long long)n->key_parks);
     help_type(b, "parexd_worker_imbalance_ratio", "gauge",
               "Busiest worker's arrivals over the mean, last one to two minutes (1 = even).");
-    px_buf_printf(b, "parexd_worker_imbalance_ratio %.3f\n",
-                  px_hot_imbalance(srv->hot, px_now_ns()));
+    px_buf_printf(b, "parexd_worker_imbalance_ratio %.3f\n", s->imbalance);
     help_type(b, "parexd_build_info", "gauge", "Build information; always 1.");
     px_buf_printf(b, "parexd_build_info{version=\"%s\"} 1\n", PX_VERSION);
     help_type(b, "parexd_start_time_seconds", "gauge", "Start time, seconds since the epoch.");
-    px_buf_printf(b, "parexd_start_time_seconds %llu\n", (unsigned long long)srv->start_time_unix);
-    free(w);
-    free(q);
+    px_buf_printf(b, "parexd_start_time_seconds %llu\n", (unsigned long long)s->start_time_unix);
     return 0;
 }
 
-int px_report_health(px_server_t *srv, char *reason, size_t len)
+int px_report_health(const px_snapshot_t *s, char *reason, size_t len)
 {
-    if (atomic_load(&srv->draining)) {
+    if (s->draining) {
         snprintf(reason, len, "draining: parexd is shutting down");
         return -1;
     }
-    for (uint32_t i = 0; i < px_pool_size(srv->pool); i++) {
-        px_worker_info_t w;
-        px_pool_info(srv->pool, i, &w);
-        if (w.state == PX_WS_STALLED) {
+    for (uint32_t i = 0; i < s->nworkers; i++) {
+        const px_worker_info_t *w = &s->workers[i];
+        if (w->state == PX_WS_STALLED) {
             snprintf(reason, len, "worker %u stalled: busy %.0f ms on key '%s' op '%s'", i,
-                     (double)w.busy_for_ns / 1e6, w.current_key, w.current_op);
+                     (double)w->busy_for_ns / 1e6, w->current_key, w->current_op);
             return -1;
         }
-        if (w.state == PX_WS_DEAD) {
+        if (w->state == PX_WS_DEAD) {
             snprintf(reason, len, "worker %u dead: no heartbeat for %.0f ms", i,
-                     (double)w.heartbeat_age_ns / 1e6);
+                     (double)w->heartbeat_age_ns / 1e6);
             return -1;
         }
     }

@@ -2,6 +2,7 @@
  * Every rejected value must come back as one line that names the key (and the file it came
  * from), because that line is all an operator sees before parexd exits 78. */
 #include "daemon/core/config.h"
+#include "common/hostport.h"
 
 #include "common/log.h"
 

@@ -1,0 +1,34 @@
+/* What every configurable handler type shares: the request as the JSON text sent upstream, and
+ * an upstream's output read back as a result. */
+#include "daemon/handlers/handlers.h"
+
+#include <string.h>
+
+int px_request_json(const px_req_t *req, px_buf_t *b)
+{
+    int rc = 0;
+
+    rc |= px_buf_puts(b, "{\"id\":");
+    rc |= px_buf_append(b, px_req_id(req), req->id_len);
+    rc |= px_buf_puts(b, ",\"key\":");
+    rc |= px_buf_json_string(b, px_req_key(req), req->key_len);
+    rc |= px_buf_puts(b, ",\"op\":");
+    rc |= px_buf_json_string(b, req->handler->name, strlen(req->handler->name));
+    rc |= px_buf_puts(b, ",\"payload\":");
+    rc |= px_buf_append(b, px_req_payload(req), req->payload_len);
+    rc |= px_buf_puts(b, "}");
+    return rc ? -1 : 0;
+}
+
+json_t *px_output_value(const char *p, size_t n)
+{
+    json_t *v = json_loadb(p, n, JSON_DECODE_ANY, NULL);
+
+    if (v)
+        return v;
+    if (n > 0 && p[n - 1] == '\n')
+        n--;
+    if (n > 0 && p[n - 1] == '\r')
+        n--;
+    return json_stringn(p, n);
+}
