@@ -1,6 +1,7 @@
-/* parex-bench internals shared by bench_run.c (the run: set-up, connects, timer, end) and
- * bench_conn.c (one connection's traffic: building requests, writing, reading and checking
- * answers). Everything runs on the run's one loop thread. */
+/* parex-bench internals shared by bench/run.c (the run: set-up, connects, timer, end) and
+ * bench/conn.c (one connection's traffic: building requests, writing, reading and checking
+ * answers), and state.c (the end of a run, which both call). Everything runs on the run's one loop
+ * thread. */
 #ifndef PX_BENCH_INT_H
 #define PX_BENCH_INT_H
 
@@ -70,13 +71,13 @@ static inline int px_bench_may_send(const px_bench_t *b)
     return uv_now(b->loop) < b->deadline_ms;
 }
 
-/* bench_run.c */
+/* state.c */
 void px_bench_finish(px_bench_t *b);     /* closes every handle: the loop ends */
 void px_bench_check_done(px_bench_t *b); /* finishes once nothing is due or wanted */
 /* Counts a protocol error and prints the first few. */
 void px_bench_error(px_bench_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* bench_conn.c */
+/* conn.c */
 int px_bconn_start(px_bconn_t *c); /* once connected: start reading. 0 or a libuv error */
 void px_bconn_refill(px_bconn_t *c, uint64_t now_ns);
 void px_bconn_flush(px_bconn_t *c);

@@ -1,6 +1,6 @@
 /* parex-bench: a load generator for parexd that checks every answer it gets. The options and
- * the report live here; the load loop is bench_run.c, the histogram bench_hist.c and the key
- * distributions bench_keys.c.
+ * the report live here; the load loop is run.c, the histogram hist.c and the key
+ * distributions keys.c.
  *
  * Exit status: 0 when every request was answered in order with no protocol error, 1 otherwise
  * (errors are printed on stderr and counted in the report), 2 when the run could not start,

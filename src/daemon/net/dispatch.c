@@ -1,0 +1,223 @@
+/* The line protocol: what one line asks for and the answers given on the spot (invalid,
+ * rejected, control, cancel). A request goes to the engine; its answer comes back later through
+ * the engine's sink. This file touches no socket: it tells its caller what to do with the
+ * connection through the flags it returns. */
+#include "daemon/net/dispatch.h"
+
+#include "common/log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Answers a line on the spot (invalid, rejected, control): never held behind running work. */
+static void answer(px_line_ctx_t *x, const px_resp_t *r)
+{
+    size_t before = x->out->len;
+
+    if (px_resp_format(x->out, r)) {
+        x->out->len = before;
+        px_err("connection: out of memory formatting a response; closing the connection");
+        x->flags |= PX_DISPATCH_CLOSE;
+        return;
+    }
+    x->flags |= PX_DISPATCH_OUTPUT;
+}
+
+static void answer_invalid(px_line_ctx_t *x, const char *id, size_t id_len, enum px_invalid code,
+                           const char *message)
+{
+    px_resp_t r = {.id = id,
+                   .id_len = id_len,
+                   .status = "invalid",
+                   .worker = -1,
+                   .code = px_invalid_code(code),
+                   .message = message,
+                   .queue_ms = -1};
+
+    px_stats_add(&x->net->stats->c.invalid[code], 1);
+    answer(x, &r);
+}
+
+/* retry_after_ms, when non-zero, tells the client how long to wait before a retry can get in. */
+static void answer_rejected(px_line_ctx_t *x, const char *id, size_t id_len, int worker,
+                            enum px_reject why, const char *message, uint64_t retry_after_ms)
+{
+    char extra[48];
+    px_resp_t r = {.id = id,
+                   .id_len = id_len,
+                   .status = "rejected",
+                   .worker = worker,
+                   .code = px_reject_code(why),
+                   .message = message,
+                   .queue_ms = -1};
+
+    if (retry_after_ms) {
+        snprintf(extra, sizeof extra, ",\"retry_after_ms\":%llu",
+                 (unsigned long long)retry_after_ms);
+        r.extra = extra;
+    }
+
+    px_stats_add(&x->net->stats->c.rejected[why], 1);
+    answer(x, &r);
+}
+
+static void handle_control(px_line_ctx_t *x, px_line_t *line, const char *id, size_t id_len)
+{
+    px_resp_t r = {.id = id, .id_len = id_len, .status = "ok", .worker = -1, .queue_ms = -1};
+    char msg[200];
+
+    if (!(r.result = x->net->ev.control(x->net->ev.arg, line, msg, sizeof msg))) {
+        answer_invalid(x, id, id_len, PX_INV_BAD_FIELD, msg);
+        return;
+    }
+    answer(x, &r);
+    json_decref((json_t *)r.result);
+}
+
+/* {"cancel": ID}: like Future.cancel(): a request still queued is taken out and answered
+ * failed/cancelled; one already running is left alone. The reply says which. */
+static void handle_cancel(px_line_ctx_t *x, px_line_t *line, const char *id, size_t id_len)
+{
+    px_resp_t r = {.id = id, .id_len = id_len, .status = "ok", .worker = -1, .queue_ms = -1};
+    px_buf_t target = {0};
+    const char *state;
+    json_t *result;
+
+    if (px_json_append(&target, line->cancel)) {
+        px_buf_free(&target);
+        x->flags |= PX_DISPATCH_CLOSE;
+        return;
+    }
+    state = px_engine_cancel(x->net->eng, x->origin, target.data, target.len);
+    result = json_pack("{sO sb ss}", "cancel", line->cancel, "cancelled",
+                       strcmp(state, "queued") == 0, "state", state);
+    r.result = result;
+    answer(x, &r);
+    json_decref(result);
+    px_buf_free(&target);
+}
+
+/* Compares in time that depends only on the lengths, never on where the bytes differ. */
+static int token_ok(const json_t *token, const char *want)
+{
+    const char *got = json_string_value(token);
+    size_t glen = got ? json_string_length(token) : 0, wlen = strlen(want);
+    unsigned char diff = (unsigned char)(glen != wlen);
+
+    if (!got)
+        return 0;
+    for (size_t i = 0; i < wlen; i++)
+        diff |= (unsigned char)(want[i] ^ (i < glen ? got[i] : 0));
+    return diff == 0;
+}
+
+static int blank(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\t')
+            return 0;
+    return 1;
+}
+
+/* One line from the client. Runs inside the px_stats_begin/end of the read. */
+unsigned px_dispatch(px_line_ctx_t *x, const char *text, size_t len, int too_long)
+{
+    px_net_t *net = x->net;
+    const px_handler_t *h;
+    px_line_t line;
+    px_buf_t *idtext = &net->idtext;
+    char msg[512], idnum[24];
+    const char *id = NULL;
+    size_t id_len = 0;
+    px_submit_t sub;
+    px_verdict_t v;
+    int rc;
+
+    if (too_long) {
+        snprintf(msg, sizeof msg,
+                 "line of %zu or more bytes is over max_line_bytes (%lld); it was skipped up to "
+                 "its newline",
+                 len, (long long)net->cfg->max_line_bytes);
+        answer_invalid(x, NULL, 0, PX_INV_LINE_TOO_LONG, msg);
+        return x->flags;
+    }
+    if (blank(text, len))
+        return x->flags; /* an empty line carries no request and gets no answer */
+
+    px_line_parse(&line, text, len);
+    if (line.id) {
+        idtext->len = 0;
+        if (px_json_append(idtext, line.id))
+            goto oom;
+        id = idtext->data;
+        id_len = idtext->len;
+    }
+    if (line.kind == PX_LINE_INVALID) {
+        answer_invalid(x, id, id_len, line.code, line.message);
+        goto out;
+    }
+    if (net->cfg->auth_token[0] && !token_ok(line.token, net->cfg->auth_token)) {
+        /* Counted as received and rejected, so the accounting invariant still holds. */
+        px_stats_add(&net->stats->c.received, 1);
+        answer_rejected(x, id, id_len, -1, PX_REJ_UNAUTHORIZED,
+                        "missing or wrong 'token': this parexd requires the shared auth_token "
+                        "in every line",
+                        0);
+        goto out;
+    }
+    if (line.kind == PX_LINE_CONTROL) {
+        handle_control(x, &line, id, id_len);
+        goto out;
+    }
+    if (line.kind == PX_LINE_CANCEL) {
+        handle_cancel(x, &line, id, id_len);
+        goto out;
+    }
+    if (!(h = px_engine_find(net->eng, line.op))) {
+        char names[256];
+        px_engine_names(net->eng, names, sizeof names);
+        snprintf(msg, sizeof msg, "op '%.64s' is not a handler here; available: %s", line.op,
+                 names);
+        answer_invalid(x, id, id_len, PX_INV_UNKNOWN_OP, msg);
+        goto out;
+    }
+    if (h->validate && h->validate(h, line.payload, msg, sizeof msg)) {
+        answer_invalid(x, id, id_len, PX_INV_BAD_FIELD, msg);
+        goto out;
+    }
+    if (!id) {
+        id_len = (size_t)snprintf(idnum, sizeof idnum, "%llu", (unsigned long long)++*x->next_id);
+        id = idnum;
+    }
+    /* The payload travels as compact text, dumped into a buffer the loop reuses. */
+    net->scratch.len = 0;
+    if (px_json_append(&net->scratch, line.payload))
+        goto oom;
+    sub = (px_submit_t){.key = line.key,
+                        .key_len = line.key_len,
+                        .id = id,
+                        .id_len = id_len,
+                        .payload = net->scratch.data,
+                        .payload_len = net->scratch.len,
+                        .handler = h,
+                        .recv_ns = x->recv_ns,
+                        .deadline_ms = line.deadline_ms,
+                        .origin = x->origin};
+    rc = px_engine_submit(net->eng, &sub, &v);
+    if (rc < 0)
+        goto oom;
+    if (rc > 0) {
+        answer_rejected(x, id, id_len, v.worker, v.why, v.message, v.retry_after_ms);
+        goto out;
+    }
+    x->flags |= PX_DISPATCH_ACCEPTED;
+    goto out;
+
+oom:
+    /* Losing a request silently is not allowed: close, so the client knows. */
+    px_err("connection: out of memory reading a request; closing the connection");
+    x->flags |= PX_DISPATCH_CLOSE;
+out:
+    px_line_free(&line);
+    return x->flags;
+}
