@@ -24,26 +24,6 @@ static int opt_int(const json_t *def, const char *where, const char *field, int6
     return 0;
 }
 
-/* Checks that def holds only the given keys. */
-int px_spec_only(const json_t *def, const char *where, const char *const *allowed, char *err,
-                 size_t errlen)
-{
-    const char *k;
-    json_t *v;
-
-    json_object_foreach((json_t *)def, k, v)
-    {
-        int ok = 0;
-        for (const char *const *a = allowed; *a; a++)
-            ok |= strcmp(*a, k) == 0;
-        if (!ok) {
-            snprintf(err, errlen, "key '%s.%.64s': unknown option", where, k);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 static int policies(const json_t *def, const char *name, px_handler_ctl_t *ctl, char *err,
                     size_t errlen)
 {

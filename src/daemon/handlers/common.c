@@ -1,7 +1,8 @@
-/* What every configurable handler type shares: the request as the JSON text sent upstream, and
- * an upstream's output read back as a result. */
+/* What every configurable handler type shares: checking a definition's keys, the request as the
+ * JSON text sent upstream, and an upstream's output read back as a result. */
 #include "daemon/handlers/handlers.h"
 
+#include <stdio.h>
 #include <string.h>
 
 int px_request_json(const px_req_t *req, px_buf_t *b)
@@ -31,4 +32,24 @@ json_t *px_output_value(const char *p, size_t n)
     if (n > 0 && p[n - 1] == '\r')
         n--;
     return json_stringn(p, n);
+}
+
+/* Checks that def holds only the given keys. */
+int px_spec_only(const json_t *def, const char *where, const char *const *allowed, char *err,
+                 size_t errlen)
+{
+    const char *k;
+    json_t *v;
+
+    json_object_foreach((json_t *)def, k, v)
+    {
+        int ok = 0;
+        for (const char *const *a = allowed; *a; a++)
+            ok |= strcmp(*a, k) == 0;
+        if (!ok) {
+            snprintf(err, errlen, "key '%s.%.64s': unknown option", where, k);
+            return -1;
+        }
+    }
+    return 0;
 }
