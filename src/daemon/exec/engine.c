@@ -165,8 +165,10 @@ void px_engine_set_registry(px_engine_t *e, px_registry_t *reg)
     px_registry_unref(old);
 }
 
-static int refuse(px_verdict_t *v, enum px_reject why, int worker, uint64_t retry_after_ms)
+static int refuse(px_engine_t *e, px_verdict_t *v, enum px_reject why, int worker,
+                  uint64_t retry_after_ms)
 {
+    px_stats_add(&e->stats->c.rejected[why], 1);
     v->why = why;
     v->worker = worker;
     v->retry_after_ms = retry_after_ms;
@@ -185,7 +187,7 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
         snprintf(v->message, sizeof v->message,
                  "parexd is shutting down and takes no new requests; retry on another instance "
                  "or after restart");
-        return refuse(v, PX_REJ_SHUTTING_DOWN, -1, 0);
+        return refuse(e, v, PX_REJ_SHUTTING_DOWN, -1, 0);
     }
     switch (px_keys_admit(&e->keys, s->key, s->key_len, s->recv_ns, &k)) {
     case PX_KEY_NOMEM:
@@ -197,7 +199,7 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
                  "again in %llu ms or after parexctl unpark",
                  k->last_error, (unsigned long long)left);
         px_keys_unused(&e->keys, k, s->recv_ns);
-        return refuse(v, PX_REJ_KEY_PARKED, -1, left);
+        return refuse(e, v, PX_REJ_KEY_PARKED, -1, left);
     }
     case PX_KEY_BUSY: {
         uint64_t wait = px_pool_retry_after_ms(e->pool, worker);
@@ -205,7 +207,7 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
                  "key already has %u requests queued or running (max_queued_per_key %lld); "
                  "retry after %llu ms",
                  k->in_flight, (long long)e->cfg->max_queued_per_key, (unsigned long long)wait);
-        return refuse(v, PX_REJ_KEY_BUSY, (int)worker, wait);
+        return refuse(e, v, PX_REJ_KEY_BUSY, (int)worker, wait);
     }
     case PX_KEY_OK:
         break;
@@ -233,7 +235,7 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
         r->kent = NULL;
         px_req_free(r);
         px_keys_unused(&e->keys, k, s->recv_ns);
-        return refuse(v, rc == -EAGAIN ? PX_REJ_QUEUE_FULL : PX_REJ_SHUTTING_DOWN,
+        return refuse(e, v, rc == -EAGAIN ? PX_REJ_QUEUE_FULL : PX_REJ_SHUTTING_DOWN,
                       rc == -EAGAIN ? (int)worker : -1, wait);
     }
     px_keys_accepted(k, s->recv_ns);

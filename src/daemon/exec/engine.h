@@ -78,7 +78,7 @@ px_registry_t *px_engine_registry(px_engine_t *e);
 void px_engine_set_registry(px_engine_t *e, px_registry_t *reg);
 
 /* Admission. 0: accepted (the request now holds origin until its answer is delivered);
- * 1: refused, v says why; -ENOMEM. Counts received, accepted and in flight. */
+ * 1: refused, v says why; -ENOMEM. Counts received, and accepted and in flight or rejected. */
 int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v);
 /* {"cancel": id} from origin: a request still queued is taken out and answered
  * failed/cancelled. Returns "queued", "running" or "not_found". */

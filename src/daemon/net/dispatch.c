@@ -38,7 +38,8 @@ static void answer_invalid(px_line_ctx_t *x, const char *id, size_t id_len, enum
     answer(x, &r);
 }
 
-/* retry_after_ms, when non-zero, tells the client how long to wait before a retry can get in. */
+/* retry_after_ms, when non-zero, tells the client how long to wait before a retry can get in.
+ * Counting the rejection is the caller's (the engine counts its own verdicts). */
 static void answer_rejected(px_line_ctx_t *x, const char *id, size_t id_len, int worker,
                             enum px_reject why, const char *message, uint64_t retry_after_ms)
 {
@@ -56,8 +57,6 @@ static void answer_rejected(px_line_ctx_t *x, const char *id, size_t id_len, int
                  (unsigned long long)retry_after_ms);
         r.extra = extra;
     }
-
-    px_stats_add(&x->net->stats->c.rejected[why], 1);
     answer(x, &r);
 }
 
@@ -159,6 +158,7 @@ unsigned px_dispatch(px_line_ctx_t *x, const char *text, size_t len, int too_lon
     if (net->cfg->auth_token[0] && !token_ok(line.token, net->cfg->auth_token)) {
         /* Counted as received and rejected, so the accounting invariant still holds. */
         px_stats_add(&net->stats->c.received, 1);
+        px_stats_add(&net->stats->c.rejected[PX_REJ_UNAUTHORIZED], 1);
         answer_rejected(x, id, id_len, -1, PX_REJ_UNAUTHORIZED,
                         "missing or wrong 'token': this parexd requires the shared auth_token "
                         "in every line",
