@@ -3,7 +3,6 @@
  * as one JSON object carrying the fields the README promises. */
 #include "common/protocol.h"
 
-
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
