@@ -2,8 +2,9 @@
 # builds and tests with, and nothing when they are all present (quiet and idempotent).
 
 PX_PACKAGES="gcc make cmake pkg-config libuv1-dev libjansson-dev libxxhash-dev libcmocka-dev \
+libnats-dev \
 libmicrohttpd-dev libsystemd-dev libcurl4-openssl-dev python3 netcat-openbsd"
-PX_TEST_PACKAGES="prometheus systemd clang-14 libclang-rt-14-dev"
+PX_TEST_PACKAGES="prometheus systemd clang-14 libclang-rt-14-dev nats-server"
 
 px_install() {
     missing=""

@@ -1,0 +1,142 @@
+/* Private to src/daemon/cluster/: the cluster's shared state and the names of its NATS objects.
+ *
+ * Threads: the loop (submit, callbacks), the publishers (ingress.c), the lease thread
+ * (lease.c), one thread per held partition (part.c), and nats.c's own threads (the results
+ * subscription). Who writes what is said beside each field. */
+#ifndef PX_CLUSTER_INTERNAL_H
+#define PX_CLUSTER_INTERNAL_H
+
+#include "daemon/cluster/cluster.h"
+
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define CL_REQ_STREAM "PAREX_REQ"
+#define CL_RES_STREAM "PAREX_RES"
+#define CL_REQ_SUBJ "parex.req."   /* + partition */
+#define CL_RES_SUBJ "parex.res."   /* + instance: answers travel to their ingress */
+#define CL_IDEM_SUBJ "parex.idem." /* + hex(msgid): retained answers of idem requests */
+#define CL_LEASES "parex-leases"
+#define CL_MEMBERS "parex-members"
+#define CL_HDR_REPLY "Parex-Reply" /* the instance that accepted the request */
+#define CL_HDR_ID "Parex-Msg-Id"   /* echoes the request's message id on its answer */
+
+enum part_state {
+    PART_FREE,      /* not held */
+    PART_OWNED,     /* held, its thread runs */
+    PART_RELEASING, /* told to stop after its batch, lease kept until it has */
+};
+
+typedef struct cl_part {
+    uint32_t id;
+    struct px_cluster *cl;
+    /* Lease thread only. */
+    int state;
+    uint64_t rev; /* last revision written by this instance */
+    pthread_t th;
+    int th_live;
+    /* Written by the lease thread, read by the partition thread and runners. */
+    _Atomic uint64_t epoch;
+    _Atomic uint64_t deadline_ns; /* local end of the lease (monotonic); 0: not held */
+    _Atomic int stop;             /* finish the running batch, then exit */
+    _Atomic int exited;           /* the partition thread is done (lease thread joins it) */
+    _Atomic int lost;             /* the thread found its consumer gone or its fence down */
+    /* Counters, any reader. */
+    _Atomic uint64_t
+        backlog; /* messages stored for the partition (refreshed by the lease thread) */
+    _Atomic uint64_t runs, redeliveries, acquired, handoffs, losses;
+} cl_part_t;
+
+struct px_cluster_fence {
+    cl_part_t *p;
+    uint64_t epoch;
+};
+
+/* One submitted request on its way to JetStream (publisher queue) and back (done list). */
+typedef struct cl_pub {
+    struct cl_pub *next;
+    void *cookie;
+    uint32_t partition;
+    uint64_t gen; /* the partition's refusal generation when submitted */
+    enum px_cluster_status st;
+    char why[256];
+    size_t len;
+    char msgid[200];
+    char data[];
+} cl_pub_t;
+
+/* A result for this instance, from nats.c's subscription thread to the loop. */
+typedef struct cl_res {
+    struct cl_res *next;
+    size_t len;
+    char msgid[200];
+    char line[];
+} cl_res_t;
+
+typedef struct cl_publisher {
+    struct px_cluster *cl;
+    pthread_t th;
+    pthread_mutex_t mu; /* covers head, tail, n */
+    pthread_cond_t cv;
+    cl_pub_t *head, *tail;
+    uint32_t n;
+} cl_publisher_t;
+
+struct px_cluster {
+    px_cluster_opts_t o;
+    char instance[65];
+    char *servers[PX_CLUSTER_MAX_SERVERS];
+    px_cluster_cbs_t cbs;
+    uv_loop_t *loop;
+    uv_async_t async; /* wakes the loop for accepted/result lists and the release */
+
+    /* Set once by the lease thread after connecting; read-only afterwards. */
+    natsConnection *nc;
+    jsCtx *js;
+    kvStore *leases, *members;
+    int64_t max_payload;
+    _Atomic int ready; /* nc, js, stores set */
+
+    _Atomic int stopping; /* threads exit */
+    _Atomic int releasing;
+    _Atomic int connected;
+
+    cl_publisher_t *pubs;
+    /* Loop only: a partition's refusal generation. A refusal raises it once the loop has seen it,
+     * so everything submitted before is refused too and a key's accepted requests stay a prefix
+     * of what each connection sent. */
+    uint64_t *gen;
+    /* Publishers write, loop reads: the generation that was refused (all at or below are). */
+    _Atomic uint64_t *refused_gen;
+
+    pthread_mutex_t done_mu; /* covers done, results, release_done */
+    cl_pub_t *done, *done_tail;
+    cl_res_t *results, *results_tail;
+    int release_done;
+    void (*release_cb)(void *);
+    void *release_arg;
+
+    pthread_t lease_th;
+    pthread_mutex_t lease_mu; /* with lease_cv: wakes the lease thread early (stop, release) */
+    pthread_cond_t lease_cv;
+    natsSubscription *res_sub;
+    cl_part_t *parts;
+    _Atomic uint64_t members_n, submitted, accepted, refused, results_in, duplicates_stored;
+};
+
+/* lease.c */
+void *cl_lease_main(void *arg);
+/* part.c */
+void *cl_part_main(void *arg);
+/* ingress.c */
+int cl_ingress_start(struct px_cluster *cl, char *err, size_t errlen);
+void cl_ingress_stop(struct px_cluster *cl);
+void cl_on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+void cl_post_done(struct px_cluster *cl, cl_pub_t *p);
+void cl_wake_loop(struct px_cluster *cl);
+/* cluster.c */
+uint64_t cl_lease_margin_ns(const struct px_cluster *cl);
+void cl_hex(char *out, const char *in, size_t max);
+
+#endif

@@ -1,0 +1,304 @@
+/* The lease thread: membership, partition leases and rebalancing, on the KV buckets.
+ *
+ * Every tick (a quarter of lease_ttl_ms) it renews this instance's member key, reads the member
+ * list and gives each partition a target owner by rendezvous hashing (the member with the highest
+ * hash of member and partition: a join or a leave moves only the partitions that must move).
+ * Leases: acquire = KV create (fails while another holds it), renew = compare-and-swap update
+ * on the revision last written; the revision at acquisition is the epoch. A renewal that fails
+ * or times out counts as lost at once; and a lease not renewed in time is given up at the local
+ * deadline (send time of the last good renewal + TTL - margin), before the servers can let
+ * another instance take it. A partition that should move, or every partition at a graceful stop,
+ * is released only after its thread has finished and acknowledged its running batch (the lease
+ * is kept renewed meanwhile), by a compare-and-swap delete: the next owner finds it free at once
+ * and nothing runs twice. */
+#include "daemon/cluster/internal.h"
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/route.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int cl_connect(struct px_cluster *cl, char *err, size_t errlen);
+
+typedef struct members {
+    char **names;
+    int n;
+} members_t;
+
+static uint64_t score(const char *member, uint32_t part)
+{
+    char buf[96];
+    int n = snprintf(buf, sizeof buf, "%s/%u", member, part);
+
+    return px_route_hash(buf, (size_t)n);
+}
+
+static int is_target(struct px_cluster *cl, const members_t *m, uint32_t part)
+{
+    const char *best = cl->instance;
+    uint64_t best_score = score(cl->instance, part);
+
+    for (int i = 0; i < m->n; i++) {
+        uint64_t s = score(m->names[i], part);
+        if (s > best_score || (s == best_score && strcmp(m->names[i], best) > 0)) {
+            best = m->names[i];
+            best_score = s;
+        }
+    }
+    return best == cl->instance || strcmp(best, cl->instance) == 0;
+}
+
+static void lease_key(char *out, size_t len, uint32_t part)
+{
+    snprintf(out, len, "p%u", part);
+}
+
+/* Deletes the lease only if it is still the revision this instance wrote (a plain delete could
+ * remove a lease another instance has taken since). */
+static int cas_delete(struct px_cluster *cl, cl_part_t *p)
+{
+    char subj[96];
+    natsMsg *m = NULL;
+    jsPubOptions po;
+    natsStatus s;
+
+    snprintf(subj, sizeof subj, "$KV." CL_LEASES ".p%u", p->id);
+    jsPubOptions_Init(&po);
+    po.ExpectLastSubjectSeq = p->rev;
+    s = natsMsg_Create(&m, subj, NULL, NULL, 0);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, "KV-Operation", "DEL");
+    if (s == NATS_OK)
+        s = js_PublishMsg(NULL, cl->js, m, &po, NULL);
+    natsMsg_Destroy(m);
+    return s == NATS_OK ? 0 : -1;
+}
+
+static void start_part(struct px_cluster *cl, cl_part_t *p, uint64_t rev, uint64_t sent)
+{
+    int rc;
+
+    p->rev = rev;
+    atomic_store(&p->epoch, rev);
+    atomic_store(&p->stop, 0);
+    atomic_store(&p->lost, 0);
+    atomic_store(&p->exited, 0);
+    atomic_store(&p->deadline_ns, sent + cl->o.lease_ttl_ms * PX_MS - cl_lease_margin_ns(cl));
+    atomic_fetch_add(&p->acquired, 1);
+    p->state = PART_OWNED;
+    if ((rc = pthread_create(&p->th, NULL, cl_part_main, p))) {
+        px_err("cluster: cannot start a thread for partition %u: %s", p->id, strerror(rc));
+        atomic_store(&p->deadline_ns, 0);
+        cas_delete(cl, p);
+        p->state = PART_FREE;
+        return;
+    }
+    p->th_live = 1;
+}
+
+/* The partition's thread has exited: give the lease back or forget it. */
+static void reap_part(struct px_cluster *cl, cl_part_t *p)
+{
+    pthread_join(p->th, NULL);
+    p->th_live = 0;
+    if (p->state == PART_RELEASING && !atomic_load(&p->lost) &&
+        px_now_ns() < atomic_load(&p->deadline_ns)) {
+        if (cas_delete(cl, p) == 0) {
+            atomic_fetch_add(&p->handoffs, 1);
+            px_notice("cluster: partition %u handed over (epoch %llu)", p->id,
+                      (unsigned long long)atomic_load(&p->epoch));
+        }
+    } else {
+        atomic_fetch_add(&p->losses, 1);
+        px_warn("cluster: partition %u lost (epoch %llu); its lease expires on its own", p->id,
+                (unsigned long long)atomic_load(&p->epoch));
+    }
+    atomic_store(&p->deadline_ns, 0);
+    p->state = PART_FREE;
+}
+
+static void renew(struct px_cluster *cl, cl_part_t *p, uint64_t now)
+{
+    char key[32];
+    uint64_t rev = 0;
+
+    if (now >= atomic_load(&p->deadline_ns)) {
+        atomic_store(&p->lost, 1);
+        atomic_store(&p->stop, 1);
+        return;
+    }
+    lease_key(key, sizeof key, p->id);
+    if (kvStore_UpdateString(&rev, cl->leases, key, cl->instance, p->rev) == NATS_OK) {
+        p->rev = rev;
+        atomic_store(&p->deadline_ns, now + cl->o.lease_ttl_ms * PX_MS - cl_lease_margin_ns(cl));
+        return;
+    }
+    /* Taken over (conflict) or unknown (timeout): either way it is not ours to use any more. */
+    px_warn("cluster: partition %u: lease renewal failed (%s); stopping it", p->id,
+            nats_GetLastError(NULL));
+    atomic_store(&p->lost, 1);
+    atomic_store(&p->stop, 1);
+    atomic_store(&p->deadline_ns, 0);
+}
+
+static void try_acquire(struct px_cluster *cl, cl_part_t *p)
+{
+    char key[32];
+    uint64_t rev = 0, sent = px_now_ns();
+
+    lease_key(key, sizeof key, p->id);
+    if (kvStore_CreateString(&rev, cl->leases, key, cl->instance) == NATS_OK)
+        start_part(cl, p, rev, sent);
+}
+
+static void read_members(struct px_cluster *cl, members_t *m)
+{
+    kvKeysList list = {0};
+
+    m->names = NULL;
+    m->n = 0;
+    if (kvStore_Keys(&list, cl->members, NULL) != NATS_OK)
+        return;
+    m->names = list.Keys; /* taken over: freed by free_members */
+    m->n = list.Count;
+    atomic_store(&cl->members_n, (uint64_t)list.Count);
+}
+
+static void free_members(members_t *m)
+{
+    for (int i = 0; i < m->n; i++)
+        free(m->names[i]);
+    free(m->names);
+}
+
+/* Messages stored per partition: the backlog the ingress bounds with max_backlog. */
+static void refresh_backlog(struct px_cluster *cl)
+{
+    jsOptions o;
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    uint64_t *seen = calloc(cl->o.partitions, sizeof *seen);
+
+    if (!seen)
+        return;
+    jsOptions_Init(&o);
+    o.Stream.Info.SubjectsFilter = CL_REQ_SUBJ ">";
+    if (js_GetStreamInfo(&si, cl->js, CL_REQ_STREAM, &o, &jerr) == NATS_OK) {
+        if (si->State.Subjects)
+            for (int i = 0; i < si->State.Subjects->Count; i++) {
+                const char *s = si->State.Subjects->List[i].Subject + strlen(CL_REQ_SUBJ);
+                unsigned long part = strtoul(s, NULL, 10);
+                if (part < cl->o.partitions)
+                    seen[part] = si->State.Subjects->List[i].Msgs;
+            }
+        for (uint32_t i = 0; i < cl->o.partitions; i++)
+            atomic_store(&cl->parts[i].backlog, seen[i]);
+        jsStreamInfo_Destroy(si);
+    }
+    free(seen);
+}
+
+static void tick(struct px_cluster *cl, int releasing)
+{
+    members_t m;
+    int held = 0;
+
+    if (!cl->o.executor) {
+        refresh_backlog(cl);
+        goto done;
+    }
+    if (!releasing)
+        kvStore_PutString(NULL, cl->members, cl->instance, "up");
+    read_members(cl, &m);
+    for (uint32_t i = 0; i < cl->o.partitions; i++) {
+        cl_part_t *p = &cl->parts[i];
+
+        if (p->th_live && atomic_load(&p->exited))
+            reap_part(cl, p);
+        if (p->state != PART_FREE) {
+            renew(cl, p, px_now_ns());
+            if (p->state == PART_OWNED && (releasing || !is_target(cl, &m, i))) {
+                p->state = PART_RELEASING;
+                atomic_store(&p->stop, 1);
+            }
+        } else if (!releasing && is_target(cl, &m, i)) {
+            try_acquire(cl, p);
+        }
+        held += p->state != PART_FREE;
+    }
+    free_members(&m);
+    refresh_backlog(cl);
+done:
+    if (releasing && held == 0) {
+        if (cl->o.executor)
+            kvStore_Delete(cl->members, cl->instance);
+        pthread_mutex_lock(&cl->done_mu);
+        cl->release_done = 1;
+        pthread_mutex_unlock(&cl->done_mu);
+        cl_wake_loop(cl);
+    }
+}
+
+void *cl_lease_main(void *arg)
+{
+    struct px_cluster *cl = arg;
+    uint64_t every = cl->o.lease_ttl_ms * PX_MS / 4, next = 0;
+    int released = 0;
+    char err[256];
+    sigset_t all;
+
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    pthread_setname_np(pthread_self(), "px-cl-lease");
+    while (!atomic_load(&cl->stopping) && cl_connect(cl, err, sizeof err)) {
+        px_warn("cluster: %s; retrying in 1 s", err);
+        pthread_mutex_lock(&cl->lease_mu);
+        if (!atomic_load(&cl->stopping)) {
+            struct timespec ts = px_deadline_after(CLOCK_REALTIME, 1000 * PX_MS);
+            pthread_cond_timedwait(&cl->lease_cv, &cl->lease_mu, &ts);
+        }
+        pthread_mutex_unlock(&cl->lease_mu);
+    }
+    if (!atomic_load(&cl->stopping)) {
+        atomic_store(&cl->ready, 1);
+        px_notice("cluster: instance %s connected to NATS; %u partitions, lease_ttl_ms %llu",
+                  cl->instance, cl->o.partitions, (unsigned long long)cl->o.lease_ttl_ms);
+    }
+    while (!atomic_load(&cl->stopping)) {
+        uint64_t now = px_now_ns();
+        int releasing = atomic_load(&cl->releasing);
+
+        if (now >= next || releasing) {
+            if (!released)
+                tick(cl, releasing);
+            next = now + every;
+            if (releasing) {
+                int held = 0;
+                for (uint32_t i = 0; i < cl->o.partitions; i++)
+                    held += cl->parts[i].state != PART_FREE;
+                released = held == 0;
+            }
+        }
+        pthread_mutex_lock(&cl->lease_mu);
+        if (!atomic_load(&cl->stopping)) {
+            /* Woken early by a partition thread that exited (a hand-off in progress). */
+            struct timespec ts =
+                px_deadline_after(CLOCK_REALTIME, releasing && !released ? 50 * PX_MS : every);
+            pthread_cond_timedwait(&cl->lease_cv, &cl->lease_mu, &ts);
+        }
+        pthread_mutex_unlock(&cl->lease_mu);
+    }
+    for (uint32_t i = 0; i < cl->o.partitions; i++) {
+        cl_part_t *p = &cl->parts[i];
+        if (p->th_live) {
+            atomic_store(&p->stop, 1);
+            pthread_join(p->th, NULL);
+            p->th_live = 0;
+        }
+    }
+    return NULL;
+}

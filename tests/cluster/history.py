@@ -1,0 +1,110 @@
+"""The history checker of the cluster tests.
+
+Inputs: the load generators' files (one line per decision: "A t key seq msgid" accepted,
+"R t key seq msgid status why" refused, "D t msgid answer" answered) and the executors' files
+("S t instance partition epoch key seq delivered msgid" started, "F t key seq msgid" finished).
+Sequences count per key in the order a load generator sent them.
+
+Reported: lost (accepted, never started), duplicates (starts beyond the first, per request),
+reorderings (per key: a request started for the first time before an earlier accepted one had;
+a run of the key that skipped forward over an accepted request; two runs of one key at once),
+unanswered (accepted, no answer reached the load generator) and phantom runs (a request that
+was never accepted, or refused, yet ran)."""
+import collections
+
+
+def read(paths, kind):
+    out = []
+    for p in paths:
+        try:
+            with open(p) as f:
+                for line in f:
+                    if line.startswith(kind + " "):
+                        out.append(line.split(" ", 8))
+        except FileNotFoundError:
+            pass
+    return out
+
+
+class Report:
+    def __init__(self):
+        self.accepted = {}      # msgid -> (key, seq)
+        self.refused = set()
+        self.answered = set()
+        self.starts = collections.Counter()
+        self.lost = []
+        self.duplicates = 0
+        self.dup_ids = []
+        self.reorders = []
+        self.overlaps = []
+        self.phantoms = []
+        self.unanswered = []
+        self.runs = 0
+
+    def ok(self, allow_duplicates=True):
+        return (not self.lost and not self.reorders and not self.overlaps and not self.phantoms
+                and (allow_duplicates or self.duplicates == 0))
+
+    def summary(self):
+        return ("accepted %d, refused %d, runs %d, lost %d, duplicates %d, reorderings %d, "
+                "overlaps %d, phantoms %d, unanswered %d" % (
+                    len(self.accepted), len(self.refused), self.runs, len(self.lost),
+                    self.duplicates, len(self.reorders), len(self.overlaps), len(self.phantoms),
+                    len(self.unanswered)))
+
+    def details(self, n=5):
+        return "lost %s; reorders %s; overlaps %s; phantoms %s; duplicates %s" % (
+            self.lost[:n], self.reorders[:n], self.overlaps[:n], self.phantoms[:n],
+            self.dup_ids[:n])
+
+
+def check(load_files, history_files):
+    r = Report()
+    for f in read(load_files, "A"):
+        r.accepted[f[4].strip()] = (f[2], int(f[3]))
+    for f in read(load_files, "R"):
+        r.refused.add(f[4].strip())
+    for f in read(load_files, "D"):
+        r.answered.add(f[2].strip())
+    finish = {}
+    for f in read(history_files, "F"):
+        finish.setdefault(f[4].strip(), []).append(int(f[1]))
+    per_key = collections.defaultdict(list)
+    for f in read(history_files, "S"):
+        t, inst, key, seq, msgid = int(f[1]), f[2], f[5], int(f[6]), f[8].strip()
+        r.runs += 1
+        r.starts[msgid] += 1
+        if msgid not in r.accepted:
+            r.phantoms.append((key, seq, msgid, "refused" if msgid in r.refused else "unknown"))
+        per_key[key].append((t, seq, msgid, inst))
+    for msgid, n in r.starts.items():
+        if n > 1:
+            r.duplicates += n - 1
+            r.dup_ids.append((msgid, n))
+    r.lost = sorted(m for m in r.accepted if r.starts[m] == 0)
+    r.unanswered = sorted(m for m in r.accepted if m not in r.answered)
+    want = collections.defaultdict(list)
+    for msgid, (key, seq) in r.accepted.items():
+        want[key].append(seq)
+    for key, runs in per_key.items():
+        runs.sort()
+        order = sorted(want[key])
+        nxt = {s: order[i + 1] for i, s in enumerate(order[:-1])}
+        seen = set()
+        high = 0
+        prev = None
+        busy_until = 0
+        for t, seq, msgid, inst in runs:
+            if seq not in seen and seq < high:
+                r.reorders.append((key, seq, "first run after", high))
+            if prev is not None and seq > prev and nxt.get(prev) is not None and seq != nxt[prev]:
+                r.reorders.append((key, seq, "skipped forward from", prev))
+            # Two runs of a key at once (a run whose finish is unknown was cut by a kill).
+            if t < busy_until:
+                r.overlaps.append((key, seq, inst))
+            ends = [e for e in finish.get(msgid, []) if e >= t]
+            busy_until = max(busy_until, min(ends)) if ends else busy_until
+            seen.add(seq)
+            high = max(high, seq)
+            prev = seq
+    return r
