@@ -1,8 +1,9 @@
 """The history checker of the cluster tests.
 
 Inputs: the load generators' files (one line per decision: "A t key seq msgid" accepted,
-"R t key seq msgid status why" refused, "D t msgid answer" answered) and the executors' files
-("S t instance partition epoch key seq delivered msgid" started, "F t key seq msgid" finished).
+"R t key seq msgid status ms why" refused after ms, "D t msgid answer" answered) and the executors' files
+("S t instance partition epoch key seq delivered msgid" started, "F t instance key seq msgid"
+finished).
 Sequences count per key in the order a load generator sent them.
 
 Reported: lost (accepted, never started), duplicates (starts beyond the first, per request),
@@ -30,6 +31,7 @@ class Report:
     def __init__(self):
         self.accepted = {}      # msgid -> (key, seq)
         self.refused = set()
+        self.refusals = []      # (time ns, status, ms it took)
         self.answered = set()
         self.starts = collections.Counter()
         self.lost = []
@@ -58,17 +60,22 @@ class Report:
             self.dup_ids[:n])
 
 
-def check(load_files, history_files):
+def check(load_files, history_files, paused=None):
+    """paused: {instance: t_ns} for an instance frozen (SIGSTOP) at t_ns: a handler it was running
+    then finishes after it resumes, which no lease can prevent (the epoch handed to handlers is
+    for fencing such side effects), so its run counts as ending at the pause."""
+    paused = paused or {}
     r = Report()
     for f in read(load_files, "A"):
         r.accepted[f[4].strip()] = (f[2], int(f[3]))
     for f in read(load_files, "R"):
         r.refused.add(f[4].strip())
+        r.refusals.append((int(f[1]), int(f[5]), int(f[6])))
     for f in read(load_files, "D"):
         r.answered.add(f[2].strip())
     finish = {}
     for f in read(history_files, "F"):
-        finish.setdefault(f[4].strip(), []).append(int(f[1]))
+        finish.setdefault((f[5].strip(), f[2]), []).append(int(f[1]))
     per_key = collections.defaultdict(list)
     for f in read(history_files, "S"):
         t, inst, key, seq, msgid = int(f[1]), f[2], f[5], int(f[6]), f[8].strip()
@@ -102,7 +109,9 @@ def check(load_files, history_files):
             # Two runs of a key at once (a run whose finish is unknown was cut by a kill).
             if t < busy_until:
                 r.overlaps.append((key, seq, inst))
-            ends = [e for e in finish.get(msgid, []) if e >= t]
+            ends = [e for e in finish.get((msgid, inst), []) if e >= t]
+            if inst in paused and t < paused[inst]:
+                ends = [min(e, paused[inst]) for e in ends]
             busy_until = max(busy_until, min(ends)) if ends else busy_until
             seen.add(seq)
             high = max(high, seq)

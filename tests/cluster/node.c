@@ -29,6 +29,11 @@ static uint64_t *key_seq;
 static uint64_t total, sent, inflight, accepted, refused, answered, end_ns;
 static char tag[32];
 
+struct sub {
+    uint64_t t;
+    char text[152];
+};
+
 static void put(int fd, const char *line, size_t n)
 {
     /* One write per line with O_APPEND: lines of several threads and processes never mix. */
@@ -61,8 +66,9 @@ static void run(px_cluster_job_t *jobs, size_t n, const px_cluster_fence_t *f, v
             struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
             nanosleep(&ts, NULL);
         }
-        len = snprintf(line, sizeof line, "F %llu %s %lld %s\n", (unsigned long long)px_now_ns(),
-                       key ? key : "?", (long long)seq, j->msgid);
+        len = snprintf(line, sizeof line, "F %llu %s %s %lld %s\n",
+                       (unsigned long long)px_now_ns(), opts.instance, key ? key : "?",
+                       (long long)seq, j->msgid);
         put(hist_fd, line, (size_t)len);
         px_buf_printf(&j->result, "{\"ran_by\":\"%s\",\"seq\":%lld}", opts.instance,
                       (long long)seq);
@@ -86,9 +92,10 @@ static void submit_more(void)
 
         snprintf(msgid, sizeof msgid, "%s.%llu", tag, (unsigned long long)++sent);
         inflight++;
-        /* The cookie carries the line to record: freed in accepted(). */
-        char *rec = malloc(160);
-        snprintf(rec, 160, "%s %llu %s", key, (unsigned long long)seq, msgid);
+        /* The cookie carries the line to record and the submit time: freed in accepted(). */
+        struct sub *rec = malloc(sizeof *rec);
+        rec->t = px_now_ns();
+        snprintf(rec->text, sizeof rec->text, "%s %llu %s", key, (unsigned long long)seq, msgid);
         px_cluster_submit(cl, px_route(key, (size_t)klen, opts.partitions), msgid, data,
                           (size_t)dlen, rec);
     }
@@ -96,18 +103,20 @@ static void submit_more(void)
 
 static void on_accepted(void *cookie, enum px_cluster_status st, const char *why, void *arg)
 {
+    struct sub *rec = cookie;
+    uint64_t now = px_now_ns();
     char line[512];
     int n;
 
     if (st == PX_CL_ACCEPTED) {
         accepted++;
-        n = snprintf(line, sizeof line, "A %llu %s\n", (unsigned long long)px_now_ns(),
-                     (char *)cookie);
+        n = snprintf(line, sizeof line, "A %llu %s\n", (unsigned long long)now, rec->text);
     } else {
+        /* The time it took to say no, for the bound on "unavailable". */
         refused++;
         inflight--;
-        n = snprintf(line, sizeof line, "R %llu %s %d %s\n", (unsigned long long)px_now_ns(),
-                     (char *)cookie, (int)st, why);
+        n = snprintf(line, sizeof line, "R %llu %s %d %llu %s\n", (unsigned long long)now,
+                     rec->text, (int)st, (unsigned long long)((now - rec->t) / PX_MS), why);
     }
     put(acc_fd, line, (size_t)n);
     free(cookie);

@@ -97,7 +97,7 @@ static int open_bucket(struct px_cluster *cl, const char *name, kvStore **kv, ch
     kc.TTL = (int64_t)cl->o.lease_ttl_ms * 1000000;
     kc.Replicas = cl->o.replicas;
     kc.StorageType = js_FileStorage;
-    if (js_CreateKeyValue(kv, cl->js, &kc) == NATS_OK || js_KeyValue(kv, cl->js, name) == NATS_OK)
+    if (js_CreateKeyValue(kv, cl->ljs, &kc) == NATS_OK || js_KeyValue(kv, cl->ljs, name) == NATS_OK)
         return 0;
     snprintf(err, errlen, "cannot open bucket %s: %s", name, nats_GetLastError(NULL));
     return -1;
@@ -151,6 +151,13 @@ int cl_connect(struct px_cluster *cl, char *err, size_t errlen)
         jsOptions_Init(&jo);
         jo.Wait = (int64_t)cl->o.publish_timeout_ms;
         if (natsConnection_JetStream(&cl->js, cl->nc, &jo) != NATS_OK) {
+            snprintf(err, errlen, "cannot use JetStream: %s", nats_GetLastError(NULL));
+            return -1;
+        }
+        /* Lease requests answer within a third of the lease or count as failed: a renewal that
+         * took longer would be useless anyway. */
+        jo.Wait = (int64_t)(cl->o.lease_ttl_ms / 3);
+        if (natsConnection_JetStream(&cl->ljs, cl->nc, &jo) != NATS_OK) {
             snprintf(err, errlen, "cannot use JetStream: %s", nats_GetLastError(NULL));
             return -1;
         }
@@ -357,6 +364,8 @@ void px_cluster_stop(px_cluster_t *cl)
         kvStore_Destroy(cl->members);
     if (cl->js)
         jsCtx_Destroy(cl->js);
+    if (cl->ljs)
+        jsCtx_Destroy(cl->ljs);
     if (cl->nc) {
         natsConnection_Close(cl->nc);
         natsConnection_Destroy(cl->nc);

@@ -33,7 +33,8 @@ typedef struct cl_part {
     struct px_cluster *cl;
     /* Lease thread only. */
     int state;
-    uint64_t rev; /* last revision written by this instance */
+    uint64_t rev;   /* last revision written by this instance */
+    uint64_t floor; /* set before the thread starts: the previous holder finished up to here */
     pthread_t th;
     int th_live;
     /* Written by the lease thread, read by the partition thread and runners. */
@@ -42,10 +43,11 @@ typedef struct cl_part {
     _Atomic int stop;             /* finish the running batch, then exit */
     _Atomic int exited;           /* the partition thread is done (lease thread joins it) */
     _Atomic int lost;             /* the thread found its consumer gone or its fence down */
+    _Atomic uint64_t done_seq;    /* partition thread: highest stream sequence acknowledged */
     /* Counters, any reader. */
     _Atomic uint64_t
         backlog; /* messages stored for the partition (refreshed by the lease thread) */
-    _Atomic uint64_t runs, redeliveries, acquired, handoffs, losses;
+    _Atomic uint64_t runs, redeliveries, acquired, handoffs, losses, skipped;
 } cl_part_t;
 
 struct px_cluster_fence {
@@ -94,6 +96,7 @@ struct px_cluster {
     /* Set once by the lease thread after connecting; read-only afterwards. */
     natsConnection *nc;
     jsCtx *js;
+    jsCtx *ljs; /* the lease thread's: its requests time out well within a lease */
     kvStore *leases, *members;
     int64_t max_payload;
     _Atomic int ready; /* nc, js, stores set */

@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "common/route.h"
 
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,8 +58,22 @@ static void lease_key(char *out, size_t len, uint32_t part)
     snprintf(out, len, "p%u", part);
 }
 
-/* Deletes the lease only if it is still the revision this instance wrote (a plain delete could
- * remove a lease another instance has taken since). */
+/* A graceful hand-off: the lease is marked free with the last stream sequence this holder
+ * finished, by a compare-and-swap on the revision it wrote (a plain write could overwrite a lease
+ * another instance has taken since). The next holder skips messages up to that sequence: an
+ * acknowledgement can still be on its way through the consumer's replicas when the next holder's
+ * fresh consumer starts, and that message must not run twice. */
+static int cas_release(struct px_cluster *cl, cl_part_t *p)
+{
+    char key[32], val[48];
+    uint64_t rev = 0;
+
+    lease_key(key, sizeof key, p->id);
+    snprintf(val, sizeof val, "free %" PRIu64, atomic_load(&p->done_seq));
+    return kvStore_UpdateString(&rev, cl->leases, key, val, p->rev) == NATS_OK ? 0 : -1;
+}
+
+/* Deletes the lease only if it is still the revision this instance wrote. */
 static int cas_delete(struct px_cluster *cl, cl_part_t *p)
 {
     char subj[96];
@@ -73,16 +88,18 @@ static int cas_delete(struct px_cluster *cl, cl_part_t *p)
     if (s == NATS_OK)
         s = natsMsgHeader_Set(m, "KV-Operation", "DEL");
     if (s == NATS_OK)
-        s = js_PublishMsg(NULL, cl->js, m, &po, NULL);
+        s = js_PublishMsg(NULL, cl->ljs, m, &po, NULL);
     natsMsg_Destroy(m);
     return s == NATS_OK ? 0 : -1;
 }
 
-static void start_part(struct px_cluster *cl, cl_part_t *p, uint64_t rev, uint64_t sent)
+static void start_part(struct px_cluster *cl, cl_part_t *p, uint64_t rev, uint64_t sent,
+                       uint64_t floor)
 {
     int rc;
 
     p->rev = rev;
+    p->floor = floor;
     atomic_store(&p->epoch, rev);
     atomic_store(&p->stop, 0);
     atomic_store(&p->lost, 0);
@@ -107,7 +124,7 @@ static void reap_part(struct px_cluster *cl, cl_part_t *p)
     p->th_live = 0;
     if (p->state == PART_RELEASING && !atomic_load(&p->lost) &&
         px_now_ns() < atomic_load(&p->deadline_ns)) {
-        if (cas_delete(cl, p) == 0) {
+        if (cas_release(cl, p) == 0) {
             atomic_fetch_add(&p->handoffs, 1);
             px_notice("cluster: partition %u handed over (epoch %llu)", p->id,
                       (unsigned long long)atomic_load(&p->epoch));
@@ -148,11 +165,24 @@ static void renew(struct px_cluster *cl, cl_part_t *p, uint64_t now)
 static void try_acquire(struct px_cluster *cl, cl_part_t *p)
 {
     char key[32];
-    uint64_t rev = 0, sent = px_now_ns();
+    uint64_t rev = 0, sent = px_now_ns(), floor;
+    kvEntry *e = NULL;
+    const char *v;
 
     lease_key(key, sizeof key, p->id);
-    if (kvStore_CreateString(&rev, cl->leases, key, cl->instance) == NATS_OK)
-        start_part(cl, p, rev, sent);
+    if (kvStore_CreateString(&rev, cl->leases, key, cl->instance) == NATS_OK) {
+        start_part(cl, p, rev, sent, 0);
+        return;
+    }
+    /* Handed over: take it with a compare-and-swap on the releaser's revision (a stale read
+     * only makes that fail), and skip what the releaser had finished. */
+    if (kvStore_Get(&e, cl->leases, key) != NATS_OK)
+        return;
+    v = kvEntry_ValueString(e);
+    if (v && sscanf(v, "free %" SCNu64, &floor) == 1 &&
+        kvStore_UpdateString(&rev, cl->leases, key, cl->instance, kvEntry_Revision(e)) == NATS_OK)
+        start_part(cl, p, rev, sent, floor);
+    kvEntry_Destroy(e);
 }
 
 static void read_members(struct px_cluster *cl, members_t *m)
@@ -210,6 +240,14 @@ static void tick(struct px_cluster *cl, int releasing)
     if (!cl->o.executor) {
         refresh_backlog(cl);
         goto done;
+    }
+    /* Leases past their local deadline stop first, before any request that could block. */
+    for (uint32_t i = 0; i < cl->o.partitions; i++) {
+        cl_part_t *p = &cl->parts[i];
+        if (p->state != PART_FREE && px_now_ns() >= atomic_load(&p->deadline_ns)) {
+            atomic_store(&p->lost, 1);
+            atomic_store(&p->stop, 1);
+        }
     }
     if (!releasing)
         kvStore_PutString(NULL, cl->members, cl->instance, "up");

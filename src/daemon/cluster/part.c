@@ -117,58 +117,80 @@ static void send_answer(struct px_cluster *cl, natsMsg *req, px_cluster_job_t *j
     }
 }
 
+/* Acknowledges a message, waiting for the server when sync (the last of a batch: a hand-off
+ * releases the lease only after it). */
+static int ack(cl_part_t *p, natsMsg *m, uint64_t seq, int sync)
+{
+    if ((sync ? natsMsg_AckSync(m, NULL, NULL) : natsMsg_Ack(m, NULL)) != NATS_OK) {
+        px_warn("cluster: partition %u: ack of stream sequence %llu failed: %s", p->id,
+                (unsigned long long)seq, nats_GetLastError(NULL));
+        return -1;
+    }
+    if (seq > atomic_load(&p->done_seq))
+        atomic_store(&p->done_seq, seq);
+    return 0;
+}
+
 /* Runs one fetched batch; returns 0, or -1 when the lease was lost on the way. */
 static int run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list)
 {
     px_cluster_fence_t fence = {.p = p, .epoch = atomic_load(&p->epoch)};
     px_cluster_job_t *jobs = calloc((size_t)list->Count, sizeof *jobs);
-    int n = list->Count, rc = 0;
+    natsMsg **msgs = calloc((size_t)list->Count, sizeof *msgs);
+    int n = 0, rc = 0;
 
-    if (!jobs)
+    if (!jobs || !msgs) {
+        free(jobs);
+        free(msgs);
         return -1;
-    for (int i = 0; i < n; i++) {
+    }
+    for (int i = 0; i < list->Count; i++) {
         natsMsg *m = list->Msgs[i];
         jsMsgMetaData *md = NULL;
         const char *id = NULL;
+        px_cluster_job_t *j = &jobs[n];
 
         natsMsgHeader_Get(m, "Nats-Msg-Id", &id);
-        jobs[i].partition = p->id;
-        jobs[i].epoch = fence.epoch;
         if (natsMsg_GetMetaData(&md, m) == NATS_OK) {
-            jobs[i].seq = md->Sequence.Stream;
-            jobs[i].delivered = md->NumDelivered;
+            j->seq = md->Sequence.Stream;
+            j->delivered = md->NumDelivered;
             jsMsgMetaData_Destroy(md);
         }
-        jobs[i].msgid = id ? id : "";
-        jobs[i].data = natsMsg_GetData(m);
-        jobs[i].len = (size_t)natsMsg_GetDataLength(m);
-        /* A fresh consumer delivers once, so the stream keeps no count of an earlier holder's
-         * attempt: a message this holder did not see first is a re-run. */
-        if (jobs[i].delivered > 1)
+        if (j->seq && j->seq <= p->floor) {
+            /* Finished by the holder that handed the partition over: only acknowledge it. */
+            atomic_fetch_add(&p->skipped, 1);
+            if (ack(p, m, j->seq, 0))
+                goto lost;
+            continue;
+        }
+        j->partition = p->id;
+        j->epoch = fence.epoch;
+        j->msgid = id ? id : "";
+        j->data = natsMsg_GetData(m);
+        j->len = (size_t)natsMsg_GetDataLength(m);
+        if (j->delivered > 1)
             atomic_fetch_add(&p->redeliveries, 1);
+        msgs[n++] = m;
     }
-    if (px_cluster_fence_ok(&fence))
+    if (n && px_cluster_fence_ok(&fence))
         cl->cbs.run(jobs, (size_t)n, &fence, cl->cbs.arg);
     for (int i = 0; i < n; i++) {
-        if (!jobs[i].run || !px_cluster_fence_ok(&fence)) {
-            rc = -1; /* left unacknowledged for the next holder */
-            break;
-        }
-        send_answer(cl, list->Msgs[i], &jobs[i]);
-        /* The last ack waits for the server: a hand-off releases the lease only after it. */
-        if (i == n - 1 ? natsMsg_AckSync(list->Msgs[i], NULL, NULL) != NATS_OK
-                       : natsMsg_Ack(list->Msgs[i], NULL) != NATS_OK) {
-            px_warn("cluster: partition %u: ack of stream sequence %llu failed: %s", p->id,
-                    (unsigned long long)jobs[i].seq, nats_GetLastError(NULL));
-            rc = -1;
-            break;
-        }
+        if (!jobs[i].run || !px_cluster_fence_ok(&fence))
+            goto lost; /* left unacknowledged for the next holder */
+        send_answer(cl, msgs[i], &jobs[i]);
+        if (ack(p, msgs[i], jobs[i].seq, i == n - 1))
+            goto lost;
         atomic_fetch_add(&p->runs, 1);
     }
-    for (int i = 0; i < n; i++)
+out:
+    for (int i = 0; i < list->Count; i++)
         px_buf_free(&jobs[i].result);
     free(jobs);
+    free(msgs);
     return rc;
+lost:
+    rc = -1;
+    goto out;
 }
 
 void *cl_part_main(void *arg)
@@ -195,6 +217,9 @@ void *cl_part_main(void *arg)
         natsStatus s;
 
         if (!px_cluster_fence_ok(&fence)) {
+            px_warn("cluster: partition %u: lease lost (epoch %llu); stopping without running or "
+                    "acknowledging anything more",
+                    p->id, (unsigned long long)fence.epoch);
             atomic_store(&p->lost, 1);
             break;
         }
