@@ -27,11 +27,16 @@ def read(paths, kind):
     return out
 
 
+UNCERTAIN = 3  # enum px_cluster_status PX_CL_UNCERTAIN
+
+
 class Report:
     def __init__(self):
         self.accepted = {}      # msgid -> (key, seq)
         self.refused = set()
         self.refusals = []      # (time ns, status, ms it took)
+        self.uncertain = {}     # msgid -> (key, seq): refused unconfirmed (publish timed out)
+        self.uncertain_ran = 0
         self.answered = set()
         self.starts = collections.Counter()
         self.lost = []
@@ -49,10 +54,10 @@ class Report:
 
     def summary(self):
         return ("accepted %d, refused %d, runs %d, lost %d, duplicates %d, reorderings %d, "
-                "overlaps %d, phantoms %d, unanswered %d" % (
+                "overlaps %d, phantoms %d, unanswered %d, unconfirmed %d (of which ran %d)" % (
                     len(self.accepted), len(self.refused), self.runs, len(self.lost),
                     self.duplicates, len(self.reorders), len(self.overlaps), len(self.phantoms),
-                    len(self.unanswered)))
+                    len(self.unanswered), len(self.uncertain), self.uncertain_ran))
 
     def details(self, n=5):
         return "lost %s; reorders %s; overlaps %s; phantoms %s; duplicates %s" % (
@@ -69,7 +74,11 @@ def check(load_files, history_files, paused=None):
     for f in read(load_files, "A"):
         r.accepted[f[4].strip()] = (f[2], int(f[3]))
     for f in read(load_files, "R"):
-        r.refused.add(f[4].strip())
+        if int(f[5]) == UNCERTAIN:
+            # Not confirmed in time: it may have been stored and then runs like an accepted one.
+            r.uncertain[f[4].strip()] = (f[2], int(f[3]))
+        else:
+            r.refused.add(f[4].strip())
         r.refusals.append((int(f[1]), int(f[5]), int(f[6])))
     for f in read(load_files, "D"):
         r.answered.add(f[2].strip())
@@ -81,7 +90,10 @@ def check(load_files, history_files, paused=None):
         t, inst, key, seq, msgid = int(f[1]), f[2], f[5], int(f[6]), f[8].strip()
         r.runs += 1
         r.starts[msgid] += 1
-        if msgid not in r.accepted:
+        if msgid in r.uncertain:
+            if r.starts[msgid] == 1:
+                r.uncertain_ran += 1
+        elif msgid not in r.accepted:
             r.phantoms.append((key, seq, msgid, "refused" if msgid in r.refused else "unknown"))
         per_key[key].append((t, seq, msgid, inst))
     for msgid, n in r.starts.items():
@@ -93,6 +105,9 @@ def check(load_files, history_files, paused=None):
     want = collections.defaultdict(list)
     for msgid, (key, seq) in r.accepted.items():
         want[key].append(seq)
+    for msgid, (key, seq) in r.uncertain.items():
+        if r.starts[msgid]:
+            want[key].append(seq)
     for key, runs in per_key.items():
         runs.sort()
         order = sorted(want[key])

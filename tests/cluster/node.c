@@ -66,9 +66,8 @@ static void run(px_cluster_job_t *jobs, size_t n, const px_cluster_fence_t *f, v
             struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
             nanosleep(&ts, NULL);
         }
-        len = snprintf(line, sizeof line, "F %llu %s %s %lld %s\n",
-                       (unsigned long long)px_now_ns(), opts.instance, key ? key : "?",
-                       (long long)seq, j->msgid);
+        len = snprintf(line, sizeof line, "F %llu %s %s %lld %s\n", (unsigned long long)px_now_ns(),
+                       opts.instance, key ? key : "?", (long long)seq, j->msgid);
         put(hist_fd, line, (size_t)len);
         px_buf_printf(&j->result, "{\"ran_by\":\"%s\",\"seq\":%lld}", opts.instance,
                       (long long)seq);
@@ -120,7 +119,9 @@ static void on_accepted(void *cookie, enum px_cluster_status st, const char *why
     }
     put(acc_fd, line, (size_t)n);
     free(cookie);
-    submit_more();
+    /* After a refusal the next submits wait for the timer (50 ms), as a client backing off. */
+    if (st == PX_CL_ACCEPTED)
+        submit_more();
 }
 
 static void on_result(const char *msgid, const char *text, size_t len, void *arg)
@@ -160,8 +161,10 @@ static void on_timer(uv_timer_t *t)
     uint64_t now = px_now_ns();
     int over = (total && sent >= total) || (end_ns && now >= end_ns);
 
-    if (!over)
+    if (!over) {
+        submit_more();
         return;
+    }
     if (!done_at)
         done_at = now;
     if ((inflight == 0 && answered >= accepted) || now - done_at > grace_ns) {

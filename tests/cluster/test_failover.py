@@ -226,8 +226,8 @@ def join(r):
     r.start_load("load", seconds=10, ms=5)
     time.sleep(2)
     r.start_exec("c")
+    wait_for(lambda: r.held("c"), 20, "c to take partitions over")
     r.wait_owners("abc", timeout=20)
-    assert r.held("c"), "c took no partition"
     print("join: load", r.finish_load())
     rep = r.check(allow_duplicates=False)
     assert not rep.unanswered, rep.summary()
@@ -236,15 +236,20 @@ def join(r):
 def nats_kill9(r):
     """kill -9 one nats-server node: service resumes after the election, 0 lost."""
     start3(r)
-    r.start_load("load", seconds=16, ms=2, timeout_ms=3000)
+    r.start_load("load", seconds=18, ms=2, timeout_ms=3000)
     time.sleep(3)
+    t_kill = time.monotonic_ns()
     r.nats.kill(0)
     time.sleep(8)  # let the load run through the election (not a synchronisation)
     r.nats.start(0)
     print("nats_kill9: load", r.finish_load())
     rep = r.check()
-    late = [a for a in history.read(r.load_files, "A") if int(a[1]) > time.monotonic_ns() - 4e9]
-    assert late, "nothing accepted in the run's last seconds: service did not resume"
+    accepted = sorted(int(a[1]) for a in history.read(r.load_files, "A"))
+    late = [t for t in accepted if t > t_kill + 10e9]
+    assert late, "nothing accepted 10 s after the kill: service did not resume"
+    gap = max(b - a for a, b in zip(accepted, accepted[1:]) if b > t_kill)
+    print("nats_kill9: longest time without an accepted request around the kill: %.1f s"
+          % (gap / 1e9))
     assert not rep.unanswered, rep.summary()
 
 

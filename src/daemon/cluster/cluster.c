@@ -51,6 +51,7 @@ static void on_disconnected(natsConnection *nc, void *arg)
     struct px_cluster *cl = arg;
 
     atomic_store(&cl->connected, 0);
+    atomic_fetch_add(&cl->reconnects, 1);
     px_warn("cluster: lost the connection to NATS; reconnecting");
 }
 
@@ -59,6 +60,7 @@ static void on_reconnected(natsConnection *nc, void *arg)
     struct px_cluster *cl = arg;
 
     atomic_store(&cl->connected, 1);
+    atomic_fetch_add(&cl->reconnects, 1);
     px_notice("cluster: reconnected to NATS");
 }
 
@@ -110,7 +112,7 @@ int cl_connect(struct px_cluster *cl, char *err, size_t errlen)
     natsOptions *no = NULL;
     jsOptions jo;
     jsStreamConfig sc;
-    const char *req_subj[] = {CL_REQ_SUBJ ">"}, *res_subj[] = {CL_IDEM_SUBJ ">"};
+    const char *req_subj[] = {CL_REQ_SUBJ ">"}, *res_subj[] = {CL_RES_SUBJ ">", CL_IDEM_SUBJ ">"};
     char rsubj[128];
     natsStatus s;
 
@@ -161,12 +163,6 @@ int cl_connect(struct px_cluster *cl, char *err, size_t errlen)
             snprintf(err, errlen, "cannot use JetStream: %s", nats_GetLastError(NULL));
             return -1;
         }
-        snprintf(rsubj, sizeof rsubj, CL_RES_SUBJ "%s", cl->instance);
-        if (natsConnection_Subscribe(&cl->res_sub, cl->nc, rsubj, cl_on_result, cl) != NATS_OK) {
-            snprintf(err, errlen, "cannot subscribe to %s: %s", rsubj, nats_GetLastError(NULL));
-            return -1;
-        }
-        natsSubscription_SetPendingLimits(cl->res_sub, 1 << 20, 256 << 20);
     }
     jsStreamConfig_Init(&sc);
     sc.Name = CL_REQ_STREAM;
@@ -185,7 +181,8 @@ int cl_connect(struct px_cluster *cl, char *err, size_t errlen)
     jsStreamConfig_Init(&sc);
     sc.Name = CL_RES_STREAM;
     sc.Subjects = res_subj;
-    sc.SubjectsLen = 1;
+    sc.SubjectsLen = 2;
+    sc.Duplicates = (int64_t)120 * 1000000000;
     sc.Retention = js_LimitsPolicy;
     sc.Storage = js_FileStorage;
     sc.Replicas = cl->o.replicas;
@@ -194,6 +191,24 @@ int cl_connect(struct px_cluster *cl, char *err, size_t errlen)
     sc.AllowDirect = true;
     if (add_stream(cl, &sc, err, errlen))
         return -1;
+    if (!cl->res_sub) {
+        /* This instance's answers, through an ordered consumer: nats.c recreates it from the
+         * last sequence seen after a gap or a server failure, so no stored answer is missed. */
+        jsSubOptions so;
+        jsErrCode jerr = 0;
+
+        jsSubOptions_Init(&so);
+        so.Ordered = true;
+        so.Config.DeliverPolicy = js_DeliverNew;
+        snprintf(rsubj, sizeof rsubj, CL_RES_SUBJ "%s.>", cl->instance);
+        if (js_Subscribe(&cl->res_sub, cl->js, rsubj, cl_on_result, cl, NULL, &so, &jerr) !=
+            NATS_OK) {
+            snprintf(err, errlen, "cannot follow %s: %s", rsubj, nats_GetLastError(NULL));
+            cl->res_sub = NULL;
+            return -1;
+        }
+        natsSubscription_SetPendingLimits(cl->res_sub, 1 << 20, 256 << 20);
+    }
     if (!cl->leases && open_bucket(cl, CL_LEASES, &cl->leases, err, errlen))
         return -1;
     if (!cl->members && open_bucket(cl, CL_MEMBERS, &cl->members, err, errlen))

@@ -46,7 +46,8 @@ void px_cluster_opts_defaults(px_cluster_opts_t *o);
 enum px_cluster_status {
     PX_CL_ACCEPTED = 0,
     PX_CL_FULL,        /* the partition's backlog is at max_backlog */
-    PX_CL_UNAVAILABLE, /* JetStream did not confirm within publish_timeout_ms */
+    PX_CL_UNAVAILABLE, /* not stored: no JetStream to store it in */
+    PX_CL_UNCERTAIN,   /* no confirmation within publish_timeout_ms: it may have been stored */
     PX_CL_TOO_LARGE,   /* over the servers' max_payload */
     PX_CL_STOPPING,
 };

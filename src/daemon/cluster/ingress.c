@@ -88,7 +88,7 @@ static void publish_one(struct px_cluster *cl, cl_pub_t *p)
     jsPubOptions po;
     jsErrCode jerr = 0;
     natsStatus s;
-    uint64_t until = px_now_ns() + cl->o.publish_timeout_ms * PX_MS;
+    uint64_t until = p->deadline;
 
     /* Connecting happens on the lease thread; wait for it no longer than a publish may take. */
     while (!atomic_load(&cl->ready) && px_now_ns() < until && !atomic_load(&cl->stopping)) {
@@ -121,16 +121,37 @@ static void publish_one(struct px_cluster *cl, cl_pub_t *p)
                  (unsigned long long)cl->o.max_backlog);
         goto refused;
     }
+    if (px_now_ns() >= until) {
+        /* Waited its whole time behind other partitions' publishes: never sent. */
+        p->st = PX_CL_UNAVAILABLE;
+        snprintf(p->why, sizeof p->why,
+                 "NATS JetStream is not storing requests fast enough (publish_timeout_ms %llu "
+                 "passed before it could be sent); retry later",
+                 (unsigned long long)cl->o.publish_timeout_ms);
+        goto refused;
+    }
     snprintf(subj, sizeof subj, CL_REQ_SUBJ "%u", p->partition);
-    jsPubOptions_Init(&po);
-    po.MsgId = p->msgid;
-    po.MaxWait = (int64_t)cl->o.publish_timeout_ms;
-    s = natsMsg_Create(&m, subj, NULL, p->data, (int)p->len);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, CL_HDR_REPLY, cl->instance);
-    if (s == NATS_OK)
-        s = js_PublishMsg(&pa, cl->js, m, &po, &jerr);
-    natsMsg_Destroy(m);
+    /* Retried with the same message id until stored or out of time: JetStream's dedup makes
+     * the retries one message, and a leader election (a few seconds) ends in an accept. */
+    for (;;) {
+        uint64_t now = px_now_ns();
+
+        jsPubOptions_Init(&po);
+        po.MsgId = p->msgid;
+        po.MaxWait = now < until ? (int64_t)((until - now) / PX_MS) + 1 : 1;
+        jerr = 0;
+        s = natsMsg_Create(&m, subj, NULL, p->data, (int)p->len);
+        if (s == NATS_OK)
+            s = natsMsgHeader_Set(m, CL_HDR_REPLY, cl->instance);
+        if (s == NATS_OK)
+            s = js_PublishMsg(&pa, cl->js, m, &po, &jerr);
+        natsMsg_Destroy(m);
+        m = NULL;
+        if (s == NATS_OK || jerr || px_now_ns() + 50 * PX_MS >= until || atomic_load(&cl->stopping))
+            break;
+        struct timespec ts = {0, 50 * 1000000};
+        nanosleep(&ts, NULL);
+    }
     if (s == NATS_OK) {
         p->st = PX_CL_ACCEPTED;
         atomic_fetch_add(&part->backlog, 1); /* until the next refresh says better */
@@ -143,12 +164,16 @@ static void publish_one(struct px_cluster *cl, cl_pub_t *p)
         p->st = PX_CL_FULL;
         snprintf(p->why, sizeof p->why, "the request stream is full: %.100s",
                  nats_GetLastError(NULL));
-    } else {
+    } else if (jerr) {
         p->st = PX_CL_UNAVAILABLE;
-        snprintf(p->why, sizeof p->why, "NATS JetStream did not confirm storing it (%.60s); %s",
-                 s == NATS_TIMEOUT ? "no quorum within publish_timeout_ms"
-                                   : nats_GetLastError(NULL),
-                 "it may still run: retry with the same idem");
+        snprintf(p->why, sizeof p->why, "NATS JetStream refused it: %.150s",
+                 nats_GetLastError(NULL));
+    } else {
+        p->st = PX_CL_UNCERTAIN;
+        snprintf(p->why, sizeof p->why,
+                 "NATS JetStream did not confirm storing it within publish_timeout_ms (%llu); it "
+                 "may still run: resubmit with the same idem to be sure it runs once",
+                 (unsigned long long)cl->o.publish_timeout_ms);
     }
 refused:
     /* Monotonic max: only this partition's publisher writes it. */
@@ -205,6 +230,7 @@ void px_cluster_submit(px_cluster_t *cl, uint32_t partition, const char *msgid, 
     p->cookie = cookie;
     p->partition = partition;
     p->gen = cl->gen[partition];
+    p->deadline = px_now_ns() + cl->o.publish_timeout_ms * PX_MS;
     p->st = PX_CL_UNAVAILABLE;
     p->why[0] = 0;
     p->len = len;

@@ -15,7 +15,7 @@
 #define CL_REQ_STREAM "PAREX_REQ"
 #define CL_RES_STREAM "PAREX_RES"
 #define CL_REQ_SUBJ "parex.req."   /* + partition */
-#define CL_RES_SUBJ "parex.res."   /* + instance: answers travel to their ingress */
+#define CL_RES_SUBJ "parex.res."   /* + instance.hex(msgid): answers for their ingress */
 #define CL_IDEM_SUBJ "parex.idem." /* + hex(msgid): retained answers of idem requests */
 #define CL_LEASES "parex-leases"
 #define CL_MEMBERS "parex-members"
@@ -60,7 +60,8 @@ typedef struct cl_pub {
     struct cl_pub *next;
     void *cookie;
     uint32_t partition;
-    uint64_t gen; /* the partition's refusal generation when submitted */
+    uint64_t gen;      /* the partition's refusal generation when submitted */
+    uint64_t deadline; /* submit time + publish_timeout_ms: the answer is due by then */
     enum px_cluster_status st;
     char why[256];
     size_t len;
@@ -104,6 +105,7 @@ struct px_cluster {
     _Atomic int stopping; /* threads exit */
     _Atomic int releasing;
     _Atomic int connected;
+    _Atomic uint64_t reconnects; /* nats.c's callbacks: partition threads restart consumers */
 
     cl_publisher_t *pubs;
     /* Loop only: a partition's refusal generation. A refusal raises it once the loop has seen it,

@@ -48,8 +48,8 @@ static void delete_old_consumers(struct px_cluster *cl, cl_part_t *p, const char
     jsConsumerNamesList_Destroy(names);
 }
 
-static natsSubscription *open_consumer(struct px_cluster *cl, cl_part_t *p, char *name,
-                                       size_t namelen)
+static natsSubscription *open_consumer(struct px_cluster *cl, cl_part_t *p, unsigned attempt,
+                                       char *name, size_t namelen)
 {
     jsConsumerConfig cc;
     jsSubOptions so;
@@ -58,7 +58,8 @@ static natsSubscription *open_consumer(struct px_cluster *cl, cl_part_t *p, char
     natsSubscription *sub = NULL;
     char filter[64];
 
-    snprintf(name, namelen, "p%u-e%llu", p->id, (unsigned long long)atomic_load(&p->epoch));
+    snprintf(name, namelen, "p%u-e%llu-%u", p->id, (unsigned long long)atomic_load(&p->epoch),
+             attempt);
     snprintf(filter, sizeof filter, CL_REQ_SUBJ "%u", p->id);
     delete_old_consumers(cl, p, name);
     jsConsumerConfig_Init(&cc);
@@ -89,32 +90,52 @@ static natsSubscription *open_consumer(struct px_cluster *cl, cl_part_t *p, char
     return sub;
 }
 
-/* Sends a job's answer to the instance that accepted it, as a core message (the ingress waits
- * for it on its connection; no one else would read it). */
-static void send_answer(struct px_cluster *cl, natsMsg *req, px_cluster_job_t *j)
+/* Stores a job's answer in the results stream, under the subject of the instance that accepted
+ * the request (it follows that subject with an ordered consumer, so an answer survives a NATS
+ * node failure between the two), and for idem requests also under the idem's own subject, for
+ * {"control":"result"} from any instance. Asynchronous: the batch waits for all of them at once
+ * before acknowledging, so a request is acknowledged only once its answer is stored. The message
+ * id makes a re-run's answer a duplicate JetStream drops (within its window). */
+static int send_answer(jsCtx *js, natsMsg *req, px_cluster_job_t *j)
 {
     const char *reply = NULL;
-    char subj[128];
+    char subj[512], hex[420];
     natsMsg *m = NULL;
+    jsPubOptions po;
+    natsStatus s;
 
     if (natsMsgHeader_Get(req, CL_HDR_REPLY, &reply) != NATS_OK || !reply)
-        return;
-    snprintf(subj, sizeof subj, CL_RES_SUBJ "%s", reply);
-    if (natsMsg_Create(&m, subj, NULL, j->result.data, (int)j->result.len) == NATS_OK &&
-        natsMsgHeader_Set(m, CL_HDR_ID, j->msgid) == NATS_OK)
-        natsConnection_PublishMsg(cl->nc, m);
+        return 0;
+    cl_hex(hex, j->msgid, sizeof hex);
+    jsPubOptions_Init(&po);
+    po.MsgId = j->msgid;
+    snprintf(subj, sizeof subj, CL_RES_SUBJ "%s.%s", reply, hex);
+    s = natsMsg_Create(&m, subj, NULL, j->result.data, (int)j->result.len);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, CL_HDR_ID, j->msgid);
+    if (s == NATS_OK)
+        s = js_PublishMsgAsync(js, &m, &po);
     natsMsg_Destroy(m);
-    if (strncmp(j->msgid, "i.", 2) == 0) {
-        /* idem requests: also kept in the results stream for {"control":"result"}. */
-        char hex[420];
-        cl_hex(hex, j->msgid, sizeof hex);
-        snprintf(subj, sizeof subj, CL_IDEM_SUBJ "%.100s", hex);
+    if (s == NATS_OK && strncmp(j->msgid, "i.", 2) == 0) {
+        char id[256];
+        snprintf(subj, sizeof subj, CL_IDEM_SUBJ "%s", hex);
+        snprintf(id, sizeof id, "idem.%s", j->msgid);
+        po.MsgId = id;
         m = NULL;
-        if (natsMsg_Create(&m, subj, NULL, j->result.data, (int)j->result.len) == NATS_OK &&
-            natsMsgHeader_Set(m, CL_HDR_ID, j->msgid) == NATS_OK)
-            js_PublishMsg(NULL, cl->js, m, NULL, NULL);
+        s = natsMsg_Create(&m, subj, NULL, j->result.data, (int)j->result.len);
+        if (s == NATS_OK)
+            s = natsMsgHeader_Set(m, CL_HDR_ID, j->msgid);
+        if (s == NATS_OK)
+            s = js_PublishMsgAsync(js, &m, &po);
         natsMsg_Destroy(m);
     }
+    return s == NATS_OK ? 0 : -1;
+}
+
+/* nats.c's thread: an answer was not stored; the batch is then not acknowledged. */
+static void on_answer_failed(jsCtx *js, jsPubAckErr *pae, void *closure)
+{
+    atomic_fetch_add((_Atomic unsigned *)closure, 1);
 }
 
 /* Acknowledges a message, waiting for the server when sync (the last of a batch: a hand-off
@@ -131,9 +152,14 @@ static int ack(cl_part_t *p, natsMsg *m, uint64_t seq, int sync)
     return 0;
 }
 
-/* Runs one fetched batch; returns 0, or -1 when the lease was lost on the way. */
-static int run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list)
+/* Runs one fetched batch; returns 0, 1 when the consumer must be started afresh (a lost delivery,
+ * an ack or an answer that did not make it: what was not acknowledged then runs again, in order),
+ * or -1 when the lease was lost on the way. */
+static int run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsCtx *ajs,
+                     _Atomic unsigned *failed, uint64_t *cseq)
 {
+    int reopen = 0;
+    jsPubOptions po;
     px_cluster_fence_t fence = {.p = p, .epoch = atomic_load(&p->epoch)};
     px_cluster_job_t *jobs = calloc((size_t)list->Count, sizeof *jobs);
     natsMsg **msgs = calloc((size_t)list->Count, sizeof *msgs);
@@ -152,15 +178,30 @@ static int run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list)
 
         natsMsgHeader_Get(m, "Nats-Msg-Id", &id);
         if (natsMsg_GetMetaData(&md, m) == NATS_OK) {
+            uint64_t c = md->Sequence.Consumer;
             j->seq = md->Sequence.Stream;
             j->delivered = md->NumDelivered;
             jsMsgMetaData_Destroy(md);
+            if (*cseq && c != *cseq + 1) {
+                /* A delivery was lost on the way (a connection that broke): the consumer counts
+                 * it as handed out, so running what follows would skip it. Stop here and start
+                 * a fresh consumer, which begins at the first unacknowledged message. */
+                px_warn("cluster: partition %u: delivery %llu missing before stream sequence "
+                        "%llu; restarting the consumer",
+                        p->id, (unsigned long long)(*cseq + 1), (unsigned long long)j->seq);
+                j->seq = 0;
+                reopen = 1;
+                break;
+            }
+            *cseq = c;
         }
         if (j->seq && j->seq <= p->floor) {
             /* Finished by the holder that handed the partition over: only acknowledge it. */
             atomic_fetch_add(&p->skipped, 1);
-            if (ack(p, m, j->seq, 0))
-                goto lost;
+            if (ack(p, m, j->seq, 0)) {
+                reopen = 1;
+                goto out;
+            }
             continue;
         }
         j->partition = p->id;
@@ -177,12 +218,32 @@ static int run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list)
     for (int i = 0; i < n; i++) {
         if (!jobs[i].run || !px_cluster_fence_ok(&fence))
             goto lost; /* left unacknowledged for the next holder */
-        send_answer(cl, msgs[i], &jobs[i]);
-        if (ack(p, msgs[i], jobs[i].seq, i == n - 1))
+        if (send_answer(ajs, msgs[i], &jobs[i])) {
+            reopen = 1;
+            goto out;
+        }
+    }
+    jsPubOptions_Init(&po);
+    po.MaxWait = (int64_t)cl->o.publish_timeout_ms;
+    if (n && (js_PublishAsyncComplete(ajs, &po) != NATS_OK || atomic_exchange(failed, 0))) {
+        px_warn("cluster: partition %u: answers of a batch were not stored; restarting the "
+                "consumer to run the batch again",
+                p->id);
+        reopen = 1;
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        if (!px_cluster_fence_ok(&fence))
             goto lost;
+        if (ack(p, msgs[i], jobs[i].seq, i == n - 1)) {
+            reopen = 1; /* what was not acknowledged runs again, in order */
+            goto out;
+        }
         atomic_fetch_add(&p->runs, 1);
     }
 out:
+    if (reopen && rc == 0)
+        rc = 1;
     for (int i = 0; i < list->Count; i++)
         px_buf_free(&jobs[i].result);
     free(jobs);
@@ -197,15 +258,38 @@ void *cl_part_main(void *arg)
 {
     cl_part_t *p = arg;
     struct px_cluster *cl = p->cl;
-    natsSubscription *sub;
+    natsSubscription *sub = NULL;
     char name[64], tname[16];
+    unsigned attempt = 0;
+    uint64_t seen, cseq;
+    unsigned errors = 0;
+    _Atomic unsigned failed = 0;
+    jsCtx *ajs = NULL;
+    jsOptions jo;
     sigset_t all;
 
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     snprintf(tname, sizeof tname, "px-cl-p%u", p->id);
     pthread_setname_np(pthread_self(), tname);
-    if (!(sub = open_consumer(cl, p, name, sizeof name))) {
+    jsOptions_Init(&jo);
+    jo.Wait = (int64_t)cl->o.publish_timeout_ms;
+    jo.PublishAsync.MaxPending = (int64_t)cl->o.batch * 2;
+    jo.PublishAsync.ErrHandler = on_answer_failed;
+    jo.PublishAsync.ErrHandlerClosure = (void *)&failed;
+    if (natsConnection_JetStream(&ajs, cl->nc, &jo) != NATS_OK) {
+        px_warn("cluster: partition %u: %s", p->id, nats_GetLastError(NULL));
+        atomic_store(&p->lost, 1);
+        goto out;
+    }
+reopen:
+    if (sub) {
+        natsSubscription_Destroy(sub);
+        sub = NULL;
+    }
+    seen = atomic_load(&cl->reconnects);
+    cseq = 0;
+    if (!(sub = open_consumer(cl, p, attempt++, name, sizeof name))) {
         atomic_store(&p->lost, 1);
         goto out;
     }
@@ -215,6 +299,7 @@ void *cl_part_main(void *arg)
         natsMsgList list = {0};
         px_cluster_fence_t fence = {.p = p, .epoch = atomic_load(&p->epoch)};
         natsStatus s;
+        int rc;
 
         if (!px_cluster_fence_ok(&fence)) {
             px_warn("cluster: partition %u: lease lost (epoch %llu); stopping without running or "
@@ -223,9 +308,17 @@ void *cl_part_main(void *arg)
             atomic_store(&p->lost, 1);
             break;
         }
+        if (atomic_load(&cl->reconnects) != seen) {
+            /* Deliveries in flight on the old connection are lost, and the consumer counts them
+             * as handed out: only a fresh consumer hands them out again (in order). */
+            px_info("cluster: partition %u: reconnected to NATS; restarting the consumer", p->id);
+            goto reopen;
+        }
         s = natsSubscription_Fetch(&list, sub, (int)cl->o.batch, 250, NULL);
         if (s == NATS_TIMEOUT)
             continue;
+        if (s == NATS_OK)
+            errors = 0;
         if (s != NATS_OK) {
             if (s == NATS_NOT_FOUND || strstr(nats_GetLastError(NULL), "consumer")) {
                 px_warn("cluster: partition %u: consumer %s is gone (%s); giving the "
@@ -234,24 +327,32 @@ void *cl_part_main(void *arg)
                 atomic_store(&p->lost, 1);
                 break;
             }
+            if (!errors++)
+                px_warn("cluster: partition %u: fetch failed: %s (status %d); retrying", p->id,
+                        nats_GetLastError(NULL), (int)s);
             struct timespec ts = {0, 100 * 1000000}; /* not connected: retry shortly */
             nanosleep(&ts, NULL);
             continue;
         }
-        if (run_batch(cl, p, &list)) {
-            natsMsgList_Destroy(&list);
+        rc = run_batch(cl, p, &list, ajs, &failed, &cseq);
+        natsMsgList_Destroy(&list);
+        if (rc < 0) {
             atomic_store(&p->lost, 1);
             break;
         }
-        natsMsgList_Destroy(&list);
+        if (rc > 0)
+            goto reopen;
     }
     /* A graceful stop deletes the consumer: everything it handed out was acknowledged. */
     if (!atomic_load(&p->lost)) {
         jsErrCode jerr = 0;
         js_DeleteConsumer(cl->js, CL_REQ_STREAM, name, NULL, &jerr);
     }
-    natsSubscription_Destroy(sub);
 out:
+    if (sub)
+        natsSubscription_Destroy(sub);
+    if (ajs)
+        jsCtx_Destroy(ajs);
     atomic_store(&p->exited, 1);
     pthread_mutex_lock(&cl->lease_mu);
     pthread_cond_signal(&cl->lease_cv);
