@@ -23,8 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int cl_connect(struct px_cluster *cl, char *err, size_t errlen);
-
 typedef struct members {
     char **names;
     int n;

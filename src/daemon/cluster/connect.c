@@ -1,0 +1,198 @@
+/* The cluster's connection to NATS and the JetStream objects it needs (two streams, two
+ * buckets), created idempotently by whichever instance comes first; and the small helpers the
+ * cluster's threads share. Runs on the lease thread. */
+#include "daemon/cluster/internal.h"
+
+#include "common/clock.h"
+#include "common/log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+uint64_t cl_lease_margin_ns(const struct px_cluster *cl)
+{
+    /* Stop a little before the servers could let another instance take the lease: their clock
+     * starts when our renewal arrives, ours when we sent it, so only drift needs the margin. */
+    uint64_t m = cl->o.lease_ttl_ms * PX_MS / 10;
+    return m < 200 * PX_MS ? 200 * PX_MS : m;
+}
+
+void cl_hex(char *out, const char *in, size_t max)
+{
+    static const char d[] = "0123456789abcdef";
+    size_t i = 0;
+
+    for (; *in && i + 3 <= max; in++) {
+        out[i++] = d[(unsigned char)*in >> 4];
+        out[i++] = d[(unsigned char)*in & 15];
+    }
+    out[i] = 0;
+}
+
+static void on_disconnected(natsConnection *nc, void *arg)
+{
+    struct px_cluster *cl = arg;
+
+    atomic_store(&cl->connected, 0);
+    atomic_fetch_add(&cl->reconnects, 1);
+    px_warn("cluster: lost the connection to NATS; reconnecting");
+}
+
+static void on_reconnected(natsConnection *nc, void *arg)
+{
+    struct px_cluster *cl = arg;
+
+    atomic_store(&cl->connected, 1);
+    atomic_fetch_add(&cl->reconnects, 1);
+    px_notice("cluster: reconnected to NATS");
+}
+
+static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *arg)
+{
+    px_warn("cluster: NATS reports: %s", natsStatus_GetText(err));
+}
+
+static int add_stream(struct px_cluster *cl, jsStreamConfig *sc, char *err, size_t errlen)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+
+    if (js_AddStream(&si, cl->js, sc, NULL, &jerr) == NATS_OK) {
+        jsStreamInfo_Destroy(si);
+        return 0;
+    }
+    if (jerr == JSStreamNameExistErr &&
+        js_GetStreamInfo(&si, cl->js, sc->Name, NULL, &jerr) == NATS_OK) {
+        /* Made by another instance, or by an earlier version of this configuration. */
+        jsStreamInfo_Destroy(si);
+        return 0;
+    }
+    snprintf(err, errlen, "cannot create stream %s: %s", sc->Name, nats_GetLastError(NULL));
+    return -1;
+}
+
+static int open_bucket(struct px_cluster *cl, const char *name, kvStore **kv, char *err,
+                       size_t errlen)
+{
+    kvConfig kc;
+
+    kvConfig_Init(&kc);
+    kc.Bucket = name;
+    kc.History = 1;
+    kc.TTL = (int64_t)cl->o.lease_ttl_ms * 1000000;
+    kc.Replicas = cl->o.replicas;
+    kc.StorageType = js_FileStorage;
+    if (js_CreateKeyValue(kv, cl->ljs, &kc) == NATS_OK || js_KeyValue(kv, cl->ljs, name) == NATS_OK)
+        return 0;
+    snprintf(err, errlen, "cannot open bucket %s: %s", name, nats_GetLastError(NULL));
+    return -1;
+}
+
+int cl_connect(struct px_cluster *cl, char *err, size_t errlen)
+{
+    natsOptions *no = NULL;
+    jsOptions jo;
+    jsStreamConfig sc;
+    const char *req_subj[] = {CL_REQ_SUBJ ">"}, *res_subj[] = {CL_RES_SUBJ ">", CL_IDEM_SUBJ ">"};
+    char rsubj[128];
+    natsStatus s;
+
+    if (!cl->nc) {
+        s = natsOptions_Create(&no);
+        if (s == NATS_OK)
+            s = natsOptions_SetServers(no, (const char **)cl->servers, cl->o.nservers);
+        if (s == NATS_OK)
+            s = natsOptions_SetName(no, cl->instance);
+        if (s == NATS_OK)
+            s = natsOptions_SetMaxReconnect(no, -1);
+        if (s == NATS_OK)
+            s = natsOptions_SetReconnectWait(no, 250);
+        if (s == NATS_OK)
+            s = natsOptions_SetTimeout(no, 2000);
+        /* A dead server is noticed within about 2 s rather than the default 4 minutes. */
+        if (s == NATS_OK)
+            s = natsOptions_SetPingInterval(no, 1000);
+        if (s == NATS_OK)
+            s = natsOptions_SetMaxPingsOut(no, 2);
+        if (s == NATS_OK)
+            s = natsOptions_SetDisconnectedCB(no, on_disconnected, cl);
+        if (s == NATS_OK)
+            s = natsOptions_SetReconnectedCB(no, on_reconnected, cl);
+        if (s == NATS_OK)
+            s = natsOptions_SetErrorHandler(no, on_async_error, cl);
+        if (s == NATS_OK)
+            s = natsConnection_Connect(&cl->nc, no);
+        natsOptions_Destroy(no);
+        if (s != NATS_OK) {
+            snprintf(err, errlen, "cannot connect to NATS (%s): %s", cl->servers[0],
+                     nats_GetLastError(NULL));
+            cl->nc = NULL;
+            return -1;
+        }
+        atomic_store(&cl->connected, 1);
+        cl->max_payload = natsConnection_GetMaxPayload(cl->nc);
+        jsOptions_Init(&jo);
+        jo.Wait = (int64_t)cl->o.publish_timeout_ms;
+        if (natsConnection_JetStream(&cl->js, cl->nc, &jo) != NATS_OK) {
+            snprintf(err, errlen, "cannot use JetStream: %s", nats_GetLastError(NULL));
+            return -1;
+        }
+        /* Lease requests answer within a third of the lease or count as failed: a renewal that
+         * took longer would be useless anyway. */
+        jo.Wait = (int64_t)(cl->o.lease_ttl_ms / 3);
+        if (natsConnection_JetStream(&cl->ljs, cl->nc, &jo) != NATS_OK) {
+            snprintf(err, errlen, "cannot use JetStream: %s", nats_GetLastError(NULL));
+            return -1;
+        }
+    }
+    jsStreamConfig_Init(&sc);
+    sc.Name = CL_REQ_STREAM;
+    sc.Subjects = req_subj;
+    sc.SubjectsLen = 1;
+    /* Work queue: an acknowledged request is gone. No MaxAge and no discard-old: either would
+     * drop pending work silently. The total bound (discard new) backs the per-partition one. */
+    sc.Retention = js_WorkQueuePolicy;
+    sc.Storage = js_FileStorage;
+    sc.Replicas = cl->o.replicas;
+    sc.Discard = js_DiscardNew;
+    sc.MaxMsgs = (int64_t)(cl->o.max_backlog * cl->o.partitions * 2);
+    sc.Duplicates = (int64_t)120 * 1000000000;
+    if (add_stream(cl, &sc, err, errlen))
+        return -1;
+    jsStreamConfig_Init(&sc);
+    sc.Name = CL_RES_STREAM;
+    sc.Subjects = res_subj;
+    sc.SubjectsLen = 2;
+    sc.Duplicates = (int64_t)120 * 1000000000;
+    sc.Retention = js_LimitsPolicy;
+    sc.Storage = js_FileStorage;
+    sc.Replicas = cl->o.replicas;
+    sc.MaxAge = (int64_t)cl->o.result_ttl_ms * 1000000;
+    sc.MaxMsgsPerSubject = 1;
+    sc.AllowDirect = true;
+    if (add_stream(cl, &sc, err, errlen))
+        return -1;
+    if (!cl->res_sub) {
+        /* This instance's answers, through an ordered consumer: nats.c recreates it from the
+         * last sequence seen after a gap or a server failure, so no stored answer is missed. */
+        jsSubOptions so;
+        jsErrCode jerr = 0;
+
+        jsSubOptions_Init(&so);
+        so.Ordered = true;
+        so.Config.DeliverPolicy = js_DeliverNew;
+        snprintf(rsubj, sizeof rsubj, CL_RES_SUBJ "%s.>", cl->instance);
+        if (js_Subscribe(&cl->res_sub, cl->js, rsubj, cl_on_result, cl, NULL, &so, &jerr) !=
+            NATS_OK) {
+            snprintf(err, errlen, "cannot follow %s: %s", rsubj, nats_GetLastError(NULL));
+            cl->res_sub = NULL;
+            return -1;
+        }
+        natsSubscription_SetPendingLimits(cl->res_sub, 1 << 20, 256 << 20);
+    }
+    if (!cl->leases && open_bucket(cl, CL_LEASES, &cl->leases, err, errlen))
+        return -1;
+    if (!cl->members && open_bucket(cl, CL_MEMBERS, &cl->members, err, errlen))
+        return -1;
+    return 0;
+}
