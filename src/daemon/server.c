@@ -56,6 +56,38 @@ static void net_closed(void *arg)
         check_drained(srv);
 }
 
+/* Answers of executor jobs go back to their partition thread, the rest to connections. */
+static void sink_deliver(void *origin, const char *line, size_t len)
+{
+    if (!px_clustered_deliver(origin, line, len))
+        px_conn_deliver(origin, line, len);
+}
+
+static int net_submit(void *arg, const px_submit_t *s, const px_line_t *line, px_verdict_t *v)
+{
+    px_server_t *srv = arg;
+
+    return px_clustered_submit(srv->cx, s, line, v);
+}
+
+static void cluster_changed(void *arg)
+{
+    px_server_t *srv = arg;
+
+    px_conn_flush_all(&srv->net);
+    check_drained(srv);
+}
+
+static json_t *cluster_report(void *arg)
+{
+    return px_clustered_report(arg);
+}
+
+static int cluster_up(void *arg)
+{
+    return px_clustered_connected(arg);
+}
+
 static json_t *net_control(void *arg, const px_line_t *line, char *msg, size_t msglen)
 {
     px_server_t *srv = arg;
@@ -90,6 +122,13 @@ static void check_drained(px_server_t *srv)
     px_pool_t *pool = srv->eng.pool;
     px_counts_t n;
 
+    if (srv->cluster_draining && !atomic_load(&srv->eng.draining)) {
+        /* Partitions go first (their running batches still need the engine), and the requests
+         * this instance accepted wait for their answers from wherever they run. */
+        if (!px_clustered_idle(srv->cx))
+            return;
+        px_engine_close(&srv->eng);
+    }
     if (!atomic_load(&srv->eng.draining))
         return;
     if (!srv->finishing) {
@@ -119,6 +158,10 @@ static void check_drained(px_server_t *srv)
             uv_stop(srv->loop);
         }
         srv->eng.pool = NULL;
+        if (srv->cx) {
+            px_clustered_stop(srv->cx);
+            srv->cx = NULL;
+        }
         close_handles(srv);
     }
 }
@@ -132,6 +175,11 @@ static void force(px_server_t *srv)
         return;
     }
     srv->forced = 1;
+    if (srv->cx) {
+        px_clustered_cancel(srv->cx);
+        if (!atomic_load(&srv->eng.draining))
+            px_engine_close(&srv->eng);
+    }
     px_engine_cancel_all(&srv->eng);
     /* Stuck workers will never report: treat the drain as complete. */
     srv->finishing = 1;
@@ -151,7 +199,7 @@ static void on_drain_timeout(uv_timer_t *t)
 
 void px_server_drain(px_server_t *srv)
 {
-    if (atomic_load(&srv->eng.draining)) {
+    if (atomic_load(&srv->eng.draining) || srv->cluster_draining) {
         px_warn("drain: second signal; stopping now");
         force(srv);
         return;
@@ -161,7 +209,12 @@ void px_server_drain(px_server_t *srv)
               "ms; a second signal stops at once)",
               (long long)srv->cfg.drain_timeout_ms);
     px_listener_close(&srv->listeners);
-    px_engine_close(&srv->eng);
+    if (srv->cx) {
+        srv->cluster_draining = 1;
+        px_clustered_drain(srv->cx);
+    } else {
+        px_engine_close(&srv->eng);
+    }
     uv_timer_start(&srv->drain_timer, on_drain_timeout, (uint64_t)srv->cfg.drain_timeout_ms, 0);
     check_drained(srv);
 }
@@ -216,6 +269,7 @@ void px_server_reload(px_server_t *srv)
     KEPT(quarantine_after, "quarantine");
     KEPT(quarantine_for_ms, "quarantine");
     KEPT(scheduling, "scheduling");
+    KEPT(cluster, "cluster");
 #undef KEPT
     if (kept[0])
         px_warn("reload: %s cannot change while running; restart parexd to apply them", kept);
@@ -258,8 +312,11 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
                    px_config_loader_t reload, void *reload_arg, char *err, size_t errlen)
 {
     const px_sink_t sink = {
-        .deliver = px_conn_deliver, .flush = sink_flush, .after = sink_after, .arg = srv};
-    const px_net_events_t ev = {.closed = net_closed, .control = net_control, .arg = srv};
+        .deliver = sink_deliver, .flush = sink_flush, .after = sink_after, .arg = srv};
+    const px_net_events_t ev = {.closed = net_closed,
+                                .control = net_control,
+                                .submit = cfg->cluster.on ? net_submit : NULL,
+                                .arg = srv};
     px_registry_t *reg;
 
     memset(srv, 0, sizeof *srv);
@@ -281,6 +338,14 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
     if (px_listener_open(&srv->listeners, loop, &srv->cfg, on_accept, srv, err, errlen) ||
         px_engine_start(&srv->eng, err, errlen))
         goto fail_pool;
+    if (cfg->cluster.on) {
+        if (px_clustered_start(&srv->cx, loop, &srv->cfg, &srv->eng, px_conn_deliver,
+                               cluster_changed, srv, err, errlen))
+            goto fail_pool;
+        srv->watch.cluster = cluster_report;
+        srv->watch.cluster_up = cluster_up;
+        srv->watch.cluster_arg = srv->cx;
+    }
     if (!(srv->sup = px_supervisor_start(loop, &srv->watch, &srv->cfg))) {
         snprintf(err, errlen, "out of memory starting the supervisor");
         goto fail_pool;

@@ -4,6 +4,7 @@
 #ifndef PX_SERVER_H
 #define PX_SERVER_H
 
+#include "daemon/clustered.h"
 #include "daemon/core/config.h"
 #include "daemon/core/stats.h"
 #include "daemon/exec/engine.h"
@@ -30,6 +31,8 @@ typedef struct px_server {
     px_metrics_t *metrics;
     px_supervisor_t *sup;
     px_sdstatus_t sd;
+    px_clustered_t *cx;   /* cluster mode, else NULL */
+    int cluster_draining; /* handing partitions over before the engine closes */
 
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer;

@@ -24,7 +24,8 @@ enum kind {
     K_MODE,
     K_TOKEN,
     K_QUARANTINE,
-    K_SCHED
+    K_SCHED,
+    K_CLUSTER
 };
 
 struct key {
@@ -56,6 +57,7 @@ static const struct key keys[] = {
     {"max_queued_per_key", K_INT, F(max_queued_per_key), 0, 1 << 24},
     {"quarantine", K_QUARANTINE, F(quarantine_after), 0, 0},
     {"scheduling", K_SCHED, F(scheduling), 0, 0},
+    {"cluster", K_CLUSTER, F(cluster), 0, 0},
 };
 #undef F
 
@@ -100,7 +102,7 @@ static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, 
 
     /* Every kind but the numbers and objects is a string. */
     if (k->kind != K_INT && k->kind != K_DOUBLE && k->kind != K_JSON_OBJECT &&
-        k->kind != K_QUARANTINE) {
+        k->kind != K_QUARANTINE && k->kind != K_CLUSTER) {
         if (!json_is_string(v))
             goto type;
         s = json_string_value(v);
@@ -204,6 +206,9 @@ static int set_value(px_config_t *c, const struct key *k, json_t *v, char *err, 
         c->quarantine_for_ms = json_integer_value(f);
         return 0;
     }
+    case K_CLUSTER:
+        px_cluster_cfg_defaults(&c->cluster);
+        return px_cluster_cfg_parse(&c->cluster, v, err, errlen);
     case K_SCHED:
         if (strcmp(s, "partitioned") == 0)
             *(int64_t *)field = PX_SCHED_PARTITIONED;

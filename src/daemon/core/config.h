@@ -3,6 +3,8 @@
 #ifndef PX_CONFIG_H
 #define PX_CONFIG_H
 
+#include "daemon/core/clustercfg.h"
+
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -32,6 +34,7 @@ typedef struct px_config {
     int64_t quarantine_after;   /* quarantine.after_failures; 0: off */
     int64_t quarantine_for_ms;  /* quarantine.for_ms */
     int64_t scheduling;         /* PX_SCHED_* */
+    px_cluster_cfg_t cluster;   /* cluster mode when cluster.on */
 } px_config_t;
 
 enum { PX_ON_STALL_REPORT, PX_ON_STALL_REPLACE };

@@ -22,6 +22,10 @@ typedef struct px_net_events {
     void (*closed)(void *arg);
     /* A control line: its result, or NULL with msg (answered invalid/bad_field). */
     json_t *(*control)(void *arg, const px_line_t *line, char *msg, size_t msglen);
+    /* Optional (cluster mode): takes a valid request instead of the local engine. Returns like
+     * px_engine_submit: 0 when the request now holds its origin until an answer is delivered
+     * for it, 1 refused (v says why), -ENOMEM. */
+    int (*submit)(void *arg, const px_submit_t *s, const px_line_t *line, px_verdict_t *v);
     void *arg;
 } px_net_events_t;
 

@@ -110,6 +110,23 @@ static int token_ok(const json_t *token, const char *want)
     return diff == 0;
 }
 
+/* Cluster mode's "idem": the message id JetStream deduplicates retried submits by. */
+static int bad_idem(const json_t *idem, char *msg, size_t msglen)
+{
+    const char *s = json_string_value(idem);
+    size_t n = s ? json_string_length(idem) : 0;
+    int ok = n >= 1 && n <= 128;
+
+    if (!idem)
+        return 0;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = s[i] > ' ' && s[i] <= '~';
+    if (!ok)
+        snprintf(msg, msglen,
+                 "'idem' must be a string of 1 to 128 printable ASCII characters without spaces");
+    return !ok;
+}
+
 static int blank(const char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -185,6 +202,10 @@ unsigned px_dispatch(px_line_ctx_t *x, const char *text, size_t len, int too_lon
         answer_invalid(x, id, id_len, PX_INV_BAD_FIELD, msg);
         goto out;
     }
+    if (net->ev.submit && bad_idem(json_object_get(line.root, "idem"), msg, sizeof msg)) {
+        answer_invalid(x, id, id_len, PX_INV_BAD_FIELD, msg);
+        goto out;
+    }
     if (!id) {
         id_len = (size_t)snprintf(idnum, sizeof idnum, "%llu", (unsigned long long)++*x->next_id);
         id = idnum;
@@ -203,7 +224,8 @@ unsigned px_dispatch(px_line_ctx_t *x, const char *text, size_t len, int too_lon
                         .recv_ns = x->recv_ns,
                         .deadline_ms = line.deadline_ms,
                         .origin = x->origin};
-    rc = px_engine_submit(net->eng, &sub, &v);
+    rc = net->ev.submit ? net->ev.submit(net->ev.arg, &sub, &line, &v)
+                        : px_engine_submit(net->eng, &sub, &v);
     if (rc < 0)
         goto oom;
     if (rc > 0) {

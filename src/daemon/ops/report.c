@@ -103,6 +103,8 @@ json_t *px_report_stats(const px_snapshot_t *s)
     json_object_set_new(o, "key_parks", json_integer((json_int_t)n->key_parks));
     json_object_set_new(o, "top_keys", s->top ? json_deep_copy(s->top) : json_object());
     json_object_set_new(o, "imbalance_ratio", json_real(round3(s->imbalance)));
+    if (s->cluster)
+        json_object_set_new(o, "cluster", json_deep_copy(s->cluster));
     return o;
 }
 
@@ -165,6 +167,48 @@ static void handlers_prometheus(const px_snapshot_t *s, px_buf_t *b)
                       x[i].name, (unsigned long long)h->count, x[i].name, (double)h->sum / 1e6,
                       x[i].name, (unsigned long long)h->count);
     }
+}
+
+/* Cluster mode: the cluster section of /stats as gauges and counters. */
+static void cluster_metrics(json_t *c, px_buf_t *b)
+{
+    static const struct {
+        const char *field, *name, *type, *help;
+    } m[] = {
+        {"connected", "parexd_cluster_nats_connected", "gauge", "1 while connected to NATS."},
+        {"members", "parexd_cluster_members", "gauge", "Instances seen in the cluster."},
+        {"owned", "parexd_cluster_partitions_owned", "gauge", "Partitions this instance holds."},
+        {"handoffs", "parexd_cluster_handoffs_total", "counter",
+         "Partitions handed over gracefully."},
+        {"lease_losses", "parexd_cluster_lease_losses_total", "counter",
+         "Partitions lost (lease expired or taken over)."},
+        {"redeliveries", "parexd_cluster_redeliveries_total", "counter",
+         "Requests delivered to this instance more than once."},
+        {"duplicates_stored", "parexd_cluster_duplicate_submits_total", "counter",
+         "Submits JetStream recognised as duplicates (same message id or idem)."},
+    };
+    json_t *parts = json_object_get(c, "partition_list"), *p;
+    size_t i;
+
+    for (i = 0; i < sizeof m / sizeof m[0]; i++) {
+        json_t *v = json_object_get(c, m[i].field);
+        help_type(b, m[i].name, m[i].type, m[i].help);
+        px_buf_printf(b, "%s %lld\n", m[i].name,
+                      json_is_boolean(v) ? (long long)json_is_true(v)
+                                         : (long long)json_integer_value(v));
+    }
+    help_type(b, "parexd_cluster_partition_backlog", "gauge",
+              "Requests stored for a partition and not yet acknowledged.");
+    json_array_foreach(parts, i, p)
+        px_buf_printf(b, "parexd_cluster_partition_backlog{partition=\"%lld\"} %lld\n",
+                      (long long)json_integer_value(json_object_get(p, "partition")),
+                      (long long)json_integer_value(json_object_get(p, "backlog")));
+    help_type(b, "parexd_cluster_partition_epoch", "gauge",
+              "Lease epoch of a partition this instance holds (0: not held).");
+    json_array_foreach(parts, i, p)
+        px_buf_printf(b, "parexd_cluster_partition_epoch{partition=\"%lld\"} %lld\n",
+                      (long long)json_integer_value(json_object_get(p, "partition")),
+                      (long long)json_integer_value(json_object_get(p, "epoch")));
 }
 
 int px_report_prometheus(const px_snapshot_t *s, px_buf_t *b)
@@ -258,6 +302,8 @@ int px_report_prometheus(const px_snapshot_t *s, px_buf_t *b)
     px_buf_printf(b, "parexd_build_info{version=\"%s\"} 1\n", PX_VERSION);
     help_type(b, "parexd_start_time_seconds", "gauge", "Start time, seconds since the epoch.");
     px_buf_printf(b, "parexd_start_time_seconds %llu\n", (unsigned long long)s->start_time_unix);
+    if (s->cluster)
+        cluster_metrics(s->cluster, b);
     return 0;
 }
 
@@ -265,6 +311,12 @@ int px_report_health(const px_snapshot_t *s, char *reason, size_t len)
 {
     if (s->draining) {
         snprintf(reason, len, "draining: parexd is shutting down");
+        return -1;
+    }
+    if (s->cluster_down) {
+        snprintf(reason, len,
+                 "cluster: not connected to NATS (reconnecting); requests are refused "
+                 "unavailable until it is back");
         return -1;
     }
     for (uint32_t i = 0; i < s->nworkers; i++) {

@@ -68,8 +68,14 @@ int px_snapshot_take(px_snapshot_src_t *src, int what, px_snapshot_t *s)
     for (uint32_t i = 0; i < s->nworkers; i++)
         px_pool_info(pool, i, &s->workers[i]);
     s->keyed = px_pool_keyed(pool, &s->keyed_depth, &s->keyed_capacity, &s->keyed_keys);
+    if (src->cluster) {
+        s->cluster_mode = 1;
+        s->cluster_down = !src->cluster_up(src->cluster_arg);
+    }
     if (what == PX_SNAP_WORKERS)
         return 0;
+    if (src->cluster)
+        s->cluster = src->cluster(src->cluster_arg);
     if (!(s->queue_us = calloc(2, sizeof *s->queue_us)) || take_handlers(src, s)) {
         px_snapshot_free(s);
         return -ENOMEM;
@@ -90,6 +96,7 @@ void px_snapshot_free(px_snapshot_t *s)
     free(s->handlers);
     json_decref(s->parked);
     json_decref(s->top);
+    json_decref(s->cluster);
     memset(s, 0, sizeof *s);
 }
 

@@ -21,6 +21,11 @@ typedef struct px_snapshot_src {
     px_stats_t *stats;
     _Atomic double bp_threshold; /* live copy of cfg.backpressure_threshold */
     uint64_t start_time_unix;
+    /* Cluster mode (set before the endpoints start, else NULL): its /stats section and whether
+     * its NATS connection is up. Any thread. */
+    json_t *(*cluster)(void *arg);
+    int (*cluster_up)(void *arg);
+    void *cluster_arg;
 } px_snapshot_src_t;
 
 typedef struct px_snap_handler {
@@ -45,6 +50,8 @@ typedef struct px_snapshot {
     px_snap_handler_t *handlers; /* PX_SNAP_FULL */
     json_t *parked, *top;        /* PX_SNAP_FULL; owned */
     double imbalance;            /* PX_SNAP_FULL */
+    json_t *cluster;             /* PX_SNAP_FULL in cluster mode; owned */
+    int cluster_mode, cluster_down;
 } px_snapshot_t;
 
 /* PX_SNAP_WORKERS: counters and workers only (health, status line); PX_SNAP_FULL: everything. */

@@ -1,0 +1,56 @@
+/* Private to clustered.c and clustered_exec.c: cluster mode's wiring state. */
+#ifndef PX_CLUSTERED_INT_H
+#define PX_CLUSTERED_INT_H
+
+#include "daemon/clustered.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+typedef struct xbatch xbatch_t;
+typedef struct xjob {
+    xbatch_t *b;
+    px_cluster_job_t *j;
+} xjob_t;
+
+struct xbatch {
+    xbatch_t *next;
+    px_cluster_job_t *jobs;
+    xjob_t *x;
+    size_t n;
+    const px_cluster_fence_t *fence;
+    pthread_mutex_t mu; /* covers left */
+    pthread_cond_t cv;
+    size_t left;
+};
+
+struct px_clustered {
+    uv_loop_t *loop;
+    const px_config_t *cfg;
+    px_engine_t *eng;
+    px_cluster_t *cl;
+    void (*deliver)(void *origin, const char *l, size_t n);
+    void (*changed)(void *arg);
+    void *arg;
+    json_t *pending; /* msgid -> pend_t* (as an integer) */
+    uint64_t counter;
+    char prefix[128];
+    int draining, released;
+    px_buf_t body;
+
+    uv_async_t xasync;
+    pthread_mutex_t xmu; /* covers xq */
+    xbatch_t *xq;
+
+    /* Ingress counters: loop writes, /stats reads. */
+    _Atomic uint64_t received, accepted, refused, answered, late_answers;
+};
+
+/* clustered_exec.c: the executor's side. */
+void px_clustered_run_batch(px_cluster_job_t *jobs, size_t n, const px_cluster_fence_t *f,
+                            void *arg);
+void px_clustered_exec_init(px_clustered_t *cx);
+/* Gives batches still waiting for the loop back to their threads unrun (a forced stop). */
+void px_clustered_exec_release(px_clustered_t *cx);
+
+#endif
