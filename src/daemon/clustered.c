@@ -119,20 +119,10 @@ static void on_result(const char *msgid, const char *line, size_t len, void *arg
     cx->changed(cx->arg);
 }
 
-static int idem_ok(const char *s, size_t n)
-{
-    if (n < 1 || n > 128)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (s[i] <= ' ' || s[i] > '~')
-            return 0;
-    return 1;
-}
-
 int px_clustered_submit(px_clustered_t *cx, const px_submit_t *s, const px_line_t *line,
                         px_verdict_t *v)
 {
-    json_t *idem = json_object_get(line->root, "idem");
+    json_t *idem = json_object_get(line->root, "idem"); /* checked by dispatch */
     px_buf_t *b = &cx->body;
     char msgid[200];
     pend_t *p;
@@ -142,17 +132,6 @@ int px_clustered_submit(px_clustered_t *cx, const px_submit_t *s, const px_line_
         snprintf(v->message, sizeof v->message,
                  "parexd is shutting down and takes no new requests; retry on another instance");
         v->why = PX_REJ_SHUTTING_DOWN;
-        v->worker = -1;
-        v->retry_after_ms = 0;
-        atomic_fetch_add(&cx->refused, 1);
-        return 1;
-    }
-    if (idem &&
-        !(json_is_string(idem) && idem_ok(json_string_value(idem), json_string_length(idem)))) {
-        /* Refused, not invalid: dispatch has no invalid verdict for a submit. */
-        snprintf(v->message, sizeof v->message,
-                 "'idem' must be a string of 1 to 128 printable ASCII characters without spaces");
-        v->why = PX_REJ_KEY_BUSY;
         v->worker = -1;
         v->retry_after_ms = 0;
         atomic_fetch_add(&cx->refused, 1);
