@@ -111,6 +111,17 @@ static void on_result(const char *msgid, const char *line, size_t len, void *arg
         atomic_fetch_add(&cx->late_answers, 1); /* a re-run's answer, or a request not ours */
         return;
     }
+    if (!line) {
+        refuse(cx, p, "idem_pending",
+               "a request with this idem was stored earlier and has no answer yet; it runs once: "
+               "resubmit with the same idem later to get its answer",
+               1000);
+        p->answered = 1;
+        if (p->accepted)
+            pend_remove(cx, p);
+        cx->changed(cx->arg);
+        return;
+    }
     atomic_fetch_add(&cx->answered, 1);
     p->answered = 1;
     cx->deliver(p->origin, line, len);

@@ -32,7 +32,7 @@ def wait_for(cond, timeout, what):
 
 
 class NatsCluster:
-    def __init__(self, n=3, binary="nats-server"):
+    def __init__(self, n=3, binary="nats-server", max_payload=None):
         self.dir = tempfile.mkdtemp(prefix="px-nats-")
         self.n = n
         self.binary = shutil.which(binary) or "/usr/sbin/nats-server"
@@ -46,6 +46,8 @@ class NatsCluster:
                 "server_name: n%d\nlisten: 127.0.0.1:%d\nhttp: 127.0.0.1:%d\n"
                 "jetstream { store_dir: %s/n%d, max_memory_store: 64MB, max_file_store: 1GB }\n"
                 % (i + 1, self.client[i], self.http[i], self.dir, i + 1))
+            if max_payload:
+                conf += "max_payload: %d\n" % max_payload
             if n > 1:
                 conf += "cluster { name: parex, listen: 127.0.0.1:%d, routes: [%s] }\n" % (
                     self.route[i], routes)

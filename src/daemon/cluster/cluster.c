@@ -58,7 +58,7 @@ static void on_async(uv_async_t *a)
     while (res) {
         cl_res_t *r = res;
         res = r->next;
-        cl->cbs.result(r->msgid, r->line, r->len, cl->cbs.arg);
+        cl->cbs.result(r->msgid, r->missing ? NULL : r->line, r->len, cl->cbs.arg);
         free(r);
     }
     if (released && cl->release_cb)

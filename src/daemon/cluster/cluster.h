@@ -79,7 +79,8 @@ typedef void (*px_cluster_run_cb)(px_cluster_job_t *jobs, size_t n, const px_clu
 typedef void (*px_cluster_accept_cb)(void *cookie, enum px_cluster_status st, const char *why,
                                      void *arg);
 /* Loop thread: an answer for a request this instance accepted (it may come twice after a
- * re-run; the caller ignores ids it no longer waits for). */
+ * re-run; the caller ignores ids it no longer waits for). line NULL: a resubmitted idem whose
+ * first submit has not been answered within publish_timeout_ms. */
 typedef void (*px_cluster_result_cb)(const char *msgid, const char *line, size_t len, void *arg);
 
 typedef struct px_cluster_cbs {

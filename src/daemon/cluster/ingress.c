@@ -57,6 +57,7 @@ void cl_on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void 
     snprintf(r->msgid, sizeof r->msgid, "%s", id);
     memcpy(r->line, natsMsg_GetData(msg), (size_t)len);
     r->len = (size_t)len;
+    r->missing = 0;
     r->next = NULL;
     natsMsg_Destroy(msg);
     atomic_fetch_add(&cl->results_in, 1);
@@ -155,8 +156,10 @@ static void publish_one(struct px_cluster *cl, cl_pub_t *p)
     if (s == NATS_OK) {
         p->st = PX_CL_ACCEPTED;
         atomic_fetch_add(&part->backlog, 1); /* until the next refresh says better */
-        if (pa->Duplicate)
+        if (pa->Duplicate) {
             atomic_fetch_add(&cl->duplicates_stored, 1);
+            p->dup = 1;
+        }
         jsPubAck_Destroy(pa);
         return;
     }
@@ -179,6 +182,57 @@ refused:
     /* Monotonic max: only this partition's publisher writes it. */
     if (atomic_load(&cl->refused_gen[p->partition]) < p->gen)
         atomic_store(&cl->refused_gen[p->partition], p->gen);
+}
+
+static void post_result(struct px_cluster *cl, const char *msgid, const void *data, int len)
+{
+    cl_res_t *r = malloc(sizeof *r + (size_t)(len > 0 ? len : 0));
+    int was_empty;
+
+    if (!r)
+        return;
+    snprintf(r->msgid, sizeof r->msgid, "%s", msgid);
+    r->len = len > 0 ? (size_t)len : 0;
+    r->missing = len < 0;
+    if (len > 0)
+        memcpy(r->line, data, (size_t)len);
+    r->next = NULL;
+    pthread_mutex_lock(&cl->done_mu);
+    was_empty = !cl->done && !cl->results;
+    if (cl->results_tail)
+        cl->results_tail->next = r;
+    else
+        cl->results = r;
+    cl->results_tail = r;
+    pthread_mutex_unlock(&cl->done_mu);
+    if (was_empty)
+        cl_wake_loop(cl);
+}
+
+/* Publisher thread: a resubmitted idem request is stored once, and its answer may have gone to
+ * another instance long ago. Read it from the results stream (waiting a while for a request still
+ * running), or say it is not there yet. */
+static void find_answer(struct px_cluster *cl, const char *msgid, uint64_t until)
+{
+    char hex[420], subj[512];
+
+    cl_hex(hex, msgid, sizeof hex);
+    snprintf(subj, sizeof subj, CL_IDEM_SUBJ "%s", hex);
+    for (;;) {
+        natsMsg *m = NULL;
+        jsErrCode jerr = 0;
+
+        if (js_GetLastMsg(&m, cl->js, CL_RES_STREAM, subj, NULL, &jerr) == NATS_OK) {
+            post_result(cl, msgid, natsMsg_GetData(m), natsMsg_GetDataLength(m));
+            natsMsg_Destroy(m);
+            return;
+        }
+        if (px_now_ns() + 100 * PX_MS >= until || atomic_load(&cl->stopping))
+            break;
+        struct timespec ts = {0, 100 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    post_result(cl, msgid, NULL, -1);
 }
 
 static void *pub_main(void *arg)
@@ -210,6 +264,15 @@ static void *pub_main(void *arg)
             refuse(p, PX_CL_STOPPING, "parexd is shutting down");
         else
             publish_one(cl, p);
+        if (p->dup && strncmp(p->msgid, "i.", 2) == 0) {
+            char msgid[sizeof p->msgid];
+            uint64_t until = p->deadline;
+
+            memcpy(msgid, p->msgid, sizeof msgid);
+            cl_post_done(cl, p); /* the loop frees p */
+            find_answer(cl, msgid, until);
+            continue;
+        }
         cl_post_done(cl, p);
     }
     return NULL;
@@ -233,6 +296,7 @@ void px_cluster_submit(px_cluster_t *cl, uint32_t partition, const char *msgid, 
     p->deadline = px_now_ns() + cl->o.publish_timeout_ms * PX_MS;
     p->st = PX_CL_UNAVAILABLE;
     p->why[0] = 0;
+    p->dup = 0;
     p->len = len;
     snprintf(p->msgid, sizeof p->msgid, "%s", msgid);
     memcpy(p->data, data, len);

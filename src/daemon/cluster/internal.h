@@ -63,6 +63,7 @@ typedef struct cl_pub {
     uint64_t gen;      /* the partition's refusal generation when submitted */
     uint64_t deadline; /* submit time + publish_timeout_ms: the answer is due by then */
     enum px_cluster_status st;
+    int dup; /* JetStream already had this message id */
     char why[256];
     size_t len;
     char msgid[200];
@@ -73,6 +74,7 @@ typedef struct cl_pub {
 typedef struct cl_res {
     struct cl_res *next;
     size_t len;
+    int missing; /* a resubmitted idem whose answer is not stored (yet) */
     char msgid[200];
     char line[];
 } cl_res_t;

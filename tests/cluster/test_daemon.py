@@ -1,0 +1,243 @@
+"""parexd in cluster mode: 3 nats-server nodes (R3) and 3 parexd instances on loopback.
+
+Clients talk to one instance; every request runs through an exec handler that appends the
+request to one shared file, so the file's order is the execution order across instances. The
+history checker (history.py) then finds per-key reorderings, lost accepted requests (an ok
+answer is an accepted request) and duplicates, through kill -9 and SIGTERM of an instance that
+holds partitions. Also: bad input gets the same answers as single-node mode, an oversize request
+is refused at ingress, idem deduplicates, and cluster config mistakes stop start-up (exit 78).
+
+    python3 test_daemon.py --parexd PATH --parexctl PATH
+"""
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+import history  # noqa: E402
+import pxharness  # noqa: E402
+from natscluster import NatsCluster  # noqa: E402
+
+PARTS = 8
+TTL = 2000
+
+
+class Cluster:
+    """NATS plus parexd instances sharing one history file; everything stopped by close()."""
+
+    def __init__(self, names="abc", max_payload=None):
+        self.dir = tempfile.mkdtemp(prefix="px-cld-")
+        self.hist = os.path.join(self.dir, "history")
+        open(self.hist, "w").close()
+        self.nats = NatsCluster(3, max_payload=max_payload)
+        self.d = {}
+        try:
+            for n in names:
+                self.start(n)
+        except BaseException:
+            self.close()
+            raise
+
+    def config(self, name, **cluster):
+        c = {"nats": self.nats.urls().split(","), "instance": name, "partitions": PARTS,
+             "lease_ttl_ms": TTL}
+        c.update(cluster)
+        return {"workers": 4, "drain_timeout_ms": 20000, "max_line_bytes": 4 << 20,
+                "handlers": {"rec": {"type": "exec", "argv": ["/bin/sh", "-c",
+                                                              "cat >> " + self.hist]}},
+                "cluster": c}
+
+    def start(self, name):
+        self.d[name] = pxharness.Daemon(config=self.config(name))
+        self.d[name].wait_log("cluster: instance %s connected" % name, timeout=30)
+        return self.d[name]
+
+    def held(self, name):
+        s = self.d[name].stats()["cluster"]
+        return {p["partition"] for p in s["partition_list"] if p["held"]}
+
+    def wait_spread(self, names, timeout=30):
+        """Every partition held by exactly one of names (their /stats agree)."""
+        def ok():
+            if any(self.d[n].stats()["cluster"]["members"] != len(names) for n in names):
+                return False
+            sets = [self.held(n) for n in names]
+            # With 3 instances and 8 partitions each one's share is never empty (rendezvous
+            # hashing of these names); an empty set means the rebalance is still under way.
+            return (all(sets) and len(set().union(*sets)) == PARTS
+                    and sum(map(len, sets)) == PARTS)
+        pxharness.wait_for(ok, timeout, "partitions spread over " + names, interval=0.1)
+
+    def close(self):
+        for d in self.d.values():
+            if d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait()
+            d._cleanup()
+        self.nats.close()
+
+
+class Load:
+    """Client threads on one instance, each with its own keys, pipelining up to `window`
+    requests with a per-key sequence number; records every answer."""
+
+    def __init__(self, d, threads=4, keys_per_thread=4, window=16):
+        self.d, self.stop = d, threading.Event()
+        self.records = []  # (kind, key, seq, status code/None)
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.run, args=(t, keys_per_thread, window))
+                        for t in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def run(self, t, nkeys, window):
+        seq = {}
+        out = {}
+        n = 0
+        with self.d.connect(timeout=60) as c:
+            while not self.stop.is_set() or out:
+                while not self.stop.is_set() and len(out) < window:
+                    key = "t%d-k%d" % (t, n % nkeys)
+                    n += 1
+                    seq[key] = seq.get(key, 0) + 1
+                    rid = "%s/%d" % (key, seq[key])
+                    out[rid] = (key, seq[key])
+                    c.send({"id": rid, "key": key, "op": "rec", "payload": {"seq": seq[key]}})
+                a = c.recv(timeout=60)
+                key, s = out.pop(a["id"])
+                with self.lock:
+                    if a["status"] == "ok":
+                        self.records.append(("A", key, s, None))
+                    else:
+                        self.records.append(("R", key, s, a["error"]["code"],
+                                             a["error"]["message"]))
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(120)
+
+    def check(self, hist, allow_duplicates=True):
+        """Writes the records as history.py files and checks them."""
+        lf = hist + ".load"
+        hf = hist + ".runs"
+        with open(lf, "w") as f:
+            for r in self.records:
+                msgid = "%s/%d" % (r[1], r[2])
+                if r[0] == "A":
+                    f.write("A 0 %s %d %s\n" % (r[1], r[2], msgid))
+                    f.write("D 0 %s ok\n" % msgid)  # an ok answer: accepted and answered
+                else:
+                    unconfirmed = "did not confirm" in r[4]
+                    f.write("R 0 %s %d %s %d 0 %s\n" % (r[1], r[2], msgid,
+                                                       history.UNCERTAIN if unconfirmed else 2,
+                                                       r[3]))
+        with open(hist) as f, open(hf, "w") as out:
+            for i, line in enumerate(f):
+                j = json.loads(line)
+                key, seq = j["key"], j["payload"]["seq"]
+                out.write("S %d ? 0 0 %s %d 1 %s/%d\n" % (i, key, seq, key, seq))
+        rep = history.check([lf], [hf])
+        assert rep.ok(allow_duplicates), "%s\n%s" % (rep.summary(), rep.details())
+        return rep
+
+
+class ClusterTest(unittest.TestCase):
+    def owner_load(self, sig):
+        cl = Cluster()
+        try:
+            cl.wait_spread("abc")
+            victim = cl.d["b"]
+            self.assertTrue(cl.held("b"), "b holds no partition")
+            load = Load(cl.d["a"])
+            time.sleep(3)  # load running before the signal (not a synchronisation)
+            t0 = time.monotonic()
+            victim.signal(sig)
+            victim.proc.wait(30)
+            cl.wait_spread("ac", timeout=TTL / 1000 * 2 + 15)
+            took = time.monotonic() - t0
+            time.sleep(2)  # load running after the take-over
+            load.finish()
+            rep = load.check(cl.hist, allow_duplicates=(sig == signal.SIGKILL))
+            print("%s of an owner: %s; partitions held by the others %.1f s after" % (
+                signal.Signals(sig).name, rep.summary(), took), flush=True)
+            self.assertGreater(len(rep.accepted), 200, rep.summary())
+            return rep
+        finally:
+            cl.close()
+
+    def test_kill9_owner(self):
+        self.owner_load(signal.SIGKILL)
+
+    def test_sigterm_owner(self):
+        self.owner_load(signal.SIGTERM)
+
+    def test_bad_input_idem_oversize(self):
+        bad = [b"not json", b"[1,2]", b'{"id":1}', b'{"key":""}', b'{"key":"k","op":"nope"}',
+               b'{"key":"k","op":"sleep","payload":{"ms":-1}}', b'{"key":"k","id":{"a":1}}',
+               b'{"control":"nope"}', b'{"key":"k","idem":"has space"}']
+        with pxharness.Daemon() as single:
+            with single.connect() as c:
+                want = []
+                for line in bad:
+                    c.send_raw(line + b"\n")
+                    want.append(c.recv())
+        cl = Cluster("a", max_payload=65536)
+        try:
+            d = cl.d["a"]
+            cl.wait_spread("a")
+            with d.connect() as c:
+                for line, w in zip(bad, want):
+                    c.send_raw(line + b"\n")
+                    got = c.recv()
+                    if line.startswith(b'{"key":"k","idem"'):
+                        # single-node mode has no idem: it runs the request
+                        self.assertEqual(got["error"]["code"], "bad_field", got)
+                        continue
+                    self.assertEqual((got["status"], got.get("error", {}).get("code")),
+                                     (w["status"], w.get("error", {}).get("code")), line)
+                # Over the servers' max_payload: refused at ingress, saying why.
+                r = c.request({"key": "big", "payload": "x" * 100000})
+                self.assertEqual((r["status"], r["error"]["code"]), ("rejected", "too_large"), r)
+                self.assertIn("max_payload", r["error"]["message"])
+                # idem: the same request submitted twice runs once; both get its answer.
+                a1 = c.request({"key": "i", "op": "rec", "idem": "order-17",
+                                "payload": {"seq": 1}}, timeout=30)
+                a2 = c.request({"key": "i", "op": "rec", "idem": "order-17",
+                                "payload": {"seq": 1}}, timeout=30)
+                self.assertEqual((a1["status"], a2["status"]), ("ok", "ok"), (a1, a2))
+                with open(cl.hist) as f:
+                    runs = [ln for ln in f if '"key":"i"' in ln]
+                self.assertEqual(len(runs), 1, runs)
+                st = d.stats()["cluster"]
+                self.assertEqual(st["duplicates_stored"], 1, st)
+                self.assertTrue(st["connected"])
+        finally:
+            cl.close()
+
+    def test_config_mistakes_exit_78(self):
+        for cluster, want in (({"nats": []}, "cluster.nats"),
+                              ({"nats": ["nats://127.0.0.1:1"], "partitions": 0},
+                               "cluster.partitions"),
+                              ({"nats": ["nats://127.0.0.1:1"], "instance": "a b"},
+                               "cluster.instance"),
+                              ({"nats": ["nats://127.0.0.1:1"], "leases": 1}, "cluster.leases"),
+                              ({"partitions": 8}, "cluster.nats")):
+            d = pxharness.Daemon(config={"cluster": cluster}, wait_ready=False)
+            rc = d.wait_exit()
+            err = d.stderr_text()
+            d._cleanup()
+            self.assertEqual(rc, 78, err)
+            self.assertIn(want, err)
+            self.assertEqual(len([ln for ln in err.splitlines() if ln.strip()]), 1, err)
+
+
+if __name__ == "__main__":
+    pxharness.main()
