@@ -27,7 +27,7 @@ static void usage(FILE *f)
                "  parexctl send --key K [--op OP] [--payload JSON] [--id ID] [--addr HOST:PORT]\n"
                "               [--token T]   (or $PAREXD_TOKEN, when parexd has an auth_token)\n"
                "  parexctl send [--addr HOST:PORT] < requests.jsonl   (pipelines stdin lines)\n"
-               "  parexctl route KEY --workers N\n"
+               "  parexctl route KEY --workers N | --partitions N\n"
                "  parexctl control NAME [--addr HOST:PORT]            (e.g. control stats)\n"
                "  parexctl parked | unpark KEY | drop KEY [--addr HOST:PORT]   (quarantine)\n"
                "  parexctl stats|health|metrics [--metrics-addr HOST:PORT]\n"
@@ -217,7 +217,9 @@ static int cmd_send(int argc, char **argv)
 
 static int cmd_route(int argc, char **argv)
 {
+    /* Cluster partitions use the same routing as workers: --partitions is the same count. */
     static const struct option opts[] = {{"workers", required_argument, NULL, 'w'},
+                                         {"partitions", required_argument, NULL, 'w'},
                                          {NULL, 0, NULL, 0}};
     const char *key = NULL;
     long workers = 0;
@@ -230,10 +232,10 @@ static int cmd_route(int argc, char **argv)
         else if (ch == 1 && !key)
             key = optarg;
         else
-            return die_usage("route: takes KEY and --workers N");
+            return die_usage("route: takes KEY and --workers N (or --partitions N)");
     }
     if (!key || workers < 1 || workers > 1024 || (end && *end))
-        return die_usage("route: takes KEY and --workers N (1 to 1024)");
+        return die_usage("route: takes KEY and --workers N or --partitions N (1 to 1024)");
     printf("%u\n", px_route(key, strlen(key), (uint32_t)workers));
     return 0;
 }

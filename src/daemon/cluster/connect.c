@@ -1,6 +1,5 @@
 /* The cluster's connection to NATS and the JetStream objects it needs (two streams, two
- * buckets), created idempotently by whichever instance comes first; and the small helpers the
- * cluster's threads share. Runs on the lease thread. */
+ * buckets), created idempotently by whichever instance comes first. Runs on the lease thread. */
 #include "daemon/cluster/internal.h"
 
 #include "common/clock.h"
@@ -15,18 +14,6 @@ uint64_t cl_lease_margin_ns(const struct px_cluster *cl)
      * starts when our renewal arrives, ours when we sent it, so only drift needs the margin. */
     uint64_t m = cl->o.lease_ttl_ms * PX_MS / 10;
     return m < 200 * PX_MS ? 200 * PX_MS : m;
-}
-
-void cl_hex(char *out, const char *in, size_t max)
-{
-    static const char d[] = "0123456789abcdef";
-    size_t i = 0;
-
-    for (; *in && i + 3 <= max; in++) {
-        out[i++] = d[(unsigned char)*in >> 4];
-        out[i++] = d[(unsigned char)*in & 15];
-    }
-    out[i] = 0;
 }
 
 static void on_disconnected(natsConnection *nc, void *arg)

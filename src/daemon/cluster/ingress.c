@@ -18,6 +18,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Message ids as subject tokens: any byte, two hex digits each. */
+void cl_hex(char *out, const char *in, size_t max)
+{
+    static const char d[] = "0123456789abcdef";
+    size_t i = 0;
+
+    for (; *in && i + 3 <= max; in++) {
+        out[i++] = d[(unsigned char)*in >> 4];
+        out[i++] = d[(unsigned char)*in & 15];
+    }
+    out[i] = 0;
+}
+
 void cl_wake_loop(struct px_cluster *cl)
 {
     uv_async_send(&cl->async);
@@ -210,8 +223,8 @@ static void post_result(struct px_cluster *cl, const char *msgid, const void *da
 }
 
 /* Publisher thread: a resubmitted idem request is stored once, and its answer may have gone to
- * another instance long ago. Read it from the results stream (waiting a while for a request still
- * running), or say it is not there yet. */
+ * another instance long ago. Read it from the results stream (waiting a while for a request
+ * still running), or say it is not there yet. */
 static void find_answer(struct px_cluster *cl, const char *msgid, uint64_t until)
 {
     char hex[420], subj[512];

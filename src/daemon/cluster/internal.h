@@ -142,10 +142,10 @@ void cl_ingress_stop(struct px_cluster *cl);
 void cl_on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
 void cl_post_done(struct px_cluster *cl, cl_pub_t *p);
 void cl_wake_loop(struct px_cluster *cl);
+void cl_hex(char *out, const char *in, size_t max);
 /* connect.c */
 /* Lease thread: connects and makes sure the streams and buckets exist. 0 or -1 with err. */
 int cl_connect(struct px_cluster *cl, char *err, size_t errlen);
 uint64_t cl_lease_margin_ns(const struct px_cluster *cl);
-void cl_hex(char *out, const char *in, size_t max);
 
 #endif
