@@ -17,6 +17,12 @@
 
 #define JOB_TAG ((uintptr_t)1)
 
+/* Worker thread, right before a job runs. */
+static int fence_ok(const void *fence)
+{
+    return px_cluster_fence_ok(fence);
+}
+
 /* Executor. Partition thread: hand the batch to the loop and wait for every answer. */
 void px_clustered_run_batch(px_cluster_job_t *jobs, size_t n, const px_cluster_fence_t *f,
                             void *arg)
@@ -109,7 +115,11 @@ static void submit_job(px_clustered_t *cx, xjob_t *x, json_t *req, px_buf_t *scr
                       .handler = h,
                       .recv_ns = px_now_ns(),
                       .deadline_ms = json_integer_value(json_object_get(req, "deadline_ms")),
-                      .origin = (void *)((uintptr_t)x | JOB_TAG)};
+                      .origin = (void *)((uintptr_t)x | JOB_TAG),
+                      .fence = fence_ok,
+                      .fence_arg = x->b->fence,
+                      .delivery = x->j->delivered,
+                      .epoch = x->j->epoch};
     rc = px_engine_submit(cx->eng, &s, &v);
     if (rc == 0)
         goto out; /* answered through px_clustered_deliver */

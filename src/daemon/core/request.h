@@ -22,6 +22,8 @@ enum px_req_state {
     PX_REQ_ABANDONED, /* the loop answered it (stall, forced stop); the worker's result is void */
 };
 
+enum { PX_SKIP_PARKED = 1, PX_SKIP_FENCED = 2 };
+
 typedef struct px_req {
     /* Written by the loop before the request is queued, read-only afterwards. */
     void *origin; /* where the answer goes (a connection); opaque below the server */
@@ -34,6 +36,12 @@ typedef struct px_req {
     uint32_t worker;      /* routed worker; keyed scheduling: the worker that ran it */
     uint32_t route;       /* routed worker, never changed (hot-key sketches are kept per route) */
     void *sched_key;      /* keyed scheduling: the scheduler's entry of the key, set when popped */
+    /* Cluster mode: the worker asks fence(fence_arg) right before running the request and skips
+     * it when it says 0 (the partition's lease is gone); delivery and epoch are shown to
+     * handlers so they can make side effects idempotent. 0 / NULL otherwise. */
+    int (*fence)(const void *arg);
+    const void *fence_arg;
+    uint64_t delivery, epoch;
     uint16_t key_len;
     uint32_t id_len; /* id as JSON text, echoed verbatim */
 
@@ -41,7 +49,7 @@ typedef struct px_req {
     uint64_t start_ns, end_ns;
     int ok;       /* 1 ok, 0 failed */
     int attempts; /* handler runs, retries included */
-    int skipped;  /* not run: its key was parked when its turn came */
+    int skipped;  /* not run: PX_SKIP_PARKED, PX_SKIP_FENCED when its turn came */
     int parked;   /* this failure parked its key (the count of consecutive failures) */
     px_buf_t out; /* the response line, '\n' included */
 

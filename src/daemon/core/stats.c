@@ -7,8 +7,8 @@
 /* Set on the writer (loop) thread inside begin/end, where a snapshot must not wait for itself. */
 static _Thread_local int writing;
 
-static const char *const reject_codes[PX_REJ_COUNT] = {"queue_full", "shutting_down",
-                                                       "unauthorized", "key_busy", "key_parked"};
+static const char *const reject_codes[PX_REJ_COUNT] = {
+    "queue_full", "shutting_down", "unauthorized", "key_busy", "key_parked", "lease_lost"};
 
 const char *px_reject_code(enum px_reject r)
 {

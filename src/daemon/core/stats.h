@@ -15,6 +15,7 @@ enum px_reject {
     PX_REJ_UNAUTHORIZED,
     PX_REJ_KEY_BUSY,
     PX_REJ_KEY_PARKED,
+    PX_REJ_LEASE_LOST, /* cluster mode: a fetched request whose partition lease ended first */
     PX_REJ_COUNT
 };
 const char *px_reject_code(enum px_reject r);

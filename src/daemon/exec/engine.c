@@ -66,7 +66,14 @@ static void on_done(px_req_t *list, void *arg)
     while (list) {
         px_req_t *r = list;
         list = r->next;
-        if (r->skipped) {
+        if (r->skipped == PX_SKIP_FENCED) {
+            /* Not run, not answered: the cluster leaves it to the partition's next holder. */
+            px_stats_add(&e->stats->c.rejected[PX_REJ_LEASE_LOST], 1);
+            px_stats_add(&e->stats->c.accepted, -1);
+            px_stats_add(&e->stats->c.in_flight, -1);
+            px_keys_done(&e->keys, r);
+            e->sink.deliver(r->origin, "", 0);
+        } else if (r->skipped) {
             answer_skipped(e, r);
         } else if (atomic_load_explicit(&r->state, memory_order_acquire) == PX_REQ_ABANDONED) {
             /* Answered and counted when it was abandoned; the worker has let go of it now. */
@@ -217,6 +224,10 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
         return -ENOMEM;
     }
     r->origin = s->origin;
+    r->fence = s->fence;
+    r->fence_arg = s->fence_arg;
+    r->delivery = s->delivery;
+    r->epoch = s->epoch;
     r->handler = s->handler;
     r->reg = e->reg;
     px_registry_ref(r->reg);

@@ -52,6 +52,10 @@ typedef struct px_submit {
     uint64_t recv_ns;
     int64_t deadline_ms; /* 0: none */
     void *origin;
+    /* Cluster mode (else 0): see px_req_t. */
+    int (*fence)(const void *arg);
+    const void *fence_arg;
+    uint64_t delivery, epoch;
 } px_submit_t;
 
 /* Why a request was refused, for its rejected answer. */

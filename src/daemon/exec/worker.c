@@ -106,10 +106,11 @@ static int run_one(px_slot_t *s, uint64_t gen, px_req_t *r)
 
     r->start_ns = px_now_ns();
     atomic_store_explicit(&s->heartbeat_ns, r->start_ns, memory_order_relaxed);
-    if (r->kent && px_key_parked(r->kent, r->start_ns)) {
-        /* Quarantined while it waited: not run; the loop answers it rejected/key_parked. */
+    if ((r->kent && px_key_parked(r->kent, r->start_ns)) || (r->fence && !r->fence(r->fence_arg))) {
+        /* Quarantined while it waited (the loop answers it rejected/key_parked), or its cluster
+         * lease is gone (left for the partition's next holder): not run. */
         void *token = r->sched_key;
-        r->skipped = 1;
+        r->skipped = r->fence && !r->fence(r->fence_arg) ? PX_SKIP_FENCED : PX_SKIP_PARKED;
         atomic_store_explicit(&r->state, PX_REQ_DONE, memory_order_release);
         post_done(s->pool, r);
         if (s->pool->sched)

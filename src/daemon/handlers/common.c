@@ -17,6 +17,13 @@ int px_request_json(const px_req_t *req, px_buf_t *b)
     rc |= px_buf_json_string(b, req->handler->name, strlen(req->handler->name));
     rc |= px_buf_puts(b, ",\"payload\":");
     rc |= px_buf_append(b, px_req_payload(req), req->payload_len);
+    if (req->epoch) {
+        /* Cluster mode: a delivery above 1 is a re-run; the epoch fences side effects. */
+        rc |= px_buf_puts(b, ",\"delivery\":");
+        rc |= px_buf_uint(b, req->delivery);
+        rc |= px_buf_puts(b, ",\"epoch\":");
+        rc |= px_buf_uint(b, req->epoch);
+    }
     rc |= px_buf_puts(b, "}");
     return rc ? -1 : 0;
 }
