@@ -33,8 +33,9 @@ typedef struct cl_part {
     struct px_cluster *cl;
     /* Lease thread only. */
     int state;
-    uint64_t rev;   /* last revision written by this instance */
-    uint64_t floor; /* set before the thread starts: the previous holder finished up to here */
+    uint64_t rev;        /* last revision written by this instance */
+    uint64_t floor;      /* set before the thread starts: the previous holder finished up to here */
+    uint64_t handed_out; /* partition thread: highest sequence earlier consumers delivered */
     pthread_t th;
     int th_live;
     /* Written by the lease thread, read by the partition thread and runners. */

@@ -98,6 +98,7 @@ static void start_part(struct px_cluster *cl, cl_part_t *p, uint64_t rev, uint64
 
     p->rev = rev;
     p->floor = floor;
+    p->handed_out = 0;
     atomic_store(&p->epoch, rev);
     atomic_store(&p->stop, 0);
     atomic_store(&p->lost, 0);

@@ -40,6 +40,13 @@ static void delete_old_consumers(struct px_cluster *cl, cl_part_t *p, const char
     for (int i = 0; i < names->Count; i++) {
         const char *n = names->List[i];
         if (strncmp(n, prefix, plen) == 0 && strcmp(n, keep) != 0) {
+            jsConsumerInfo *ci = NULL;
+            /* What it handed out may have run: those are re-runs here (delivery counts them). */
+            if (js_GetConsumerInfo(&ci, cl->js, CL_REQ_STREAM, n, NULL, &jerr) == NATS_OK) {
+                if (ci->Delivered.Stream > p->handed_out)
+                    p->handed_out = ci->Delivered.Stream;
+                jsConsumerInfo_Destroy(ci);
+            }
             if (js_DeleteConsumer(cl->js, CL_REQ_STREAM, n, NULL, &jerr) == NATS_OK)
                 px_info("cluster: partition %u: deleted the previous holder's consumer %s", p->id,
                         n);
@@ -204,6 +211,8 @@ static int run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsC
             }
             continue;
         }
+        if (j->seq <= p->handed_out)
+            j->delivered++; /* an earlier holder's consumer handed it out: a possible re-run */
         j->partition = p->id;
         j->epoch = fence.epoch;
         j->msgid = id ? id : "";
