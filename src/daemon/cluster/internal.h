@@ -36,6 +36,7 @@ typedef struct cl_part {
     uint64_t rev;        /* last revision written by this instance */
     uint64_t floor;      /* set before the thread starts: the previous holder finished up to here */
     uint64_t handed_out; /* partition thread: highest sequence earlier consumers delivered */
+    uint64_t seen_rev, seen_at; /* lease thread: another holder's revision, first seen when */
     pthread_t th;
     int th_live;
     /* Written by the lease thread, read by the partition thread and runners. */

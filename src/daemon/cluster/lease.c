@@ -178,9 +178,26 @@ static void try_acquire(struct px_cluster *cl, cl_part_t *p)
     if (kvStore_Get(&e, cl->leases, key) != NATS_OK)
         return;
     v = kvEntry_ValueString(e);
-    if (v && sscanf(v, "free %" SCNu64, &floor) == 1 &&
-        kvStore_UpdateString(&rev, cl->leases, key, cl->instance, kvEntry_Revision(e)) == NATS_OK)
-        start_part(cl, p, rev, sent, floor);
+    if (v && sscanf(v, "free %" SCNu64, &floor) == 1) {
+        if (kvStore_UpdateString(&rev, cl->leases, key, cl->instance, kvEntry_Revision(e)) ==
+            NATS_OK)
+            start_part(cl, p, rev, sent, floor);
+    } else if (kvEntry_Revision(e) != p->seen_rev) {
+        p->seen_rev = kvEntry_Revision(e);
+        p->seen_at = sent;
+    } else if (sent - p->seen_at > cl->o.lease_ttl_ms * PX_MS + cl_lease_margin_ns(cl)) {
+        /* The same revision for longer than a lease, by this instance's own clock since it
+         * first read it: its holder has not renewed, and stopped at its own deadline, which
+         * came earlier. Normally the bucket's TTL has removed the key by now; this covers a
+         * server that did not expire it. */
+        if (kvStore_UpdateString(&rev, cl->leases, key, cl->instance, p->seen_rev) == NATS_OK) {
+            px_warn("cluster: partition %u: lease revision %llu was not renewed for %llu ms; "
+                    "taking it over",
+                    p->id, (unsigned long long)p->seen_rev,
+                    (unsigned long long)((sent - p->seen_at) / PX_MS));
+            start_part(cl, p, rev, sent, 0);
+        }
+    }
     kvEntry_Destroy(e);
 }
 
