@@ -20,7 +20,7 @@ void px_cluster_opts_defaults(px_cluster_opts_t *o)
     o->replicas = 3;
     o->publish_timeout_ms = 5000;
     o->batch = 64;
-    o->publishers = 4;
+    o->publishers = 16;
     o->result_ttl_ms = 600000;
     o->executor = 1;
 }
