@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 void px_cluster_opts_defaults(px_cluster_opts_t *o)
@@ -116,6 +117,12 @@ int px_cluster_start(px_cluster_t **out, uv_loop_t *loop, const px_cluster_opts_
         cl->parts[i].cl = cl;
         cl->gen[i] = 1; /* refused_gen starts at 0: nothing refused */
     }
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        /* Answers for this instance exist only from now on (see cl_follow_results). */
+        cl->res_since = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    }
     pthread_mutex_init(&cl->done_mu, NULL);
     pthread_mutex_init(&cl->lease_mu, NULL);
     pthread_cond_init(&cl->lease_cv, NULL);
@@ -182,6 +189,8 @@ void px_cluster_stop(px_cluster_t *cl)
     pthread_join(cl->lease_th, NULL); /* it joins the partition threads */
     if (cl->res_sub)
         natsSubscription_Destroy(cl->res_sub);
+    for (unsigned i = 0; i < cl->nold; i++)
+        natsSubscription_Destroy(cl->old_subs[i]);
     if (cl->leases)
         kvStore_Destroy(cl->leases);
     if (cl->members)

@@ -31,11 +31,17 @@ static void on_reconnected(natsConnection *nc, void *arg)
 
     atomic_store(&cl->connected, 1);
     atomic_fetch_add(&cl->reconnects, 1);
+    atomic_store(&cl->res_broken, 1); /* its server may be the one that went away */
     px_notice("cluster: reconnected to NATS");
 }
 
 static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *arg)
 {
+    struct px_cluster *cl = arg;
+
+    /* Only the answers' ordered consumer has heartbeats (partition consumers are pulled). */
+    if (err == NATS_MISSED_HEARTBEAT)
+        atomic_store(&cl->res_broken, 1);
     px_warn("cluster: NATS reports: %s", natsStatus_GetText(err));
 }
 
@@ -75,13 +81,48 @@ static int open_bucket(struct px_cluster *cl, const char *name, kvStore **kv, ch
     return -1;
 }
 
+/* This instance's answers, through an ordered consumer (ephemeral, on one server) from the
+ * sequence after the last answer seen. nats.c recreates it after a gap, but not when its server
+ * dies (the heartbeats stop): then the lease thread calls this again (res_broken). */
+int cl_follow_results(struct px_cluster *cl, char *err, size_t errlen)
+{
+    natsSubscription *sub = NULL;
+    jsSubOptions so;
+    jsErrCode jerr = 0;
+    char subj[128];
+    uint64_t last = atomic_load(&cl->res_last_seq);
+
+    jsSubOptions_Init(&so);
+    so.Ordered = true;
+    if (last) {
+        so.Config.DeliverPolicy = js_DeliverByStartSequence;
+        so.Config.OptStartSeq = last + 1;
+    } else {
+        so.Config.DeliverPolicy = js_DeliverByStartTime;
+        so.Config.OptStartTime = cl->res_since;
+    }
+    snprintf(subj, sizeof subj, CL_RES_SUBJ "%s.>", cl->instance);
+    if (js_Subscribe(&sub, cl->js, subj, cl_on_result, cl, NULL, &so, &jerr) != NATS_OK) {
+        snprintf(err, errlen, "cannot follow %s: %s", subj, nats_GetLastError(NULL));
+        return -1;
+    }
+    natsSubscription_SetPendingLimits(sub, 1 << 20, 256 << 20);
+    if (cl->res_sub) {
+        /* Destroyed at the stop: nats.c 3.4.1 can still be delivering to it. */
+        natsSubscription_Unsubscribe(cl->res_sub);
+        if (cl->nold < sizeof cl->old_subs / sizeof cl->old_subs[0])
+            cl->old_subs[cl->nold++] = cl->res_sub;
+    }
+    cl->res_sub = sub;
+    return 0;
+}
+
 int cl_connect(struct px_cluster *cl, char *err, size_t errlen)
 {
     natsOptions *no = NULL;
     jsOptions jo;
     jsStreamConfig sc;
     const char *req_subj[] = {CL_REQ_SUBJ ">"}, *res_subj[] = {CL_RES_SUBJ ">", CL_IDEM_SUBJ ">"};
-    char rsubj[128];
     natsStatus s;
 
     if (!cl->nc) {
@@ -159,24 +200,8 @@ int cl_connect(struct px_cluster *cl, char *err, size_t errlen)
     sc.AllowDirect = true;
     if (add_stream(cl, &sc, err, errlen))
         return -1;
-    if (!cl->res_sub) {
-        /* This instance's answers, through an ordered consumer: nats.c recreates it from the
-         * last sequence seen after a gap or a server failure, so no stored answer is missed. */
-        jsSubOptions so;
-        jsErrCode jerr = 0;
-
-        jsSubOptions_Init(&so);
-        so.Ordered = true;
-        so.Config.DeliverPolicy = js_DeliverNew;
-        snprintf(rsubj, sizeof rsubj, CL_RES_SUBJ "%s.>", cl->instance);
-        if (js_Subscribe(&cl->res_sub, cl->js, rsubj, cl_on_result, cl, NULL, &so, &jerr) !=
-            NATS_OK) {
-            snprintf(err, errlen, "cannot follow %s: %s", rsubj, nats_GetLastError(NULL));
-            cl->res_sub = NULL;
-            return -1;
-        }
-        natsSubscription_SetPendingLimits(cl->res_sub, 1 << 20, 256 << 20);
-    }
+    if (!cl->res_sub && cl_follow_results(cl, err, errlen))
+        return -1;
     if (!cl->leases && open_bucket(cl, CL_LEASES, &cl->leases, err, errlen))
         return -1;
     if (!cl->members && open_bucket(cl, CL_MEMBERS, &cl->members, err, errlen))

@@ -59,7 +59,14 @@ void cl_on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void 
     struct px_cluster *cl = closure;
     const char *id = NULL;
     int len = natsMsg_GetDataLength(msg), was_empty;
+    jsMsgMetaData *md = NULL;
     cl_res_t *r;
+
+    if (natsMsg_GetMetaData(&md, msg) == NATS_OK) {
+        if (md->Sequence.Stream > atomic_load(&cl->res_last_seq))
+            atomic_store(&cl->res_last_seq, md->Sequence.Stream);
+        jsMsgMetaData_Destroy(md);
+    }
 
     if (natsMsgHeader_Get(msg, CL_HDR_ID, &id) != NATS_OK || !id || len < 0 ||
         !(r = malloc(sizeof *r + (size_t)len))) {

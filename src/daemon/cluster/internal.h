@@ -129,7 +129,12 @@ struct px_cluster {
     pthread_t lease_th;
     pthread_mutex_t lease_mu; /* with lease_cv: wakes the lease thread early (stop, release) */
     pthread_cond_t lease_cv;
-    natsSubscription *res_sub;
+    natsSubscription *res_sub;       /* lease thread */
+    natsSubscription *old_subs[256]; /* replaced ones, destroyed at the stop */
+    unsigned nold;
+    int64_t res_since;             /* wall clock (ns) of the first answer subscription */
+    _Atomic uint64_t res_last_seq; /* nats.c's thread: the last answer's stream sequence */
+    _Atomic int res_broken;        /* follow the answers again (the lease thread does) */
     cl_part_t *parts;
     _Atomic uint64_t members_n, submitted, accepted, refused, results_in, duplicates_stored;
 };
@@ -149,5 +154,6 @@ void cl_hex(char *out, const char *in, size_t max);
 /* Lease thread: connects and makes sure the streams and buckets exist. 0 or -1 with err. */
 int cl_connect(struct px_cluster *cl, char *err, size_t errlen);
 uint64_t cl_lease_margin_ns(const struct px_cluster *cl);
+int cl_follow_results(struct px_cluster *cl, char *err, size_t errlen);
 
 #endif

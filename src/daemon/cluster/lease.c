@@ -326,6 +326,15 @@ void *cl_lease_main(void *arg)
         uint64_t now = px_now_ns();
         int releasing = atomic_load(&cl->releasing);
 
+        if (atomic_exchange(&cl->res_broken, 0)) {
+            if (cl_follow_results(cl, err, sizeof err)) {
+                px_warn("cluster: %s; retrying", err);
+                atomic_store(&cl->res_broken, 1);
+            } else {
+                px_info("cluster: following this instance's answers again");
+            }
+        }
+
         if (now >= next || releasing) {
             if (!released)
                 tick(cl, releasing);

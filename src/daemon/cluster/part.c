@@ -263,6 +263,28 @@ lost:
     goto out;
 }
 
+/* Whatever is there now, up to batch; or else the first message to come within 250 ms. A plain
+ * Fetch of batch waits for the whole batch or the timeout, which costs a lightly loaded
+ * partition 250 ms per batch. */
+static natsStatus fetch(natsMsgList *list, natsSubscription *sub, int batch)
+{
+    jsFetchRequest fr;
+    natsStatus s;
+
+    jsFetchRequest_Init(&fr);
+    fr.Batch = batch;
+    fr.NoWait = true;
+    fr.Expires = (int64_t)250 * 1000000;
+    s = natsSubscription_FetchRequest(list, sub, &fr);
+    if (s != NATS_NOT_FOUND && s != NATS_TIMEOUT)
+        return s;
+    jsFetchRequest_Init(&fr);
+    fr.Batch = 1;
+    fr.Expires = (int64_t)250 * 1000000;
+    s = natsSubscription_FetchRequest(list, sub, &fr);
+    return s == NATS_NOT_FOUND ? NATS_TIMEOUT : s;
+}
+
 void *cl_part_main(void *arg)
 {
     cl_part_t *p = arg;
@@ -323,13 +345,13 @@ reopen:
             px_info("cluster: partition %u: reconnected to NATS; restarting the consumer", p->id);
             goto reopen;
         }
-        s = natsSubscription_Fetch(&list, sub, (int)cl->o.batch, 250, NULL);
+        s = fetch(&list, sub, (int)cl->o.batch);
         if (s == NATS_TIMEOUT)
             continue;
         if (s == NATS_OK)
             errors = 0;
         if (s != NATS_OK) {
-            if (s == NATS_NOT_FOUND || strstr(nats_GetLastError(NULL), "consumer")) {
+            if (strcasestr(nats_GetLastError(NULL), "consumer")) {
                 px_warn("cluster: partition %u: consumer %s is gone (%s); giving the "
                         "partition up",
                         p->id, name, nats_GetLastError(NULL));
