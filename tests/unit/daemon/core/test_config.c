@@ -125,6 +125,38 @@ static void test_shipped_default_file(void **state)
     assert_memory_equal(&c, &d, sizeof c);
 }
 
+/* The cluster section: the shipped samples load, and each key is checked like a top-level one. */
+static void test_cluster_section(void **state)
+{
+    static const char *const names[] = {"a", "b", "c"};
+    char path[512];
+    px_config_t c;
+
+    for (int i = 0; i < 3; i++) {
+        px_config_defaults(&c);
+        snprintf(path, sizeof path, PX_SOURCE_DIR "/config/cluster/%s.json", names[i]);
+        if (px_config_load_file(&c, path, err, sizeof err))
+            fail_msg("%s", err);
+        assert_true(c.cluster.on);
+        assert_int_equal(c.cluster.nnats, 3);
+        assert_int_equal(c.cluster.partitions, 64);
+        assert_int_equal(c.cluster.lease_ttl_ms, 10000);
+        assert_string_equal(c.cluster.instance, names[i]);
+        px_config_clear(&c);
+    }
+    px_config_defaults(&c);
+    assert_false(c.cluster.on); /* single node unless the section is there */
+    expect_rejected("{\"cluster\": {\"partitions\": 8}}", "cluster.nats", NULL);
+    expect_rejected("{\"cluster\": {\"nats\": [\"127.0.0.1:4222\"]}}", "cluster.nats", NULL);
+    expect_rejected("{\"cluster\": {\"nats\": [\"nats://h:1\"], \"partitions\": 0}}",
+                    "cluster.partitions", "1..1024");
+    expect_rejected("{\"cluster\": {\"nats\": [\"nats://h:1\"], \"instance\": \"a.b\"}}",
+                    "cluster.instance", NULL);
+    expect_rejected("{\"cluster\": {\"nats\": [\"nats://h:1\"], \"lease_ttl\": 5}}",
+                    "cluster.lease_ttl", NULL);
+    expect_rejected("{\"cluster\": []}", "'cluster'", NULL);
+}
+
 static void test_unknown_key(void **state)
 {
     expect_rejected("{\"wrokers\": 4}", "wrokers", NULL);
@@ -285,6 +317,7 @@ int main(void)
         cmocka_unit_test(test_out_of_range),
         cmocka_unit_test(test_not_a_config),
         cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_cluster_section),
         cmocka_unit_test(test_set_from_strings),
         cmocka_unit_test(test_finish),
     };
