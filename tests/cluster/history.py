@@ -1,6 +1,7 @@
 """The history checker of the cluster tests.
 
-Inputs: the load generators' files (one line per decision: "A t key seq msgid" accepted,
+Inputs: the load generators' files (one line per decision: "A t key seq msgid [submitted]"
+accepted,
 "R t key seq msgid status ms why" refused after ms, "D t msgid answer" answered) and the executors' files
 ("S t instance partition epoch key seq delivered msgid" started, "F t instance key seq msgid"
 finished).
@@ -43,6 +44,7 @@ class Report:
         self.duplicates = 0
         self.dup_ids = []
         self.reorders = []
+        self.prefix = []        # accepted behind a refusal it was submitted before
         self.overlaps = []
         self.phantoms = []
         self.unanswered = []
@@ -50,19 +52,21 @@ class Report:
 
     def ok(self, allow_duplicates=True):
         return (not self.lost and not self.reorders and not self.overlaps and not self.phantoms
-                and (allow_duplicates or self.duplicates == 0))
+                and not self.prefix and (allow_duplicates or self.duplicates == 0))
 
     def summary(self):
         return ("accepted %d, refused %d, runs %d, lost %d, duplicates %d, reorderings %d, "
-                "overlaps %d, phantoms %d, unanswered %d, unconfirmed %d (of which ran %d)" % (
+                "overlaps %d, phantoms %d, unanswered %d, unconfirmed %d (of which ran %d), "
+                "accepted behind a refusal %d" % (
                     len(self.accepted), len(self.refused), self.runs, len(self.lost),
                     self.duplicates, len(self.reorders), len(self.overlaps), len(self.phantoms),
-                    len(self.unanswered), len(self.uncertain), self.uncertain_ran))
+                    len(self.unanswered), len(self.uncertain), self.uncertain_ran,
+                    len(self.prefix)))
 
     def details(self, n=5):
-        return "lost %s; reorders %s; overlaps %s; phantoms %s; duplicates %s" % (
+        return "lost %s; reorders %s; overlaps %s; phantoms %s; duplicates %s; prefix %s" % (
             self.lost[:n], self.reorders[:n], self.overlaps[:n], self.phantoms[:n],
-            self.dup_ids[:n])
+            self.dup_ids[:n], self.prefix[:n])
 
 
 def check(load_files, history_files, paused=None):
@@ -71,8 +75,11 @@ def check(load_files, history_files, paused=None):
     for fencing such side effects), so its run counts as ending at the pause."""
     paused = paused or {}
     r = Report()
+    submitted = {}
     for f in read(load_files, "A"):
         r.accepted[f[4].strip()] = (f[2], int(f[3]))
+        if len(f) > 5:
+            submitted[f[4].strip()] = (f[2], int(f[3]), int(f[5]))
     for f in read(load_files, "R"):
         if int(f[5]) == UNCERTAIN:
             # Not confirmed in time: it may have been stored and then runs like an accepted one.
@@ -102,6 +109,15 @@ def check(load_files, history_files, paused=None):
             r.dup_ids.append((msgid, n))
     r.lost = sorted(m for m in r.accepted if r.starts[m] == 0)
     r.unanswered = sorted(m for m in r.accepted if m not in r.answered)
+    # A key's accepted requests are a prefix of what was submitted up to each refusal: one
+    # submitted before a refusal of an earlier request of its key was seen must not be accepted.
+    refusals = collections.defaultdict(list)
+    for f in read(load_files, "R"):
+        refusals[f[2]].append((int(f[3]), int(f[1])))
+    for msgid, (key, seq, sub_t) in submitted.items():
+        for rseq, seen_t in refusals.get(key, ()):
+            if rseq < seq and sub_t < seen_t:
+                r.prefix.append((key, seq, "accepted after refused", rseq))
     want = collections.defaultdict(list)
     for msgid, (key, seq) in r.accepted.items():
         want[key].append(seq)

@@ -83,8 +83,8 @@ static void submit_more(void)
     while (inflight < window && (total == 0 || sent < total) &&
            (end_ns == 0 || px_now_ns() < end_ns)) {
         uint32_t k = (uint32_t)(random() % nkeys);
-        char key[32], msgid[64], data[128];
-        int klen = snprintf(key, sizeof key, "k%u", k);
+        char key[48], msgid[64], data[160];
+        int klen = snprintf(key, sizeof key, "%.16s-k%u", opts.instance, k); /* own keys */
         uint64_t seq = ++key_seq[k];
         int dlen = snprintf(data, sizeof data, "{\"key\":\"%s\",\"seq\":%llu,\"ms\":%lld}", key,
                             (unsigned long long)seq, (long long)job_ms);
@@ -109,7 +109,8 @@ static void on_accepted(void *cookie, enum px_cluster_status st, const char *why
 
     if (st == PX_CL_ACCEPTED) {
         accepted++;
-        n = snprintf(line, sizeof line, "A %llu %s\n", (unsigned long long)now, rec->text);
+        n = snprintf(line, sizeof line, "A %llu %s %llu\n", (unsigned long long)now, rec->text,
+                     (unsigned long long)rec->t);
     } else {
         /* The time it took to say no, for the bound on "unavailable". */
         refused++;

@@ -39,9 +39,9 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
 {
     struct px_cluster *cl = arg;
 
-    /* Only the answers' ordered consumer has heartbeats (partition consumers are pulled). */
-    if (err == NATS_MISSED_HEARTBEAT)
-        atomic_store(&cl->res_broken, 1);
+    /* Errors come from the answers' ordered consumer (missed heartbeats, a failed reset) or
+     * from internal subscriptions; following the answers again costs little either way. */
+    atomic_store(&cl->res_broken, 1);
     px_warn("cluster: NATS reports: %s", natsStatus_GetText(err));
 }
 
@@ -94,6 +94,7 @@ int cl_follow_results(struct px_cluster *cl, char *err, size_t errlen)
 
     jsSubOptions_Init(&so);
     so.Ordered = true;
+    so.Config.Heartbeat = (int64_t)1000000000; /* a dead server is noticed in about 2 s */
     if (last) {
         so.Config.DeliverPolicy = js_DeliverByStartSequence;
         so.Config.OptStartSeq = last + 1;

@@ -33,9 +33,11 @@ typedef struct cl_part {
     struct px_cluster *cl;
     /* Lease thread only. */
     int state;
-    uint64_t rev;        /* last revision written by this instance */
-    uint64_t floor;      /* set before the thread starts: the previous holder finished up to here */
-    uint64_t handed_out; /* partition thread: highest sequence earlier consumers delivered */
+    uint64_t rev; /* last revision written by this instance */
+    /* Set before the thread starts: the stream sequences of the last batch the previous holder
+     * finished and acknowledged before handing the partition over (0 0: none). */
+    uint64_t skip_lo, skip_hi;
+    uint64_t handed_out;        /* partition thread: highest sequence earlier consumers delivered */
     uint64_t seen_rev, seen_at; /* lease thread: another holder's revision, first seen when */
     pthread_t th;
     int th_live;
@@ -45,7 +47,8 @@ typedef struct cl_part {
     _Atomic int stop;             /* finish the running batch, then exit */
     _Atomic int exited;           /* the partition thread is done (lease thread joins it) */
     _Atomic int lost;             /* the thread found its consumer gone or its fence down */
-    _Atomic uint64_t done_seq;    /* partition thread: highest stream sequence acknowledged */
+    _Atomic uint64_t done_seq;    /* partition thread: last acknowledged batch's highest */
+    _Atomic uint64_t last_lo;     /* and lowest stream sequence */
     /* Counters, any reader. */
     _Atomic uint64_t
         backlog; /* messages stored for the partition (refreshed by the lease thread) */

@@ -67,7 +67,8 @@ static int cas_release(struct px_cluster *cl, cl_part_t *p)
     uint64_t rev = 0;
 
     lease_key(key, sizeof key, p->id);
-    snprintf(val, sizeof val, "free %" PRIu64, atomic_load(&p->done_seq));
+    snprintf(val, sizeof val, "free %" PRIu64 " %" PRIu64, atomic_load(&p->last_lo),
+             atomic_load(&p->done_seq));
     return kvStore_UpdateString(&rev, cl->leases, key, val, p->rev) == NATS_OK ? 0 : -1;
 }
 
@@ -92,12 +93,13 @@ static int cas_delete(struct px_cluster *cl, cl_part_t *p)
 }
 
 static void start_part(struct px_cluster *cl, cl_part_t *p, uint64_t rev, uint64_t sent,
-                       uint64_t floor)
+                       uint64_t lo, uint64_t hi)
 {
     int rc;
 
     p->rev = rev;
-    p->floor = floor;
+    p->skip_lo = lo;
+    p->skip_hi = hi;
     p->handed_out = 0;
     atomic_store(&p->epoch, rev);
     atomic_store(&p->stop, 0);
@@ -164,13 +166,13 @@ static void renew(struct px_cluster *cl, cl_part_t *p, uint64_t now)
 static void try_acquire(struct px_cluster *cl, cl_part_t *p)
 {
     char key[32];
-    uint64_t rev = 0, sent = px_now_ns(), floor;
+    uint64_t rev = 0, sent = px_now_ns(), lo, hi;
     kvEntry *e = NULL;
     const char *v;
 
     lease_key(key, sizeof key, p->id);
     if (kvStore_CreateString(&rev, cl->leases, key, cl->instance) == NATS_OK) {
-        start_part(cl, p, rev, sent, 0);
+        start_part(cl, p, rev, sent, 0, 0);
         return;
     }
     /* Handed over: take it with a compare-and-swap on the releaser's revision (a stale read
@@ -178,10 +180,10 @@ static void try_acquire(struct px_cluster *cl, cl_part_t *p)
     if (kvStore_Get(&e, cl->leases, key) != NATS_OK)
         return;
     v = kvEntry_ValueString(e);
-    if (v && sscanf(v, "free %" SCNu64, &floor) == 1) {
+    if (v && sscanf(v, "free %" SCNu64 " %" SCNu64, &lo, &hi) == 2) {
         if (kvStore_UpdateString(&rev, cl->leases, key, cl->instance, kvEntry_Revision(e)) ==
             NATS_OK)
-            start_part(cl, p, rev, sent, floor);
+            start_part(cl, p, rev, sent, lo, hi);
     } else if (kvEntry_Revision(e) != p->seen_rev) {
         p->seen_rev = kvEntry_Revision(e);
         p->seen_at = sent;
@@ -195,7 +197,7 @@ static void try_acquire(struct px_cluster *cl, cl_part_t *p)
                     "taking it over",
                     p->id, (unsigned long long)p->seen_rev,
                     (unsigned long long)((sent - p->seen_at) / PX_MS));
-            start_part(cl, p, rev, sent, 0);
+            start_part(cl, p, rev, sent, 0, 0);
         }
     }
     kvEntry_Destroy(e);

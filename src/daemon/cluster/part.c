@@ -202,8 +202,9 @@ static int run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsC
             }
             *cseq = c;
         }
-        if (j->seq && j->seq <= p->floor) {
-            /* Finished by the holder that handed the partition over: only acknowledge it. */
+        if (j->seq && j->seq >= p->skip_lo && j->seq <= p->skip_hi) {
+            /* In the last batch of the holder that handed the partition over, which it ran and
+             * acknowledged; the acknowledgement was still on its way. Only acknowledge it. */
             atomic_fetch_add(&p->skipped, 1);
             if (ack(p, m, j->seq, 0)) {
                 reopen = 1;
@@ -241,6 +242,8 @@ static int run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsC
         reopen = 1;
         goto out;
     }
+    if (n)
+        atomic_store(&p->last_lo, jobs[0].seq); /* [last_lo, done_seq]: acknowledged */
     for (int i = 0; i < n; i++) {
         if (!px_cluster_fence_ok(&fence))
             goto lost;
@@ -292,7 +295,7 @@ void *cl_part_main(void *arg)
     natsSubscription *sub = NULL;
     char name[64], tname[16];
     unsigned attempt = 0;
-    uint64_t seen, cseq;
+    uint64_t seen, cseq, active;
     unsigned errors = 0;
     _Atomic unsigned failed = 0;
     jsCtx *ajs = NULL;
@@ -320,6 +323,7 @@ reopen:
     }
     seen = atomic_load(&cl->reconnects);
     cseq = 0;
+    active = px_now_ns();
     if (!(sub = open_consumer(cl, p, attempt++, name, sizeof name))) {
         atomic_store(&p->lost, 1);
         goto out;
@@ -346,8 +350,20 @@ reopen:
             goto reopen;
         }
         s = fetch(&list, sub, (int)cl->o.batch);
-        if (s == NATS_TIMEOUT)
+        if (s == NATS_TIMEOUT) {
+            /* Nothing to fetch while the stream holds requests of this partition: the consumer
+             * has passed them (a server that lost track of them while recovering). A fresh
+             * consumer starts at the first one. */
+            if (atomic_load(&p->backlog) > 0 &&
+                px_now_ns() - active > cl->o.lease_ttl_ms * PX_MS / 2 + 1000 * PX_MS) {
+                px_warn("cluster: partition %u: %llu requests stored but none delivered; "
+                        "restarting the consumer",
+                        p->id, (unsigned long long)atomic_load(&p->backlog));
+                goto reopen;
+            }
             continue;
+        }
+        active = px_now_ns();
         if (s == NATS_OK)
             errors = 0;
         if (s != NATS_OK) {
