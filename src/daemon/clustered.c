@@ -84,6 +84,13 @@ static void on_accepted(void *cookie, enum px_cluster_status st, const char *why
             pend_remove(cx, p);
         return;
     }
+    if (p->answered) {
+        /* Answered already (an unconfirmed publish that was stored and ran, or a forced stop
+         * that answered it): the connection has its one line. */
+        pend_remove(cx, p);
+        cx->changed(cx->arg);
+        return;
+    }
     switch (st) {
     case PX_CL_FULL:
         refuse(cx, p, "queue_full", why, 1000);
@@ -216,13 +223,16 @@ void px_clustered_cancel(px_clustered_t *cx)
     json_object_foreach_safe(cx->pending, tmp, k, v)
     {
         pend_t *p = (pend_t *)(intptr_t)json_integer_value(v);
-        if (!p->answered)
+        if (!p->answered) {
             refuse(cx, p, "shutting_down",
                    "parexd stopped before this request's answer came back; if it was accepted "
                    "it still runs in the cluster (resubmit with the same idem to get it)",
                    0);
-        json_object_del(cx->pending, k);
-        free(p);
+            p->answered = 1;
+        }
+        /* One still being published is freed when its outcome comes back (or at the stop). */
+        if (p->accepted)
+            pend_remove(cx, p);
     }
     cx->released = 1;
 }
@@ -279,7 +289,11 @@ int px_clustered_start(px_clustered_t **out, uv_loop_t *loop, const px_config_t 
 static void on_xasync_closed(uv_handle_t *h)
 {
     px_clustered_t *cx = h->data;
+    const char *k;
+    json_t *v;
 
+    json_object_foreach(cx->pending, k, v)
+        free((pend_t *)(intptr_t)json_integer_value(v)); /* outcomes that never came back */
     pthread_mutex_destroy(&cx->xmu);
     px_buf_free(&cx->body);
     json_decref(cx->pending);

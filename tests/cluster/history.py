@@ -9,7 +9,9 @@ Sequences count per key in the order a load generator sent them.
 
 Reported: lost (accepted, never started), duplicates (starts beyond the first, per request),
 reorderings (per key: a request started for the first time before an earlier accepted one had;
-a run of the key that skipped forward over an accepted request; two runs of one key at once),
+a run of the key that skipped forward over an accepted request not run yet; two runs of one key
+at once), stale re-runs (a re-run of an old request after later requests of its key ran, that
+is not a replay of everything after it),
 unanswered (accepted, no answer reached the load generator) and phantom runs (a request that
 was never accepted, or refused, yet ran)."""
 import collections
@@ -45,28 +47,31 @@ class Report:
         self.dup_ids = []
         self.reorders = []
         self.prefix = []        # accepted behind a refusal it was submitted before
+        self.stale = []         # re-runs of an old request after later ones of its key
         self.overlaps = []
         self.phantoms = []
         self.unanswered = []
         self.runs = 0
 
-    def ok(self, allow_duplicates=True):
+    def ok(self, allow_duplicates=True, allow_stale=False):
         return (not self.lost and not self.reorders and not self.overlaps and not self.phantoms
-                and not self.prefix and (allow_duplicates or self.duplicates == 0))
+                and not self.prefix and (allow_duplicates or self.duplicates == 0)
+                and (allow_stale or not self.stale))
 
     def summary(self):
         return ("accepted %d, refused %d, runs %d, lost %d, duplicates %d, reorderings %d, "
                 "overlaps %d, phantoms %d, unanswered %d, unconfirmed %d (of which ran %d), "
-                "accepted behind a refusal %d" % (
+                "accepted behind a refusal %d, stale re-runs %d" % (
                     len(self.accepted), len(self.refused), self.runs, len(self.lost),
                     self.duplicates, len(self.reorders), len(self.overlaps), len(self.phantoms),
                     len(self.unanswered), len(self.uncertain), self.uncertain_ran,
-                    len(self.prefix)))
+                    len(self.prefix), len(self.stale)))
 
     def details(self, n=5):
-        return "lost %s; reorders %s; overlaps %s; phantoms %s; duplicates %s; prefix %s" % (
-            self.lost[:n], self.reorders[:n], self.overlaps[:n], self.phantoms[:n],
-            self.dup_ids[:n], self.prefix[:n])
+        return ("lost %s; reorders %s; overlaps %s; phantoms %s; duplicates %s; prefix %s; "
+                "stale %s" % (self.lost[:n], self.reorders[:n], self.overlaps[:n],
+                              self.phantoms[:n], self.dup_ids[:n], self.prefix[:n],
+                              self.stale[:n]))
 
 
 def check(load_files, history_files, paused=None):
@@ -136,7 +141,13 @@ def check(load_files, history_files, paused=None):
             if seq not in seen and seq < high:
                 r.reorders.append((key, seq, "first run after", high))
             if prev is not None and seq > prev and nxt.get(prev) is not None and seq != nxt[prev]:
-                r.reorders.append((key, seq, "skipped forward from", prev))
+                skipped = [s for s in order if prev < s < seq]
+                if any(s not in seen for s in skipped):
+                    r.reorders.append((key, seq, "skipped forward from", prev))
+                else:
+                    # A re-run that is not a suffix of what ran: an old request came back
+                    # after later ones of its key had run (and were not run again).
+                    r.stale.append((key, prev, "re-run after", seq))
             # Two runs of a key at once (a run whose finish is unknown was cut by a kill).
             if t < busy_until:
                 r.overlaps.append((key, seq, inst))

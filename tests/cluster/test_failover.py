@@ -96,10 +96,10 @@ class Run:
             outs.append(out.decode().strip())
         return outs
 
-    def check(self, allow_duplicates=True, paused=None):
+    def check(self, allow_duplicates=True, paused=None, allow_stale=False):
         r = history.check(self.load_files, self.hist_files, paused)
         print("%s: %s" % (self.name, r.summary()))
-        assert r.ok(allow_duplicates), "%s: %s\n%s (files in %s)" % (
+        assert r.ok(allow_duplicates, allow_stale), "%s: %s\n%s (files in %s)" % (
             self.name, r.summary(), r.details(), self.dir)
         return r
 
@@ -243,7 +243,7 @@ def nats_kill9(r):
     time.sleep(8)  # let the load run through the election (not a synchronisation)
     r.nats.start(0)
     print("nats_kill9: load", r.finish_load())
-    rep = r.check()
+    rep = r.check(allow_stale=True)  # see README: acks lost by the server
     accepted = sorted(int(a[1]) for a in history.read(r.load_files, "A"))
     late = [t for t in accepted if t > t_kill + 10e9]
     assert late, "nothing accepted 10 s after the kill: service did not resume"
@@ -271,7 +271,7 @@ def nats_quorum_lost(r):
     r.nats.start(2)
     t_up = time.monotonic_ns()
     print("nats_quorum_lost: load", r.finish_load())
-    rep = r.check()
+    rep = r.check(allow_stale=True)  # see README: acks lost by the server
     during = [x for x in rep.refusals if t_down < x[0] < t_up + 2e9]
     assert during, "nothing was refused while two nodes were down"
     worst = max(x[2] for x in during)

@@ -139,6 +139,24 @@ static int send_answer(jsCtx *js, natsMsg *req, px_cluster_job_t *j)
     return s == NATS_OK ? 0 : -1;
 }
 
+/* Is the answer of this request stored already (it ran to the end under an earlier holder)? */
+static int answered_before(struct px_cluster *cl, natsMsg *req, const char *msgid)
+{
+    const char *reply = NULL;
+    char subj[512], hex[420];
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+
+    if (!msgid || natsMsgHeader_Get(req, CL_HDR_REPLY, &reply) != NATS_OK || !reply)
+        return 0;
+    cl_hex(hex, msgid, sizeof hex);
+    snprintf(subj, sizeof subj, CL_RES_SUBJ "%s.%s", reply, hex);
+    if (js_GetLastMsg(&m, cl->js, CL_RES_STREAM, subj, NULL, &jerr) != NATS_OK)
+        return 0;
+    natsMsg_Destroy(m);
+    return 1;
+}
+
 /* nats.c's thread: an answer was not stored; the batch is then not acknowledged. */
 static void on_answer_failed(jsCtx *js, jsPubAckErr *pae, void *closure)
 {
@@ -212,8 +230,20 @@ static int run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsC
             }
             continue;
         }
-        if (j->seq <= p->handed_out)
-            j->delivered++; /* an earlier holder's consumer handed it out: a possible re-run */
+        if (j->seq <= p->handed_out) {
+            /* An earlier consumer handed it out: it may have run. If its answer is stored it
+             * did, to the end: only acknowledge it (an acknowledgement a server failure lost
+             * brings a finished request back, even behind later ones). */
+            if (answered_before(cl, m, id)) {
+                atomic_fetch_add(&p->skipped, 1);
+                if (ack(p, m, j->seq, 0)) {
+                    reopen = 1;
+                    goto out;
+                }
+                continue;
+            }
+            j->delivered++; /* a possible re-run: the handler is told */
+        }
         j->partition = p->id;
         j->epoch = fence.epoch;
         j->msgid = id ? id : "";
