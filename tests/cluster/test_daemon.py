@@ -208,7 +208,8 @@ class ClusterTest(unittest.TestCase):
                         if i >= at_pause and json.loads(ln)["epoch"] in old]
             print("SIGSTOP of an owner: %s; %d runs under its old leases after the pause" % (
                 rep.summary(), len(late)), flush=True)
-            # A run that had started before the pause may append as the pause begins.
+            # Runs a worker had started before the pause: their exec children are not paused
+            # with parexd and append after it.
             self.assertLessEqual(len(late), len(old), late[:5])
         finally:
             cl.close()
