@@ -1,6 +1,7 @@
 /* parexctl: the command-line client. Exit status: 0 ok, 1 the daemon answered something other
  * than ok, 2 usage or connection errors. */
 #include "ctl/client.h"
+#include "ctl/cluster.h"
 #include "ctl/http.h"
 #include "common/route.h"
 
@@ -32,6 +33,7 @@ static void usage(FILE *f)
                "  parexctl parked | unpark KEY | drop KEY [--addr HOST:PORT]   (quarantine)\n"
                "  parexctl stats|health|metrics [--metrics-addr HOST:PORT]\n"
                "  parexctl top [--metrics-addr HOST:PORT] [--interval SECONDS] [--once]\n"
+               "  parexctl cluster [--metrics-addr HOST:PORT]...   (once per instance)\n"
                "Defaults: --addr $PAREXD_ADDR or 127.0.0.1:7400, --metrics-addr\n"
                "$PAREXD_METRICS_ADDR or 127.0.0.1:9400.\n"
                "Exit status: 0 ok, 1 failed/rejected/invalid, 2 usage or connection error.\n");
@@ -331,6 +333,27 @@ static int cmd_observe(const char *cmd, int argc, char **argv)
     return px_ctl_metrics(maddr);
 }
 
+/* cluster: --metrics-addr may be given once per instance (default: the one metrics address). */
+static int cmd_cluster(int argc, char **argv)
+{
+    static const struct option opts[] = {{"metrics-addr", required_argument, NULL, 'm'},
+                                         {NULL, 0, NULL, 0}};
+    const char *addrs[64];
+    int n = 0, ch;
+
+    while ((ch = getopt_long(argc, argv, "m:", opts, NULL)) != -1) {
+        if (ch == 'm' && n < 64)
+            addrs[n++] = optarg;
+        else
+            return die_usage("cluster: takes --metrics-addr HOST:PORT, once per instance");
+    }
+    if (optind < argc)
+        return die_usage("unexpected argument");
+    if (!n)
+        addrs[n++] = maddr;
+    return px_ctl_cluster(addrs, n);
+}
+
 int main(int argc, char **argv)
 {
     const char *env = getenv("PAREXD_ADDR");
@@ -357,6 +380,8 @@ int main(int argc, char **argv)
         return cmd_route(argc - 1, argv + 1);
     if (strcmp(argv[1], "control") == 0)
         return cmd_control(argc - 1, argv + 1);
+    if (strcmp(argv[1], "cluster") == 0)
+        return cmd_cluster(argc - 1, argv + 1);
     if (strcmp(argv[1], "parked") == 0 || strcmp(argv[1], "unpark") == 0 ||
         strcmp(argv[1], "drop") == 0)
         return cmd_quarantine(argv[1], argc - 1, argv + 1);

@@ -12,6 +12,7 @@ is refused at ingress, idem deduplicates, and cluster config mistakes stop start
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -58,6 +59,9 @@ class Cluster:
         self.d[name] = pxharness.Daemon(config=self.config(name))
         self.d[name].wait_log("cluster: instance %s connected" % name, timeout=30)
         return self.d[name]
+
+    def metrics(self, name):
+        return self.d[name].wait_log(r"metrics on (\S+)").group(1)
 
     def held(self, name):
         s = self.d[name].stats()["cluster"]
@@ -153,6 +157,28 @@ class Load:
 
 
 class ClusterTest(unittest.TestCase):
+    def test_parexctl_cluster(self):
+        """parexctl cluster, given every instance's metrics address, shows each partition's
+        owner and epoch (the union of what each instance holds)."""
+        cl = Cluster()
+        try:
+            cl.wait_spread("abc")
+            argv = [pxharness.PAREXCTL, "cluster"]
+            for n in "abc":
+                argv += ["--metrics-addr", cl.metrics(n)]
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            rows = [ln.split() for ln in out.stdout.splitlines() if ln[:1].isdigit()]
+            self.assertEqual([int(r[0]) for r in rows], list(range(PARTS)), out.stdout)
+            owners = {int(r[0]): r[1] for r in rows}
+            for n in "abc":
+                self.assertIn("instance %s " % n, out.stdout)
+                for p in cl.held(n):
+                    self.assertEqual(owners[p], n, out.stdout)
+            self.assertNotIn("held by none", out.stdout)
+        finally:
+            cl.close()
+
     def owner_load(self, sig):
         cl = Cluster()
         try:
