@@ -74,14 +74,18 @@ class Report:
                               self.stale[:n]))
 
 
-def check(load_files, history_files, paused=None):
+def check(load_files, history_files, paused=None, excused=None):
     """paused: {instance: t_ns} for an instance frozen (SIGSTOP) at t_ns: a handler it was running
     then finishes after it resumes, which no lease can prevent (the epoch handed to handlers is
     for fencing such side effects), so its run counts as ending at the pause."""
     paused = paused or {}
+    excused = excused or set()  # accepted, yet allowed not to run (reported apart by the caller)
     r = Report()
     submitted = {}
     for f in read(load_files, "A"):
+        if f[4].strip() in excused:
+            r.uncertain[f[4].strip()] = (f[2], int(f[3]))
+            continue
         r.accepted[f[4].strip()] = (f[2], int(f[3]))
         if len(f) > 5:
             submitted[f[4].strip()] = (f[2], int(f[3]), int(f[5]))
