@@ -110,7 +110,7 @@ static void check_drained(px_server_t *srv)
         px_supervisor_stop(srv->sup);
         srv->sup = NULL;
         if (px_pool_live(pool) == 0 && px_pool_strays(pool) == 0) {
-            px_pool_destroy(pool);
+            px_engine_release_pool(&srv->eng);
         } else {
             /* Kept reachable (main holds srv in a static) so leak checkers see it as
              * deliberately left for the process exit, not lost. */
@@ -298,10 +298,10 @@ fail_sup:
     px_supervisor_stop(srv->sup);
     srv->sup = NULL;
 fail_pool:
-    /* The caller runs the loop once more to let the closed handles go. */
-    px_pool_close(srv->eng.pool);
-    px_pool_destroy(srv->eng.pool);
-    srv->eng.pool = NULL;
+    /* Nothing has run yet: every worker exits as soon as its queue closes, and is joined before
+     * the pool goes. The caller runs the loop once more to let the closed handles go. */
+    px_pool_stop(srv->eng.pool);
+    px_engine_release_pool(&srv->eng);
 fail:
     close_handles(srv);
     return -1;

@@ -355,5 +355,16 @@ int px_config_finish(px_config_t *c, char *err, size_t errlen)
                  (long long)c->dead_after_ms, (long long)c->supervise_interval_ms);
         return -1;
     }
+    /* Keyed scheduling shares one bound of workers x queue_capacity, counted in 32 bits. */
+    if (c->scheduling == PX_SCHED_KEYED &&
+        (uint64_t)c->workers * (uint64_t)c->queue_capacity > UINT32_MAX) {
+        snprintf(err, errlen,
+                 "key 'queue_capacity': %lld x workers (%lld) = %llu is over the keyed "
+                 "scheduler's bound of %u requests; lower queue_capacity or workers",
+                 (long long)c->queue_capacity, (long long)c->workers,
+                 (unsigned long long)((uint64_t)c->workers * (uint64_t)c->queue_capacity),
+                 UINT32_MAX);
+        return -1;
+    }
     return 0;
 }

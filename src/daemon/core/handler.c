@@ -286,7 +286,7 @@ static int deadline_fail(px_result_t *res, const px_req_t *req, const char *when
 }
 
 int px_handler_invoke(const px_handler_t *h, px_req_t *req, px_result_t *res, int *attempts,
-                      uint64_t *wait_ns)
+                      uint64_t *wait_ns, px_run_hook hook, void *hook_arg)
 {
     px_handler_ctl_t *ctl = h->ctl;
     uint64_t dl = req->deadline_ns, t0, started;
@@ -303,11 +303,15 @@ int px_handler_invoke(const px_handler_t *h, px_req_t *req, px_result_t *res, in
         uint64_t timeout = ctl->timeout_ms > 0 ? (uint64_t)ctl->timeout_ms * PX_MS : 0, now;
 
         t0 = px_now_ns();
+        if (hook)
+            hook(hook_arg, 0);
         if (acquire(ctl, dl)) {
             rc = deadline_fail(res, req, "while waiting for a rate-limit token or a slot");
             break;
         }
         started = px_now_ns();
+        if (hook)
+            hook(hook_arg, started);
         *wait_ns += started - t0;
         if (dl) {
             uint64_t left = dl > started ? dl - started : 1;

@@ -15,11 +15,17 @@ struct px_handler;
 struct px_registry;
 struct px_key;
 
+/* Every change of state is one compare-and-swap, so the loop and a worker never both decide a
+ * request's end: QUEUED -> RUNNING (the worker claims it) | CANCELLED (the loop marks it; the
+ * worker answers it, in its key's order, without running it) | DONE (skipped: its key is
+ * parked); RUNNING -> DONE (the worker's answer stands) | ABANDONED (the loop answered it:
+ * stall replacement or forced stop; the worker's late result is discarded). */
 enum px_req_state {
-    PX_REQ_QUEUED,    /* in a worker's queue */
+    PX_REQ_QUEUED,    /* in a worker's queue or hand */
     PX_REQ_RUNNING,   /* its handler is running */
     PX_REQ_DONE,      /* the worker finished it and owns its response */
     PX_REQ_ABANDONED, /* the loop answered it (stall, forced stop); the worker's result is void */
+    PX_REQ_CANCELLED, /* marked by the loop while queued; cancel_msg says why */
 };
 
 typedef struct px_req {
@@ -35,7 +41,8 @@ typedef struct px_req {
     uint32_t route;       /* routed worker, never changed (hot-key sketches are kept per route) */
     void *sched_key;      /* keyed scheduling: the scheduler's entry of the key, set when popped */
     uint16_t key_len;
-    uint32_t id_len; /* id as JSON text, echoed verbatim */
+    uint32_t id_len;        /* id as JSON text, echoed verbatim */
+    const char *cancel_msg; /* written by the loop before it marks the request CANCELLED */
 
     /* Written by the worker while it owns the request. */
     uint64_t start_ns, end_ns;

@@ -57,10 +57,12 @@ static void answer_skipped(px_engine_t *e, px_req_t *r)
     deliver_resp(e, r, &resp);
 }
 
-/* Loop thread: a batch of finished requests, in completion order (so in per-key order). */
-static void on_done(px_req_t *list, void *arg)
+/* Loop thread: answers a batch of finished requests, in completion order (so in per-key order).
+ * Abandoned ones, answered when they were abandoned, are returned linked by ->next: the caller
+ * frees them with free_late once it has given every answer it owes meanwhile. */
+static px_req_t *settle(px_engine_t *e, px_req_t *list)
 {
-    px_engine_t *e = arg;
+    px_req_t *late = NULL, **tail = &late;
 
     px_stats_begin(e->stats);
     while (list) {
@@ -69,8 +71,11 @@ static void on_done(px_req_t *list, void *arg)
         if (r->skipped) {
             answer_skipped(e, r);
         } else if (atomic_load_explicit(&r->state, memory_order_acquire) == PX_REQ_ABANDONED) {
-            /* Answered and counted when it was abandoned; the worker has let go of it now. */
-            px_stats_add(&e->stats->c.late, 1);
+            /* The worker has let go of it now. */
+            r->next = NULL;
+            *tail = r;
+            tail = &r->next;
+            continue;
         } else {
             px_stats_add(r->ok ? &e->stats->c.ok : &e->stats->c.failed, 1);
             px_stats_add(&e->stats->c.in_flight, -1);
@@ -80,6 +85,26 @@ static void on_done(px_req_t *list, void *arg)
         px_req_free(r);
     }
     px_stats_end(e->stats);
+    return late;
+}
+
+static void free_late(px_engine_t *e, px_req_t *late)
+{
+    px_stats_begin(e->stats);
+    while (late) {
+        px_req_t *r = late;
+        late = r->next;
+        px_stats_add(&e->stats->c.late, 1);
+        px_req_free(r);
+    }
+    px_stats_end(e->stats);
+}
+
+static void on_done(px_req_t *list, void *arg)
+{
+    px_engine_t *e = arg;
+
+    free_late(e, settle(e, list));
     e->sink.after(e->sink.arg); /* the answers go out in the server's tick */
 }
 
@@ -168,6 +193,7 @@ void px_engine_set_registry(px_engine_t *e, px_registry_t *reg)
 static int refuse(px_engine_t *e, px_verdict_t *v, enum px_reject why, int worker,
                   uint64_t retry_after_ms)
 {
+    px_stats_add(&e->stats->c.received, 1);
     px_stats_add(&e->stats->c.rejected[why], 1);
     v->why = why;
     v->worker = worker;
@@ -182,7 +208,8 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
     px_req_t *r;
     int rc;
 
-    px_stats_add(&e->stats->c.received, 1);
+    /* received is counted with the verdict: a request lost to out-of-memory (its connection
+     * closes) was never received, so the accounting invariant still holds. */
     if (atomic_load_explicit(&e->draining, memory_order_relaxed)) {
         snprintf(v->message, sizeof v->message,
                  "parexd is shutting down and takes no new requests; retry on another instance "
@@ -227,7 +254,15 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
     r->kent = k; /* before submit: from then on a worker may read it */
     if ((rc = px_pool_submit(e->pool, r))) {
         /* Once submitted the request belongs to the worker side; refused, it is still ours. */
-        uint64_t wait = rc == -EAGAIN ? px_pool_retry_after_ms(e->pool, worker) : 0;
+        uint64_t wait;
+
+        if (rc == -ENOMEM) {
+            r->kent = NULL;
+            px_req_free(r);
+            px_keys_unused(&e->keys, k, s->recv_ns);
+            return -ENOMEM;
+        }
+        wait = rc == -EAGAIN ? px_pool_retry_after_ms(e->pool, worker) : 0;
         snprintf(v->message, sizeof v->message,
                  "worker %u's queue is full (queue_capacity %lld); retry after %llu ms or spread "
                  "the load over more keys",
@@ -240,6 +275,7 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
     }
     px_keys_accepted(k, s->recv_ns);
     px_hot_arrival(e->hot, worker, s->key, s->key_len, s->recv_ns);
+    px_stats_add(&e->stats->c.received, 1);
     px_stats_add(&e->stats->c.accepted, 1);
     px_stats_add(&e->stats->c.in_flight, 1);
     return 0;
@@ -283,14 +319,14 @@ static int cancel_matches(px_req_t *r, void *arg)
 const char *px_engine_cancel(px_engine_t *e, void *origin, const char *id, size_t id_len)
 {
     struct cancel_match m = {.origin = origin, .id = id, .id_len = id_len};
-    px_req_t *q;
+    int running;
 
-    if ((q = px_pool_remove_if(e->pool, cancel_matches, &m))) {
-        px_engine_fail(e, q, "cancelled", "cancelled by the client before it ran");
-        px_req_free(q);
+    /* Marked, not removed: its worker answers it when its turn comes, so the answer goes out in
+     * its key's order (after the key's earlier requests), and costs no run. */
+    if (px_pool_cancel(e->pool, cancel_matches, &m, "cancelled by the client before it ran",
+                       &running))
         return "queued";
-    }
-    return px_pool_running_match(e->pool, cancel_matches, &m) ? "running" : "not_found";
+    return running ? "running" : "not_found";
 }
 
 struct key_match {
@@ -308,17 +344,13 @@ static int key_matches(px_req_t *r, void *arg)
 int px_engine_drop(px_engine_t *e, const char *key, size_t len)
 {
     struct key_match m = {.key = key, .len = len};
-    int dropped = 0;
-    px_req_t *r;
+    int dropped, running;
 
     if (!px_keys_is_parked(&e->keys, key, len))
         return -ENOENT;
-    while ((r = px_pool_remove_if(e->pool, key_matches, &m))) {
-        px_engine_fail(e, r, "cancelled",
-                       "dropped by an operator while its key was parked (parexctl drop)");
-        px_req_free(r);
-        dropped++;
-    }
+    dropped =
+        px_pool_cancel(e->pool, key_matches, &m,
+                       "dropped by an operator while its key was parked (parexctl drop)", &running);
     px_notice("quarantine: %d queued requests of parked key '%.*s' dropped by an operator", dropped,
               (int)len, key);
     return dropped;
@@ -327,16 +359,19 @@ int px_engine_drop(px_engine_t *e, const char *key, size_t len)
 void px_engine_replace(px_engine_t *e, uint32_t worker, const px_worker_info_t *w)
 {
     char msg[512];
-    px_req_t *r;
+    px_req_t *r, *late;
     int rc;
 
-    if (!(r = px_pool_replace(e->pool, worker, &rc)))
-        return; /* it finished just now */
+    if (!(r = px_pool_replace(e->pool, worker, w->busy_since_ns, &rc)))
+        return; /* it finished, or another run started, since the supervisor looked */
+    /* Earlier requests of its key may sit finished on the completion list: they go first. */
+    late = settle(e, px_pool_take_done(e->pool));
     snprintf(msg, sizeof msg,
              "worker %u was stuck on this request for %.0f ms (stall_after_ms %lld); it was "
              "abandoned and the partition moved on",
              worker, (double)w->busy_for_ns / 1e6, (long long)e->cfg->stall_after_ms);
     px_engine_fail(e, r, "worker_stalled", msg);
+    free_late(e, late);
     e->sink.flush(e->sink.arg);
     if (rc)
         px_err("supervisor: worker %u: cannot start a replacement thread: %s", worker,
@@ -355,23 +390,32 @@ void px_engine_close(px_engine_t *e)
 
 size_t px_engine_cancel_all(px_engine_t *e)
 {
-    px_req_t **v;
+    px_taken_t *v;
     size_t n = px_pool_take_all(e->pool, &v);
+    /* Taken after take_all decided: whatever finished before it is earlier in its key's order
+     * than anything taken, and is answered first. Whatever comes back after is abandoned. */
+    px_req_t *late = settle(e, px_pool_take_done(e->pool));
 
     px_warn("drain: forced stop; cancelling %zu queued or running requests", n);
     for (size_t i = 0; i < n; i++) {
-        px_req_t *r = v[i];
-        int running = atomic_load(&r->state) == PX_REQ_ABANDONED;
+        px_req_t *r = v[i].r;
 
         px_engine_fail(e, r, "cancelled",
-                       running ? "parexd stopped before this request finished running"
-                               : "parexd stopped before this request could run");
-        /* A running one still belongs to its worker until it comes back, unless the worker's
-         * thread is gone (dead) and never will. */
-        if (!running || !px_pool_thread_alive(e->pool, r->worker))
+                       v[i].returns ? "parexd stopped before this request finished running"
+                                    : "parexd stopped before this request could run");
+        /* A running one still belongs to its thread until it comes back. */
+        if (!v[i].returns)
             px_req_free(r);
     }
     free(v);
+    free_late(e, late);
     e->sink.flush(e->sink.arg);
     return n;
+}
+
+void px_engine_release_pool(px_engine_t *e)
+{
+    free_late(e, settle(e, px_pool_take_done(e->pool)));
+    px_pool_destroy(e->pool);
+    e->pool = NULL;
 }

@@ -145,7 +145,8 @@ static void sweep_one(px_key_t *k, void *arg)
                       (json_int_t)sw->ks->after, "last_error", k->last_error, "time_left_ms",
                       (json_int_t)((until - sw->now) / PX_MS), "parks", (json_int_t)k->parks));
     } else if (until) {
-        atomic_store(&k->parked_until_ns, 0); /* expired: admitted again */
+        /* Expired: admitted again, unless a worker parked it anew since we read it. */
+        atomic_compare_exchange_strong(&k->parked_until_ns, &until, 0);
     }
     /* Idle for a minute with nothing in flight and not parked: its run of failures is
      * forgotten and the entry goes (memory follows the active keys). A client retrying one
