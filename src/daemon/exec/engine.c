@@ -362,17 +362,21 @@ void px_engine_replace(px_engine_t *e, uint32_t worker, const px_worker_info_t *
     px_req_t *r, *late;
     int rc;
 
-    if (!(r = px_pool_replace(e->pool, worker, w->busy_since_ns, &rc)))
+    if (!(r = px_pool_replace(e->pool, worker, w->busy_since_ns)))
         return; /* it finished, or another run started, since the supervisor looked */
-    /* Earlier requests of its key may sit finished on the completion list: they go first. */
+    /* Earlier requests of its key may sit finished on the completion list: they go first, then
+     * its own answer, and only then may a fresh thread start on the queue behind it. */
     late = settle(e, px_pool_take_done(e->pool));
     snprintf(msg, sizeof msg,
              "worker %u was stuck on this request for %.0f ms (stall_after_ms %lld); it was "
              "abandoned and the partition moved on",
              worker, (double)w->busy_for_ns / 1e6, (long long)e->cfg->stall_after_ms);
     px_engine_fail(e, r, "worker_stalled", msg);
-    free_late(e, late);
     e->sink.flush(e->sink.arg);
+    /* r stays valid until the loop frees it: it is the old thread's to hand back, and late
+     * holds it only if it came back already. */
+    rc = px_pool_respawn(e->pool, worker, r);
+    free_late(e, late);
     if (rc)
         px_err("supervisor: worker %u: cannot start a replacement thread: %s", worker,
                strerror(rc));

@@ -92,11 +92,16 @@ void px_pool_info(px_pool_t *p, uint32_t worker, px_worker_info_t *out);
 uint32_t px_pool_live(px_pool_t *p);
 /* Abandoned threads still inside a handler: while any remain the pool must not be freed. */
 uint32_t px_pool_strays(px_pool_t *p);
-/* Loop thread, on_stall=replace: abandons the worker's thread and starts a fresh one on the same
- * queue, but only if the run the supervisor observed (observed_since: its busy_since_ns) is
- * still the current one and still over stall_after. Returns the request it was stuck on (now
- * PX_REQ_ABANDONED, for the loop to answer) or NULL (then nothing is replaced). */
-px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, uint64_t observed_since, int *rc);
+/* Loop thread, on_stall=replace: abandons the worker's thread, but only if the run the
+ * supervisor observed (observed_since: its busy_since_ns) is still the current one and still
+ * over stall_after. Returns the request it was stuck on (now PX_REQ_ABANDONED, for the loop to
+ * answer) or NULL (then nothing is replaced). The slot has no thread until px_pool_respawn:
+ * the caller answers what is owed first, so the queue's next requests cannot overtake. */
+px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, uint64_t observed_since);
+/* Loop thread, once the abandoned request (from px_pool_replace, not yet handed back) is
+ * answered: lets its key run again (keyed scheduling) and starts a fresh thread on the slot.
+ * 0 or an errno value. */
+int px_pool_respawn(px_pool_t *p, uint32_t worker, px_req_t *abandoned);
 /* Loop thread: marks every queued (or popped, unclaimed) request for which match is true
  * PX_REQ_CANCELLED with why; its worker answers it failed/cancelled in its key's order without
  * running it. Returns how many were marked; *running tells whether a running request matched.

@@ -9,14 +9,13 @@
 
 #include <stdlib.h>
 
-px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, uint64_t observed_since, int *rc)
+px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, uint64_t observed_since)
 {
     px_slot_t *s = &p->slots[worker];
     uint64_t since, gen;
     px_req_t *cur;
     int expected = PX_REQ_RUNNING;
 
-    *rc = 0;
     pthread_mutex_lock(&s->cur_mu);
     /* Re-checked here, where it is acted on: the same run the supervisor saw (its start time),
      * still running and still over the limit. busy_since_ns changes only under cur_mu. */
@@ -38,13 +37,19 @@ px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, uint64_t observed_since
     pthread_mutex_unlock(&s->cur_mu);
 
     /* From here the old thread touches only its request and the completion list; it lost the
-     * CAS, so it will not release the key: do it for it, the partition moves on. */
-    if (p->sched)
-        px_sched_done(p->sched, cur->sched_key);
+     * CAS, so it will not release the key: px_pool_respawn does, once the loop has answered. */
     pthread_detach(s->thread);
     px_add_relaxed(&s->replaced, 1);
-    *rc = px_worker_start(s, gen);
     return cur;
+}
+
+int px_pool_respawn(px_pool_t *p, uint32_t worker, px_req_t *abandoned)
+{
+    px_slot_t *s = &p->slots[worker];
+
+    if (p->sched)
+        px_sched_done(p->sched, abandoned->sched_key); /* the key may run again */
+    return px_worker_start(s, atomic_load(&s->gen));
 }
 
 /* Under the slot's cur_mu: its running request, abandoned (it comes back through the completion

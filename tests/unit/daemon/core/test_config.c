@@ -270,6 +270,22 @@ static void test_finish(void **state)
     assert_int_equal(load(&c, "{\"supervise_interval_ms\": 500, \"dead_after_ms\": 500}"), 0);
     assert_int_equal(px_config_finish(&c, err, sizeof err), -1);
     assert_non_null(strstr(err, "'dead_after_ms'"));
+
+    /* Keyed scheduling's shared bound is counted in 32 bits: 256 x 16777216 (each allowed)
+     * would wrap to 0 and refuse every request; it is a config error instead. */
+    px_config_defaults(&c);
+    assert_int_equal(load(&c, "{\"scheduling\": \"keyed\", \"workers\": 256, "
+                              "\"queue_capacity\": 16777216}"),
+                     0);
+    assert_int_equal(px_config_finish(&c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "'queue_capacity'"));
+    assert_non_null(strstr(err, "4294967296"));
+    c.queue_capacity = 16777215;
+    assert_int_equal(px_config_finish(&c, err, sizeof err), 0);
+    /* Partitioned queues are bounded one by one: no shared count to overflow. */
+    c.scheduling = PX_SCHED_PARTITIONED;
+    c.queue_capacity = 16777216;
+    assert_int_equal(px_config_finish(&c, err, sizeof err), 0);
 }
 
 int main(void)
