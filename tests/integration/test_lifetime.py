@@ -56,27 +56,37 @@ def assert_key_order(test, sent, answers):
 
 class ForcedStopTest(unittest.TestCase):
     def test_forced_stop_as_the_running_request_ends(self):
-        # One worker sleeps 600 ms with 20 000 echoes queued behind it; the second SIGTERM
-        # lands just before the sleep ends, so the forced stop is still answering the queue
-        # when the worker finishes, hands its request back and exits. The old code then freed
-        # that request twice (plain build: "double free detected", exit -6).
+        # One worker sleeps with 20 000 echoes queued behind it; the second SIGTERM lands just
+        # before the sleep ends, so the forced stop is still answering the queue when the
+        # worker finishes, hands its request back and exits. The old code then freed that
+        # request twice (plain build: "double free detected", exit -6). How long reading the
+        # echoes takes is measured first on the same daemon (sanitizer builds are slower), so
+        # the sleep outlasts it and the signal still lands in the window.
         n = 20000
-        for offset in (0.54, 0.57, 0.59, 0.60):
+        echoes = b"".join(b'{"key":"k%d","id":%d}\n' % (i % 97, i) for i in range(1, n + 1))
+        for before_end in (0.06, 0.03, 0.01, 0.0):
             d = px.Daemon(["--workers", "1", "--queue-capacity", str(n)])
             try:
                 with d.connect() as c:
-                    c.send({"key": "k", "id": 0, "op": "sleep", "payload": {"ms": 600}})
+                    t = time.monotonic()
+                    c.send_raw(echoes)
+                    c.recv_n(n, timeout=120)
+                    fill = time.monotonic() - t
+                    sleep_s = max(0.6, 3 * fill + 0.2)
+                    c.send({"key": "k", "id": 0, "op": "sleep",
+                            "payload": {"ms": int(sleep_s * 1000)}})
                     t0 = busy_on(d, "sleep")
-                    c.send_raw(b"".join(b'{"key":"k%d","id":%d}\n' % (i % 97, i)
-                                        for i in range(1, n + 1)))
-                    d.wait_stats(lambda s: s["in_flight"] == n + 1, "all queued")
+                    c.send_raw(echoes)
+                    d.wait_stats(lambda s: s["in_flight"] == n + 1, "all queued", timeout=60)
                     d.signal(signal.SIGTERM)
-                    time.sleep(max(0.0, t0 + offset - time.monotonic()))  # the window, not a wait
+                    left = t0 + sleep_s - before_end - time.monotonic()
+                    self.assertGreater(left, 0, "the echoes took longer to queue than measured")
+                    time.sleep(left)  # the window itself, not a wait for a condition
                     d.signal(signal.SIGTERM)
-                    answers = read_until_eof(c)
+                    answers = read_until_eof(c, timeout=120)
                 ids = [a["id"] for a in answers]
                 self.assertEqual(sorted(ids), list(range(n + 1)), "each request answered once")
-                self.assertEqual(d.wait_exit(30), 0, d.stderr_text()[-2000:])
+                self.assertEqual(d.wait_exit(60), 0, d.stderr_text()[-2000:])
             finally:
                 d.kill()
 
