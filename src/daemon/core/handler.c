@@ -292,6 +292,8 @@ int px_handler_invoke(const px_handler_t *h, px_req_t *req, px_result_t *res, in
     uint64_t dl = req->deadline_ns, t0, started;
     int rc = -1;
 
+    if (!px_handler_may_wait(h))
+        hook = NULL; /* nothing to wait for: the caller counts its run from the start */
     *attempts = 0;
     *wait_ns = 0;
     atomic_fetch_add_explicit(&ctl->st->requests, 1, memory_order_relaxed);

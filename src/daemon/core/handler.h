@@ -97,9 +97,17 @@ void px_registry_names(const px_registry_t *reg, char *out, size_t outlen);
  * (started_ns 0) and when it starts running (started_ns: now). */
 typedef void (*px_run_hook)(void *arg, uint64_t started_ns);
 
+/* Can a run of h wait for a concurrency slot or a rate-limit token? (Then px_handler_invoke
+ * tells its hook when it waits and when it starts; otherwise it never waits.) */
+static inline int px_handler_may_wait(const px_handler_t *h)
+{
+    return h->ctl && (h->ctl->max_concurrency > 0 || h->ctl->per_second > 0);
+}
+
 /* Worker thread: runs h for req under its policies (deadline, rate limit, concurrency, retry).
  * Sets *attempts; *wait_ns is the time spent waiting for a token or a slot (counted as queue
- * time). hook (may be NULL) hears of each wait and each start. Returns what run returned. */
+ * time). hook (may be NULL) hears of each wait and each start, when px_handler_may_wait. Returns
+ * what run returned. */
 int px_handler_invoke(const px_handler_t *h, px_req_t *req, px_result_t *res, int *attempts,
                       uint64_t *wait_ns, px_run_hook hook, void *hook_arg);
 

@@ -133,7 +133,11 @@ static px_req_t *claim(px_slot_t *s, int *state)
             s->cur_key[r->key_len] = '\0';
             memcpy(s->cur_op, r->handler->name, n);
             s->cur_op[n] = '\0';
-            atomic_store_explicit(&s->waiting, 1, memory_order_relaxed);
+            /* A handler that may wait for a slot or a token runs only once on_run says so. */
+            if (px_handler_may_wait(r->handler))
+                atomic_store_explicit(&s->waiting, 1, memory_order_relaxed);
+            else
+                atomic_store_explicit(&s->busy_since_ns, now, memory_order_relaxed);
         }
     }
     pthread_mutex_unlock(&s->cur_mu);
