@@ -182,7 +182,7 @@ void px_server_reload(px_server_t *srv)
 {
     px_registry_t *reg;
     px_config_t nc, *oc = &srv->cfg;
-    char err[512], kept[256] = "";
+    char err[512], kept[512] = "";
 
     if (!srv->reload || atomic_load(&srv->eng.draining))
         return;
@@ -200,23 +200,15 @@ void px_server_reload(px_server_t *srv)
         goto done;
     }
     px_engine_set_registry(&srv->eng, reg);
-#define KEPT(field, name)                                                                          \
-    if (memcmp(&nc.field, &oc->field, sizeof nc.field) != 0) {                                     \
-        strncat(kept, kept[0] ? ", " name : name, sizeof kept - strlen(kept) - 1);                 \
-        memcpy(&nc.field, &oc->field, sizeof nc.field);                                            \
+    /* The table says which keys a reload may change; the others keep their running value. */
+    for (size_t i = 0; i < px_config_nkeys; i++) {
+        const px_config_key_t *k = &px_config_keys[i];
+        if (k->reload != PX_RELOAD_RESTART || !px_config_differs(&nc, oc, k))
+            continue;
+        snprintf(kept + strlen(kept), sizeof kept - strlen(kept), "%s%s", kept[0] ? ", " : "",
+                 k->name);
+        px_config_keep(&nc, oc, k);
     }
-    KEPT(listen, "listen");
-    KEPT(metrics_listen, "metrics_listen");
-    KEPT(workers, "workers");
-    KEPT(queue_capacity, "queue_capacity");
-    KEPT(max_line_bytes, "max_line_bytes");
-    KEPT(listen_unix, "listen_unix");
-    KEPT(listen_unix_mode, "listen_unix_mode");
-    KEPT(max_queued_per_key, "max_queued_per_key");
-    KEPT(quarantine_after, "quarantine");
-    KEPT(quarantine_for_ms, "quarantine");
-    KEPT(scheduling, "scheduling");
-#undef KEPT
     if (kept[0])
         px_warn("reload: %s cannot change while running; restart parexd to apply them", kept);
     px_config_clear(oc);

@@ -164,7 +164,7 @@ class Daemon:
     """
 
     SCRUBBED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
-                    "LISTEN_FDNAMES", "JOURNAL_STREAM", "PAREXD_FAULT_INJECTION")
+                    "LISTEN_FDNAMES", "JOURNAL_STREAM", "PAREXD_FAULT_INJECTION", "PAREXD_CONFIG")
 
     def __init__(self, args=(), config=None, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0",
                  wait_ready=True, env=None, prefix=()):
@@ -182,6 +182,12 @@ class Daemon:
             argv += ["--metrics-listen", metrics_listen]
         argv += list(args)
         e = {k: v for k, v in os.environ.items() if k not in self.SCRUBBED_ENV}
+        if config is None:
+            # Without --config parexd reads the installed default config when present: point it
+            # at an empty one, so that what this machine has installed cannot change the test.
+            e["PAREXD_CONFIG"] = os.path.join(self.tmp, "empty.json")
+            with open(e["PAREXD_CONFIG"], "w") as f:
+                f.write("{}")
         e.update(env or {})
         self.argv = argv
         self.lines = []

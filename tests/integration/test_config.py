@@ -14,9 +14,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SHIPPED_CONFIG = os.path.join(HERE, "..", "..", "config", "parexd.json")
 
 
-def run_parexd(*args, config=None, timeout=5):
+def run_parexd(*args, config=None, timeout=5, env=None):
     """Runs parexd to completion; returns (status, stdout, stderr lines, config path).
-    A daemon that starts instead of failing is killed at the timeout and fails the test."""
+    A daemon that starts instead of failing is killed at the timeout and fails the test.
+    env: variables for parexd (PAREXD_CONFIG names an empty config unless given)."""
     with tempfile.TemporaryDirectory(prefix="parexd-cfg-") as tmp:
         path = None
         argv = [px.PAREXD]
@@ -25,9 +26,13 @@ def run_parexd(*args, config=None, timeout=5):
             with open(path, "w") as f:
                 f.write(config if isinstance(config, str) else json.dumps(config))
             argv += ["--config", path]
+        e = dict(os.environ, PAREXD_CONFIG=os.path.join(tmp, "empty.json"))
+        with open(e["PAREXD_CONFIG"], "w") as f:
+            f.write("{}")
+        e.update(env or {})
         try:
             p = subprocess.run(argv + list(args), capture_output=True, timeout=timeout,
-                               stdin=subprocess.DEVNULL, cwd=tmp)
+                               stdin=subprocess.DEVNULL, cwd=tmp, env=e)
         except subprocess.TimeoutExpired:
             raise AssertionError("parexd %r with config %r did not exit: it accepted the "
                                  "configuration" % (args, config))
@@ -120,18 +125,21 @@ class BadConfigTest(unittest.TestCase):
 
 
 class FlagTest(unittest.TestCase):
-    def test_bad_flag_values_exit_78_naming_the_key(self):
+    def test_bad_flag_values_exit_64_naming_the_key(self):
+        # README: a usage mistake, a bad flag value included, exits 64 (EX_USAGE); 78 is for
+        # the config file. 1e3 is not an integer, even though it is a number.
         for flags, key in [(["--workers", "abc"], "workers"), (["--workers", "-1"], "workers"),
                            (["--workers", "1025"], "workers"), (["--workers", "2.5"], "workers"),
                            (["--queue-capacity", "0"], "queue_capacity"),
                            (["--log-level", "loud"], "log_level"),
                            (["--listen", "nowhere"], "listen"),
-                           (["--metrics-listen", "127.0.0.1:99999"], "metrics_listen")]:
+                           (["--metrics-listen", "127.0.0.1:99999"], "metrics_listen"),
+                           (["--workers", "1e3"], "workers")]:
             with self.subTest(flags=flags):
                 # Safe ports first, so a wrongly accepted value never binds a fixed port.
                 rc, out, err, _ = run_parexd("--listen", "127.0.0.1:0", "--metrics-listen",
                                              "127.0.0.1:0", *flags)
-                self.assertEqual(rc, 78, (flags, err))
+                self.assertEqual(rc, 64, (flags, err))
                 self.assertEqual(len(err), 1, err)
                 self.assertIn(key, err[0])
 
@@ -152,10 +160,75 @@ class FlagTest(unittest.TestCase):
                       "--log-level", "--help", "--version"):
                 self.assertIn(f, out)
 
+    def test_help_lists_every_key_from_the_table(self):
+        # --help is rendered from the key table: every key --print-config knows is listed with
+        # its default, and the built-in default config path is named.
+        rc, out, err, _ = run_parexd("--help")
+        self.assertEqual(rc, 0)
+        rc, printed, err, _ = run_parexd("--print-config")
+        self.assertEqual(rc, 0, err)
+        for key, value in json.loads(printed).items():
+            self.assertRegex(out, r"\n  %s +" % key, "--help does not list %s" % key)
+        self.assertRegex(out, r"else /\S+/parexd/parexd\.json if present")
+
     def test_version(self):
         rc, out, err, _ = run_parexd("--version")
         self.assertEqual(rc, 0)
         self.assertRegex(out, r"^parexd \d+\.\d+\.\d+")
+
+
+class DefaultConfigTest(unittest.TestCase):
+    """issue 18 item 1: without --config a config file is still read ($PAREXD_CONFIG, else the
+    installed default) and validated like any other; a named file that is missing is an error."""
+
+    def write(self, tmp, text):
+        path = os.path.join(tmp, "parexd.json")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_env_config_is_read_and_validated(self):
+        with tempfile.TemporaryDirectory(prefix="parexd-cfg-") as tmp:
+            path = self.write(tmp, '{"workers": 3}')
+            with px.Daemon(env={"PAREXD_CONFIG": path}) as d:
+                self.assertEqual(len(d.stats()["workers"]), 3)
+            self.write(tmp, '{"workers": "bad"}')
+            rc, out, err, _ = run_parexd("--listen", "127.0.0.1:0", "--metrics-listen",
+                                         "127.0.0.1:0", env={"PAREXD_CONFIG": path})
+            self.assertEqual(rc, 78, err)
+            self.assertEqual(len(err), 1, err)
+            self.assertIn(path, err[0])
+            self.assertIn("'workers'", err[0])
+            rc, out, err, _ = run_parexd(env={"PAREXD_CONFIG": os.path.join(tmp, "absent")})
+            self.assertEqual(rc, 78, err)
+            self.assertIn("absent", err[0])
+
+    def test_print_config_merges_file_flags_and_defaults(self):
+        with tempfile.TemporaryDirectory(prefix="parexd-cfg-") as tmp:
+            path = self.write(tmp, '{"workers": 3, "log_level": "debug", "auth_token": "%s"}'
+                              % ("t" * 20))
+            rc, out, err, _ = run_parexd("--print-config", "--queue-capacity", "7",
+                                         env={"PAREXD_CONFIG": path})
+            self.assertEqual(rc, 0, err)
+            cfg = json.loads(out)
+            self.assertEqual((cfg["workers"], cfg["queue_capacity"], cfg["log_level"]),
+                             (3, 7, "debug"))
+            self.assertEqual(cfg["max_line_bytes"], 1048576)  # a default
+            self.assertNotIn("t" * 20, out)  # the secret is not printed
+            # The printed configuration is itself a valid config (the token aside).
+            cfg["auth_token"] = ""
+            self.write(tmp, json.dumps(cfg))
+            rc, again, err, _ = run_parexd("--print-config", env={"PAREXD_CONFIG": path})
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(json.loads(again), cfg)
+
+    def test_cross_key_error_names_the_file_and_the_key_set(self):
+        # issue 18 item 6
+        rc, out, err, path = run_parexd(config={"supervise_interval_ms": 60000})
+        self.assertEqual(rc, 78, err)
+        self.assertEqual(err, ["parexd: config %s: key 'supervise_interval_ms': 60000 must be "
+                               "less than dead_after_ms (10000, its default); lower "
+                               "supervise_interval_ms or raise dead_after_ms" % path])
 
 
 class EffectiveConfigTest(unittest.TestCase):
