@@ -692,6 +692,11 @@ class KeyedSchedulingTest(KeysTestCase):
         self.assertRejected(rs["h0c"], "key_busy", "h0c")
         self.assertEqual([rs["w%d" % i]["status"] for i in range(5)], ["ok"] * 5)
         self.assertRejected(rs["w5"], "queue_full", "w5")
+        # issue 18 item 10: the message names the shared bound, not a per-worker queue that
+        # keyed scheduling does not have.
+        msg = rs["w5"]["error"]["message"]
+        self.assertIn("shared keyed queue is full (6 requests: workers 2 x queue_capacity 3)", msg)
+        self.assertNotIn("worker", msg.split("(")[0])
 
 
 class IdleWorkerTest(KeysTestCase):

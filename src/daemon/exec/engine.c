@@ -263,10 +263,19 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
             return -ENOMEM;
         }
         wait = rc == -EAGAIN ? px_pool_retry_after_ms(e->pool, worker) : 0;
-        snprintf(v->message, sizeof v->message,
-                 "worker %u's queue is full (queue_capacity %lld); retry after %llu ms or spread "
-                 "the load over more keys",
-                 worker, (long long)e->cfg->queue_capacity, (unsigned long long)wait);
+        if (e->cfg->scheduling == PX_SCHED_KEYED)
+            /* Keyed scheduling has no queue per worker: one bound is shared by every key. */
+            snprintf(v->message, sizeof v->message,
+                     "the shared keyed queue is full (%lld requests: workers %lld x "
+                     "queue_capacity %lld); retry after %llu ms",
+                     (long long)(e->cfg->workers * e->cfg->queue_capacity),
+                     (long long)e->cfg->workers, (long long)e->cfg->queue_capacity,
+                     (unsigned long long)wait);
+        else
+            snprintf(v->message, sizeof v->message,
+                     "worker %u's queue is full (queue_capacity %lld); retry after %llu ms or "
+                     "spread the load over more keys",
+                     worker, (long long)e->cfg->queue_capacity, (unsigned long long)wait);
         r->kent = NULL;
         px_req_free(r);
         px_keys_unused(&e->keys, k, s->recv_ns);
