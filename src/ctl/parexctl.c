@@ -96,12 +96,38 @@ out:
     return rc;
 }
 
+/* Sends one line of stdin. With a token, a line that is a JSON object without one gets it as
+ * its first member; the rest of the line goes on byte for byte, so what the user wrote is what
+ * parexd reads (ids, numbers and spacing are not re-serialised). */
+static int send_line(int fd, const char *line, size_t len, int newline)
+{
+    size_t lead = strspn(line, " \t");
+    json_t *o = token ? json_loadb(line, len, 0, NULL) : NULL;
+    int rc;
+
+    if (json_is_object(o) && !json_object_get(o, "token") && lead < len && line[lead] == '{') {
+        json_t *t = json_string(token);
+        char *member = t ? json_dumps(t, JSON_ENCODE_ANY) : NULL;
+        rc = !member || px_client_write_all(fd, line, lead + 1) ||
+             px_client_write_all(fd, "\"token\":", 8) ||
+             px_client_write_all(fd, member, strlen(member)) ||
+             (json_object_size(o) > 0 && px_client_write_all(fd, ",", 1)) ||
+             px_client_write_all(fd, line + lead + 1, len - lead - 1);
+        free(member);
+        json_decref(t);
+    } else {
+        rc = px_client_write_all(fd, line, len);
+    }
+    json_decref(o);
+    return rc || (newline && px_client_write_all(fd, "\n", 1)) ? -1 : 0;
+}
+
 /* Pipelines stdin to the daemon while printing answers as they arrive. The daemon closes the
  * connection once it has answered every line sent before our end-of-stream. */
 static int pipeline_stdin(void)
 {
-    px_lines_t in = {0};
-    char chunk[65536], *line;
+    px_lines_t in = {0}, src = {.fd = 0};
+    char *line;
     int fd, rc = 0, stdin_open = 1;
 
     if ((fd = connect_or_report()) < 0)
@@ -117,8 +143,13 @@ static int pipeline_stdin(void)
             break;
         }
         if (stdin_open && (p[1].revents & (POLLIN | POLLHUP))) {
-            ssize_t n = read(0, chunk, sizeof chunk);
-            if (n > 0 && px_client_write_all(fd, chunk, (size_t)n)) {
+            int n = px_lines_fill(&src), bad = 0;
+            while (!bad && (line = px_lines_next(&src)))
+                bad = send_line(fd, line, strlen(line), 1);
+            /* A last line without a newline is a line too (parexd reads it as one). */
+            if (!bad && n <= 0 && src.start < src.buf.len)
+                bad = send_line(fd, src.buf.data + src.start, src.buf.len - src.start, 0);
+            if (bad) {
                 fprintf(stderr, "parexctl: write to %s failed: %s\n", addr, strerror(errno));
                 rc = EXIT_USAGE;
                 break;
@@ -147,6 +178,7 @@ static int pipeline_stdin(void)
     }
     close(fd);
     px_buf_free(&in.buf);
+    px_buf_free(&src.buf);
     return rc;
 }
 
@@ -207,7 +239,14 @@ static int cmd_send(int argc, char **argv)
         json_object_set_new(req, "payload", pl);
     if (id) {
         char *end;
-        long long n = strtoll(id, &end, 10);
+        long long n;
+        errno = 0;
+        n = strtoll(id, &end, 10);
+        if (*id && !*end && errno == ERANGE) {
+            json_decref(req);
+            return die_usage("send: --id is an integer outside -2^63..2^63-1; parexd would not "
+                             "echo it back as sent");
+        }
         json_object_set_new(req, "id", *id && !*end ? json_integer(n) : json_string(id));
     }
     rc = roundtrip(req);

@@ -86,7 +86,10 @@ class ParexctlTest(unittest.TestCase):
                      ["route", "k"],
                      ["route", "--workers", "4"],
                      ["route", "k", "--workers", "0"],
-                     ["route", "k", "--workers", "x"]):
+                     ["route", "k", "--workers", "x"],
+                     ["route", "k", "--workers", "1e3"],
+                     # issue 18: an id past int64 is refused, not sent as 9223372036854775807
+                     ["send", "--key", "k", "--id", "99999999999999999999"]):
             with self.subTest(args=args):
                 rc, out, err = px.run_parexctl(*args)
                 self.assertEqual(rc, 2, (args, out, err))
@@ -131,6 +134,31 @@ class ParexctlTest(unittest.TestCase):
             k = r["id"] % 5
             self.assertGreater(r["id"], last.get(k, -1))  # per-key order preserved
             last[k] = r["id"]
+
+    def test_stdin_lines_get_the_token(self):
+        # issue 18 item 7: piped send adds --token (or $PAREXD_TOKEN) to each line that has
+        # none, leaves a line's own token and the rest of its bytes alone.
+        tok = "piped-token-0123456789"
+        with px.Daemon(config={"auth_token": tok}) as d:
+            lines = ['{"key":"t1","id":1,"payload":{"x":1}}',
+                     ' { } ',
+                     '{"key":"t3","id":"\\u0041","token":"%s"}' % tok,
+                     '{"key":"t4","id":4,"token":"wrong-token-0123456789"}',
+                     '{"key":"t5","id":5}']
+            data = ("\n".join(lines)).encode()  # the last line has no newline
+            for how in (("--token", tok), ()):
+                with self.subTest(how=how):
+                    rc, out, err = px.run_parexctl("send", "--addr", d.addr, *how, input=data,
+                                                   env={"PAREXD_TOKEN": tok} if not how else None)
+                    rs = [json.loads(x) for x in out.splitlines()]
+                    self.assertEqual(len(rs), 5, out)
+                    got = {json.dumps(r["id"]): r for r in rs}
+                    self.assertEqual(got["1"]["result"], {"x": 1})
+                    self.assertEqual(got['"A"']["status"], "ok")
+                    self.assertEqual(got["5"]["status"], "ok")
+                    self.assertEqual(got["4"]["error"]["code"], "unauthorized")
+                    self.assertEqual(got["null"]["error"]["code"], "missing_key")
+                    self.assertEqual(rc, 1, err)
 
     def test_stdin_with_failures_exits_1_and_prints_all(self):
         lines = [b'{"key":"a","id":1}', b'not json', b'{"key":"a","id":2,"op":"fail"}',
