@@ -178,9 +178,9 @@ int main(int argc, char **argv)
     }
     atomic_store(&px_log_level, (int)cfg.log_level);
     if (src.optional && access(src.path, F_OK) != 0)
-        px_info("config: no %s; running on the defaults and flags", src.path);
+        px_debug("config: no %s; running on the defaults and flags", src.path);
     else
-        px_info("config: %s", src.path);
+        px_debug("config: %s", src.path);
 
     /* Before any thread exists: jansson's hash seed, and no SIGPIPE from a vanished client. */
     json_object_seed(0);

@@ -11,7 +11,8 @@ the per-handler counters in /stats and /metrics (and promtool on that scrape).
 
 Run as
     python3 test_handlers.py --parexd PATH --parexctl PATH --example-plugin PATH
-                             --bad-abi-plugin PATH --no-entry-plugin PATH [unittest arguments]
+                             --bad-abi-plugin PATH --no-entry-plugin PATH --slow-plugin PATH
+                             [unittest arguments]
 """
 
 import argparse
@@ -522,6 +523,26 @@ class PluginTest(HandlerTestCase):
         self.assertHandler(d, "count", 7, 7, htype="plugin")
         d.stop()
 
+    def test_plugin_timeout_and_deadline(self):
+        # issue 18 item 4: a plugin past timeout_ms is answered failed/timeout, past the
+        # request's deadline_ms failed/deadline_exceeded, its late result discarded. A plugin
+        # call cannot be interrupted, so the answer comes when the call returns; the next
+        # request of the key runs after it, as always.
+        d = self.start({"slow": {"type": "plugin", "path": PLUGINS["slow"], "timeout_ms": 100},
+                        "slow_free": {"type": "plugin", "path": PLUGINS["slow"]}})
+        reqs = [{"key": "pt", "id": "t", "op": "slow", "payload": 400},
+                {"key": "pt", "id": "d", "op": "slow_free", "payload": 400, "deadline_ms": 100},
+                {"key": "pt", "id": "ok", "op": "slow", "payload": 1}]
+        with d.connect() as c:
+            answers, a = self.exchange(c, reqs)
+        self.assertKeyOrder(reqs, answers)
+        self.assertFailed(a["t"], "timeout", "timeout_ms")
+        self.assertFailed(a["d"], "deadline_exceeded")
+        self.assertNotIn("result", a["t"])
+        self.assertEqual(self.assertOk(a["ok"]), {"slept_ms": 1})
+        self.assertHandler(d, "slow", 2, 1, {"timeout": 1}, htype="plugin")
+        d.stop()
+
     def test_wrong_abi_or_missing_entry_symbol_stops_startup(self):
         line = self.assertStartupRefused(
             {"p": {"type": "plugin", "path": PLUGINS["bad_abi"]}},
@@ -789,6 +810,19 @@ class PolicyTest(HandlerTestCase):
         self.assertHandler(d, "never", 1, 0, {"handler_error": 1}, attempts=5)
         d.stop()
 
+    def test_max_backoff_zero_means_no_wait(self):
+        # issue 18 item 5: the documented formula, random(0, min(max_backoff_ms, backoff_ms *
+        # 2^(n-1))), with max_backoff_ms 0 is no wait at all (it once meant "no cap": with this
+        # backoff_ms the retries would wait up to an hour, past the test's timeout).
+        d = self.start({"never": {"type": "exec", "argv": ["/bin/false"],
+                                  "retry": {"max_attempts": 3, "backoff_ms": 3600000,
+                                            "max_backoff_ms": 0}}})
+        with d.connect() as c:
+            _, a = self.exchange(c, [{"key": "nb", "id": 1, "op": "never"}])
+        self.assertFailed(a[1], "handler_error", "status 1")
+        self.assertEqual(a[1]["attempts"], 3, a[1])
+        d.stop()
+
     def test_max_concurrency_is_a_maximum_for_the_upstream(self):
         workers, hold = 8, 80
         up = self.upstream()
@@ -879,12 +913,13 @@ class PolicyTest(HandlerTestCase):
 def main():
     global SUBREAPER
     ap = argparse.ArgumentParser()
-    for name in ("example", "bad-abi", "no-entry"):
+    for name in ("example", "bad-abi", "no-entry", "slow"):
         ap.add_argument("--%s-plugin" % name, required=True)
     args, rest = ap.parse_known_args()
     PLUGINS["example"] = os.path.abspath(args.example_plugin)
     PLUGINS["bad_abi"] = os.path.abspath(args.bad_abi_plugin)
     PLUGINS["no_entry"] = os.path.abspath(args.no_entry_plugin)
+    PLUGINS["slow"] = os.path.abspath(args.slow_plugin)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         SUBREAPER = libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER

@@ -338,7 +338,7 @@ int px_handler_invoke(const px_handler_t *h, px_req_t *req, px_result_t *res, in
         if (attempt < ctl->max_attempts) {
             uint64_t cap = ctl->backoff_ms << (attempt - 1 < 30 ? attempt - 1 : 30);
             uint64_t b;
-            if (ctl->max_backoff_ms && cap > ctl->max_backoff_ms)
+            if (cap > ctl->max_backoff_ms) /* 0 caps every wait at 0: retry at once */
                 cap = ctl->max_backoff_ms;
             b = cap ? jitter_rand() % (cap * PX_MS + 1) : 0; /* full jitter */
             if (dl && now + b >= dl)
