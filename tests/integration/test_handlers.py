@@ -373,6 +373,28 @@ class ExecTest(HandlerTestCase):
         self.assertHandler(d, "ebig", 2, 1, {"handler_error": 1})
         d.stop()
 
+    def test_argv0_is_looked_up_in_the_childs_path(self):
+        # issue 18 item 8: a bare argv[0] is found through the program's PATH (the documented
+        # default, or env.PATH), never through parexd's own.
+        bindir = self.path("bin")
+        os.mkdir(bindir)
+        with open(os.path.join(bindir, "px-only-here"), "w") as f:
+            f.write("#!/bin/sh\necho found-in-env-path\n")
+        os.chmod(os.path.join(bindir, "px-only-here"), 0o755)
+        d = self.start({"dflt": {"type": "exec", "argv": ["true"]},
+                        "mine": {"type": "exec", "argv": ["px-only-here"],
+                                 "env": {"PATH": "/nonexistent:" + bindir}},
+                        "absent": {"type": "exec", "argv": ["px-only-here"]}},
+                       env={"PATH": "/nonexistent:" + bindir})
+        with d.connect() as c:
+            _, a = self.exchange(c, [{"key": "p", "id": i, "op": op}
+                                     for i, op in enumerate(("dflt", "mine", "absent"))])
+        self.assertEqual(self.assertOk(a[0]), "")
+        self.assertEqual(self.assertOk(a[1]), "found-in-env-path")
+        # parexd's own PATH holds it, the program's default PATH does not: not found.
+        self.assertFailed(a[2], "handler_error", "px-only-here")
+        d.stop()
+
     def test_timeout_kills_a_process_group_that_ignores_sigterm(self):
         d = self.start({"orphan": exec_def("orphan", self.tmp, timeout_ms=1000),
                         "ejson": exec_def("json")})

@@ -20,6 +20,7 @@
 
 typedef struct exec_ctx {
     char **argv, **envp;
+    const char *path; /* the child's PATH (points into envp): where argv[0] is looked up */
     size_t max_output;
 } exec_ctx_t;
 
@@ -53,6 +54,34 @@ static int reap(pid_t pid, int kill_group)
     return st;
 }
 
+/* execvp's search, but through the child's PATH rather than parexd's own (posix_spawnp reads
+ * the caller's environment): what the manual promises the program is what finds it. */
+static int spawn_in_path(const exec_ctx_t *x, const posix_spawn_file_actions_t *fa,
+                         const posix_spawnattr_t *at, pid_t *pid)
+{
+    const char *dir = x->path, *end;
+    char file[4096];
+    int rc, seen_eacces = 0;
+
+    if (strchr(x->argv[0], '/'))
+        return posix_spawn(pid, x->argv[0], fa, at, x->argv, x->envp);
+    for (; dir; dir = *end ? end + 1 : NULL) {
+        size_t n;
+        end = strchrnul(dir, ':');
+        n = (size_t)(end - dir);
+        /* An empty element is the working directory, as for execvp. */
+        if (snprintf(file, sizeof file, "%.*s%s%s", (int)n, dir, n ? "/" : "", x->argv[0]) >=
+            (int)sizeof file)
+            continue;
+        rc = posix_spawn(pid, file, fa, at, x->argv, x->envp);
+        if (rc == EACCES)
+            seen_eacces = 1;
+        else if (rc != ENOENT && rc != ENOTDIR)
+            return rc;
+    }
+    return seen_eacces ? EACCES : ENOENT;
+}
+
 static int spawn(const exec_ctx_t *x, int in[2], int out[2], int errp[2], pid_t *pid)
 {
     posix_spawn_file_actions_t fa;
@@ -74,7 +103,7 @@ static int spawn(const exec_ctx_t *x, int in[2], int out[2], int errp[2], pid_t 
     posix_spawnattr_setpgroup(&at, 0);
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
                                       POSIX_SPAWN_SETSIGDEF);
-    rc = posix_spawnp(pid, x->argv[0], &fa, &at, x->argv, x->envp);
+    rc = spawn_in_path(x, &fa, &at, pid);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&at);
     return rc;
@@ -284,6 +313,9 @@ int px_exec_make(px_handler_t *h, const json_t *def, char *err, size_t errlen)
             goto oom;
         }
     }
+    for (char **e = x->envp; *e; e++)
+        if (strncmp(*e, "PATH=", 5) == 0)
+            x->path = *e + 5;
     return 0;
 bad_argv:
     snprintf(err, errlen,
