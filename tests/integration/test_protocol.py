@@ -57,6 +57,22 @@ class ProtocolTest(px.Accounting, unittest.TestCase):
         r = self.c.request({"key": "after", "payload": "still here"})
         self.assertOk(r, "still here")
 
+    def test_readme_invalid_example_is_the_real_answer(self):
+        # The README's bad_json example line is what parexd answers to "not", byte for byte.
+        import os
+        readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                              "README.md")
+        with open(readme) as f:
+            example = [ln for ln in f.read().splitlines() if '"code":"bad_json"' in ln]
+        self.assertEqual(len(example), 1, example)
+        self.c.send_raw(b"not json\n")
+        self.assertEqual(self.c.recv_line().decode(), example[0])
+
+    def test_id_is_reserialised(self):
+        # README: an id comes back as the same JSON value, written compactly.
+        self.c.send_raw(b'{"key":"rid","id":"\\u0041"}\n')
+        self.assertEqual(self.c.recv()["id"], "A")
+
     # -- invalid input, class by class --
 
     INVALID = [
