@@ -270,15 +270,18 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
         goto fail;
     if (px_engine_init(&srv->eng, loop, &srv->cfg, &srv->stats, reg, &sink, err, errlen))
         goto fail;
-    if (px_listener_open(&srv->listeners, loop, &srv->cfg, on_accept, srv, err, errlen) ||
-        px_engine_start(&srv->eng, err, errlen))
+    /* Both addresses first: one that cannot be bound stops start-up before any worker thread
+     * exists, so that failure path has no thread to wait for. */
+    if (px_listener_open(&srv->listeners, loop, &srv->cfg, on_accept, srv, err, errlen))
         goto fail_pool;
+    if (px_metrics_start(&srv->metrics, srv->cfg.metrics_listen, &srv->watch, err, errlen))
+        goto fail_pool;
+    if (px_engine_start(&srv->eng, err, errlen))
+        goto fail_metrics;
     if (!(srv->sup = px_supervisor_start(loop, &srv->watch, &srv->cfg))) {
         snprintf(err, errlen, "out of memory starting the supervisor");
-        goto fail_pool;
+        goto fail_metrics;
     }
-    if (px_metrics_start(&srv->metrics, srv->cfg.metrics_listen, &srv->watch, err, errlen))
-        goto fail_sup;
     px_sdstatus_start(&srv->sd);
     px_notice("parexd %s: %lld workers, queue_capacity %lld; listening for requests on %s, "
               "metrics on %s",
@@ -286,9 +289,9 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
               srv->listeners.addr, px_metrics_addr(srv->metrics));
     return 0;
 
-fail_sup:
-    px_supervisor_stop(srv->sup);
-    srv->sup = NULL;
+fail_metrics:
+    px_metrics_stop(srv->metrics);
+    srv->metrics = NULL;
 fail_pool:
     /* Nothing has run yet: every worker exits as soon as its queue closes, and is joined before
      * the pool goes. The caller runs the loop once more to let the closed handles go. */

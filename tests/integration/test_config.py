@@ -231,6 +231,26 @@ class DefaultConfigTest(unittest.TestCase):
                                "supervise_interval_ms or raise dead_after_ms" % path])
 
 
+class AddressInUseTest(unittest.TestCase):
+    def test_busy_listen_and_metrics_listen_exit_78_alike(self):
+        # One rule for an address the config names that cannot be used: one line naming the
+        # key, exit 78 (listen once exited 1 while metrics_listen exited 78).
+        import socket
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            addr = "127.0.0.1:%d" % busy.getsockname()[1]
+            for flags, key in [(["--listen", addr, "--metrics-listen", "127.0.0.1:0"], "listen"),
+                               (["--listen", "127.0.0.1:0", "--metrics-listen", addr],
+                                "metrics_listen")]:
+                with self.subTest(key=key):
+                    rc, out, err, _ = run_parexd(*flags)
+                    self.assertEqual(rc, 78, err)
+                    self.assertEqual(len(err), 1, err)
+                    self.assertIn("key '%s'" % key, err[0])
+                    self.assertIn(addr, err[0])
+
+
 class EffectiveConfigTest(unittest.TestCase):
     def test_file_values_take_effect(self):
         cfg = {"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "workers": 3,

@@ -62,7 +62,7 @@ class LoopbackDefaultTest(unittest.TestCase):
         try:
             if ready is None:
                 # The port is taken (another parexd?). The error still names the default.
-                self.assertIn("listen 127.0.0.1:7400", err)
+                self.assertIn("'listen': cannot listen on 127.0.0.1:7400", err)
                 self.skipTest("port 7400 is in use, so the default listener could not be "
                               "started; its address 127.0.0.1:7400 was checked in the error: "
                               + err)

@@ -71,7 +71,10 @@ static int add_tcp(px_listeners_t *ls, uv_loop_t *loop, const char *listen, int 
         if (fd >= 0)
             snprintf(err, errlen, "inherited socket (fd %d): %s", fd, uv_strerror(rc));
         else
-            snprintf(err, errlen, "listen %s: %s (is another parexd running? change 'listen')",
+            /* Like any other value the config names that cannot be used: a config error. */
+            snprintf(err, errlen,
+                     "key 'listen': cannot listen on %s: %s (another parexd running? change "
+                     "'listen' or free the port)",
                      listen, uv_strerror(rc));
         return -1;
     }
