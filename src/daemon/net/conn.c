@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "daemon/net/dispatch.h"
 #include "daemon/net/framer.h"
+#include "daemon/net/ledger.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -22,6 +23,9 @@
  * not reading its answers) and resume below LOW. */
 #define OUT_HIGH (1u << 20)
 #define OUT_LOW (256u << 10)
+/* How long a closing connection may wait for its client's TCP to acknowledge the last answers
+ * (or reset) before those still unacknowledged are counted as dropped. */
+#define LINGER_MAX_MS 2000
 
 struct px_conn {
     union {
@@ -37,6 +41,9 @@ struct px_conn {
     uint64_t batch_ns; /* receive time of the lines of the current read */
     uint32_t refs, inflight, writes;
     unsigned in_dirty : 1, closing : 1, eof : 1, throttled : 1, close_when_flushed : 1;
+    px_ledger_t ledger; /* which answers the client has received */
+    uv_timer_t *linger; /* while waiting for the client's TCP to settle the last answers */
+    uint32_t linger_ms;
 };
 
 typedef struct wreq {
@@ -54,6 +61,7 @@ static void conn_unref(px_conn_t *c)
         return;
     px_framer_free(&c->framer);
     px_buf_free(&c->out);
+    px_ledger_free(&c->ledger);
     free(c);
 }
 
@@ -76,20 +84,65 @@ static void conn_on_close(uv_handle_t *h)
     n->ev.closed(n->ev.arg);
 }
 
+static void linger_closed(uv_handle_t *h)
+{
+    px_conn_t *c = h->data;
+
+    free(h);
+    conn_unref(c);
+}
+
+/* Every close goes through here: what the client did not receive (queued, written but not
+ * acknowledged) is counted as dropped now; what finishes later is counted on delivery. */
 static void conn_close(px_conn_t *c)
 {
+    uint64_t lost;
+
     if (c->closing)
         return;
     c->closing = 1;
+    if (c->linger) {
+        uv_close((uv_handle_t *)c->linger, linger_closed);
+        c->linger = NULL;
+    }
+    if ((lost = px_ledger_undelivered(&c->ledger))) {
+        px_stats_begin(c->net->stats);
+        px_stats_add(&c->net->stats->c.dropped, (int64_t)lost);
+        px_stats_end(c->net->stats);
+    }
     uv_close((uv_handle_t *)&c->h, conn_on_close);
 }
 
+/* Closing: waits until the client's TCP has acknowledged the last answers, or reset the
+ * connection (a client that closed before reading them does), so that conn_close counts
+ * exactly what was lost. Polled with a doubling interval; loopback settles on the first. */
+static void on_linger(uv_timer_t *t)
+{
+    px_conn_t *c = t->data;
+
+    if (px_ledger_settled(&c->ledger) || c->linger_ms >= LINGER_MAX_MS) {
+        conn_close(c);
+        return;
+    }
+    uv_timer_start(t, on_linger, c->linger_ms, 0);
+    c->linger_ms *= 2;
+}
+
 /* Closes a connection whose client is done (EOF) or that the drain is finishing, once every
- * answer it is owed has been written. */
+ * answer it is owed has been written and settled. */
 static void conn_maybe_close(px_conn_t *c)
 {
-    if ((c->eof || c->close_when_flushed) && c->inflight == 0 && c->out.len == 0 && c->writes == 0)
+    if (!(c->eof || c->close_when_flushed) || c->inflight || c->out.len || c->writes || c->linger)
+        return;
+    if (px_ledger_settled(&c->ledger) || !(c->linger = malloc(sizeof *c->linger))) {
         conn_close(c);
+        return;
+    }
+    uv_timer_init(c->net->loop, c->linger);
+    c->linger->data = c;
+    c->refs++;
+    c->linger_ms = 1;
+    on_linger(c->linger);
 }
 
 static void mark_dirty(px_conn_t *c)
@@ -107,6 +160,8 @@ static void on_write(uv_write_t *w, int status)
     wreq_t *wr = (wreq_t *)w;
     px_conn_t *c = wr->c;
 
+    if (status == 0)
+        px_ledger_written(&c->ledger, wr->buf.len);
     px_buf_free(&wr->buf);
     free(wr);
     c->writes--;
@@ -141,6 +196,7 @@ static void flush_one(px_conn_t *c)
             conn_close(c);
             return;
         }
+        px_ledger_written(&c->ledger, (size_t)n);
         if ((size_t)n == c->out.len) {
             c->out.len = 0;
             if (c->out.cap > 65536)
@@ -189,11 +245,16 @@ static void on_line(void *arg, const char *text, size_t len, int too_long)
     px_conn_t *c = arg;
     px_line_ctx_t x = {
         .net = c->net, .origin = c, .out = &c->out, .next_id = &c->next_id, .recv_ns = c->batch_ns};
+    size_t before = c->out.len;
     unsigned r;
 
     if (c->closing)
         return;
     r = px_dispatch(&x, text, len, too_long);
+    /* Answers given on the spot are answers the client is owed too. */
+    if (c->out.len > before &&
+        px_ledger_queued(&c->ledger, c->out.data + before, c->out.len - before))
+        r |= PX_DISPATCH_CLOSE;
     if (r & PX_DISPATCH_ACCEPTED) {
         c->refs++;
         c->inflight++;
@@ -247,7 +308,7 @@ void px_conn_deliver(void *origin, const char *line, size_t len)
     c->inflight--;
     if (c->closing) {
         px_stats_add(&c->net->stats->c.dropped, 1);
-    } else if (px_buf_append(&c->out, line, len)) {
+    } else if (px_buf_append(&c->out, line, len) || px_ledger_queued(&c->ledger, line, len)) {
         px_err("connection: out of memory queueing a response; closing the connection");
         conn_close(c);
     } else {
@@ -271,6 +332,7 @@ void px_conn_accept(px_net_t *n, uv_stream_t *listener)
     }
     c->net = n;
     c->refs = 1;
+    px_ledger_init(&c->ledger, -1);
     px_framer_init(&c->framer, (size_t)n->cfg->max_line_bytes);
     if (listener->type == UV_NAMED_PIPE)
         uv_pipe_init(n->loop, &c->h.pipe, 0);
@@ -300,8 +362,12 @@ void px_conn_accept(px_net_t *n, uv_stream_t *listener)
         conn_close(c);
         return;
     }
-    if (listener->type == UV_TCP)
+    if (listener->type == UV_TCP) {
+        uv_os_fd_t fd;
         uv_tcp_nodelay(&c->h.tcp, 1);
+        if (uv_fileno((uv_handle_t *)&c->h, &fd) == 0)
+            px_ledger_init(&c->ledger, fd);
+    }
     if ((rc = uv_read_start((uv_stream_t *)&c->h, conn_on_alloc, conn_on_read))) {
         conn_close(c);
         return;
