@@ -699,6 +699,45 @@ class KeyedSchedulingTest(KeysTestCase):
         self.assertNotIn("worker", msg.split("(")[0])
 
 
+class QueuedDeadlineMixin:
+    """issue 18 item 9: a request still queued when its deadline_ms passes is answered
+    deadline_exceeded then, not when its worker reaches it; its place in the queue is free again
+    at once, and the other answers of its key keep their order."""
+
+    SCHEDULING = None
+    RUN_MS = 800
+
+    def test_queued_request_answered_at_its_deadline(self):
+        self.d = d = start(self.SCHEDULING, workers=1, queue_capacity=2)
+        with d.connect() as c:
+            c.send({"key": "dk", "id": "a", "op": "sleep", "payload": {"ms": self.RUN_MS}})
+            d.wait_stats(lambda s: s["workers"][0]["current_key"] == "dk", "a running")
+            # b and c fill the bound of 2; f finds it full.
+            c.send({"key": "dk", "id": "b", "deadline_ms": 100}, {"key": "other", "id": "c"},
+                   {"key": "dk", "id": "f"})
+            f, b = c.recv(), c.recv()
+            self.assertRejected(f, "queue_full", "f")
+            self.assertEqual((b["id"], b["status"], b["error"]["code"]),
+                             ("b", "failed", "deadline_exceeded"), b)
+            self.assertLess(b["queue_ms"], self.RUN_MS / 2, b)  # at its deadline, not after a
+            self.assertEqual(d.stats()["in_flight"], 2)  # a running, c queued
+            # b's place is free: e gets in while a still runs, and runs after a (key order).
+            c.send({"key": "dk", "id": "e"})
+            rest = c.recv_n(3, timeout=px.TIMEOUT)
+        self.assertEqual([r["status"] for r in rest], ["ok"] * 3, rest)
+        ids = [r["id"] for r in rest]
+        self.assertLess(ids.index("a"), ids.index("e"), rest)
+        self.assertEqual(ids[0], "a", rest)  # nothing of the key overtook the running one
+
+
+class QueuedDeadlinePartitionedTest(QueuedDeadlineMixin, KeysTestCase):
+    SCHEDULING = "partitioned"
+
+
+class QueuedDeadlineKeyedTest(QueuedDeadlineMixin, KeysTestCase):
+    SCHEDULING = "keyed"
+
+
 class IdleWorkerTest(KeysTestCase):
     """2 workers; a hot key runs long sleeps; cold keys that partitioned routing sends to the hot
     key's worker arrive while it runs. Keyed: the other worker takes them at once. Partitioned:

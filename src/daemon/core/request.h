@@ -43,6 +43,7 @@ typedef struct px_req {
     uint16_t key_len;
     uint32_t id_len;        /* id as JSON text, echoed verbatim */
     const char *cancel_msg; /* written by the loop before it marks the request CANCELLED */
+    uint32_t expiry_idx;    /* loop only: its place in the engine's deadline heap + 1; 0: none */
 
     /* Written by the worker while it owns the request. */
     uint64_t start_ns, end_ns;

@@ -57,6 +57,33 @@ static void answer_skipped(px_engine_t *e, px_req_t *r)
     deliver_resp(e, r, &resp);
 }
 
+/* Every request the engine frees goes through here: the deadline heap lets go of it first. */
+static void end_req(px_engine_t *e, px_req_t *r)
+{
+    px_expiry_remove(&e->expiry, r);
+    px_req_free(r);
+}
+
+/* A queued request whose deadline_ms passed: taken out of its queue (its place is free again)
+ * and answered now, without waiting for its worker. One a worker has already taken is left to
+ * it: the handler is cut off at the deadline, or never started past it. */
+static void on_expired(px_req_t *r, void *arg)
+{
+    px_engine_t *e = arg;
+    char msg[256];
+
+    if (atomic_load_explicit(&r->state, memory_order_acquire) != PX_REQ_QUEUED ||
+        !px_pool_remove_queued(e->pool, r))
+        return;
+    snprintf(msg, sizeof msg,
+             "deadline_ms passed while the request was queued (%.0f ms after receipt); it did "
+             "not run; send a later deadline or fewer requests for this key",
+             ns_ms(px_now_ns() - r->recv_ns));
+    px_engine_fail(e, r, "deadline_exceeded", msg);
+    px_req_free(r);
+    e->sink.flush(e->sink.arg);
+}
+
 /* Loop thread: answers a batch of finished requests, in completion order (so in per-key order).
  * Abandoned ones, answered when they were abandoned, are returned linked by ->next: the caller
  * frees them with free_late once it has given every answer it owes meanwhile. */
@@ -82,7 +109,7 @@ static px_req_t *settle(px_engine_t *e, px_req_t *list)
             px_keys_done(&e->keys, r);
             e->sink.deliver(r->origin, r->out.data, r->out.len);
         }
-        px_req_free(r);
+        end_req(e, r);
     }
     px_stats_end(e->stats);
     return late;
@@ -95,7 +122,7 @@ static void free_late(px_engine_t *e, px_req_t *late)
         px_req_t *r = late;
         late = r->next;
         px_stats_add(&e->stats->c.late, 1);
-        px_req_free(r);
+        end_req(e, r);
     }
     px_stats_end(e->stats);
 }
@@ -119,6 +146,7 @@ int px_engine_init(px_engine_t *e, uv_loop_t *loop, const px_config_t *cfg, px_s
     e->stats = stats;
     e->sink = *sink;
     e->reg = reg;
+    px_expiry_init(&e->expiry, loop, on_expired, e);
     pthread_mutex_init(&e->reg_mu, NULL);
     if (px_keys_init(&e->keys, (uint32_t)cfg->workers, (uint32_t)cfg->max_queued_per_key,
                      (uint32_t)cfg->quarantine_after, cfg->quarantine_for_ms, stats) ||
@@ -282,6 +310,8 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
         return refuse(e, v, rc == -EAGAIN ? PX_REJ_QUEUE_FULL : PX_REJ_SHUTTING_DOWN,
                       rc == -EAGAIN ? (int)worker : -1, wait);
     }
+    if (r->deadline_ns)
+        px_expiry_add(&e->expiry, r); /* on -ENOMEM its worker still answers it, later */
     px_keys_accepted(k, s->recv_ns);
     px_hot_arrival(e->hot, worker, s->key, s->key_len, s->recv_ns);
     px_stats_add(&e->stats->c.received, 1);
@@ -418,7 +448,7 @@ size_t px_engine_cancel_all(px_engine_t *e)
                                     : "parexd stopped before this request could run");
         /* A running one still belongs to its thread until it comes back. */
         if (!v[i].returns)
-            px_req_free(r);
+            end_req(e, r);
     }
     free(v);
     free_late(e, late);
@@ -429,6 +459,7 @@ size_t px_engine_cancel_all(px_engine_t *e)
 void px_engine_release_pool(px_engine_t *e)
 {
     free_late(e, settle(e, px_pool_take_done(e->pool)));
+    px_expiry_close(&e->expiry);
     px_pool_destroy(e->pool);
     e->pool = NULL;
 }

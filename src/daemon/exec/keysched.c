@@ -307,6 +307,27 @@ px_req_t *px_sched_find(px_sched_t *s, int (*match)(px_req_t *r, void *arg), voi
     return found;
 }
 
+int px_sched_remove(px_sched_t *s, px_req_t *r)
+{
+    uint64_t h = px_route_hash(px_req_key(r), r->key_len);
+    px_req_t *prev = NULL, *q;
+    kq_t *k;
+    int found = 0;
+
+    pthread_mutex_lock(&s->mu);
+    if ((k = *slot_of(s, h, px_req_key(r), r->key_len))) {
+        for (q = k->head; q && q != r; q = q->next)
+            prev = q;
+        if (q) {
+            unlink_req(s, k, prev, r);
+            maybe_forget(s, k);
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return found;
+}
+
 void px_sched_close(px_sched_t *s)
 {
     pthread_mutex_lock(&s->mu);

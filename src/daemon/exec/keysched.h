@@ -36,6 +36,8 @@ size_t px_sched_take_all(px_sched_t *s, _Atomic(void *) *const *hands, size_t nh
                          px_req_t **out, size_t max);
 /* The first queued request for which match is true (run under the lock), left in place. */
 px_req_t *px_sched_find(px_sched_t *s, int (*match)(px_req_t *r, void *arg), void *arg);
+/* Takes r out of its key's FIFO if it is still queued there (not popped): 1, else 0. */
+int px_sched_remove(px_sched_t *s, px_req_t *r);
 void px_sched_close(px_sched_t *s);
 uint32_t px_sched_depth(const px_sched_t *s);
 uint32_t px_sched_capacity(const px_sched_t *s);

@@ -326,6 +326,18 @@ int px_pool_keyed(px_pool_t *p, uint32_t *depth, uint32_t *capacity, uint32_t *k
     return 1;
 }
 
+static int is_req(void *item, void *arg)
+{
+    return item == arg;
+}
+
+int px_pool_remove_queued(px_pool_t *p, px_req_t *r)
+{
+    if (p->sched)
+        return px_sched_remove(p->sched, r);
+    return px_queue_remove_if(p->slots[r->worker].queue, is_req, r) != NULL;
+}
+
 void px_pool_abandon(px_pool_t *p)
 {
     for (uint32_t i = 0; i < p->n; i++) {

@@ -108,6 +108,9 @@ int px_pool_respawn(px_pool_t *p, uint32_t worker, px_req_t *abandoned);
  * match runs under the queue's or the slot's lock. */
 int px_pool_cancel(px_pool_t *p, int (*match)(px_req_t *r, void *arg), void *arg, const char *why,
                    int *running);
+/* Loop thread: takes r out of its queue if it is still waiting there (not popped by a worker):
+ * 1, and the loop owns it again; 0 when a worker has it. */
+int px_pool_remove_queued(px_pool_t *p, px_req_t *r);
 /* Adds the worker's histograms (microseconds) into queue and run. Any thread. */
 void px_pool_hists(px_pool_t *p, uint32_t worker, px_hist_snap_t *queue, px_hist_snap_t *run);
 /* Honest wait before a retry can get in: queued requests x recent service time. Any thread. */
