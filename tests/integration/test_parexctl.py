@@ -87,13 +87,22 @@ class ParexctlTest(unittest.TestCase):
                      ["route", "--workers", "4"],
                      ["route", "k", "--workers", "0"],
                      ["route", "k", "--workers", "x"],
-                     ["route", "k", "--workers", "1e3"],
-                     # issue 18: an id past int64 is refused, not sent as 9223372036854775807
-                     ["send", "--key", "k", "--id", "99999999999999999999"]):
+                     ["route", "k", "--workers", "1e3"]):
             with self.subTest(args=args):
                 rc, out, err = px.run_parexctl(*args)
                 self.assertEqual(rc, 2, (args, out, err))
                 self.assertTrue(err, "usage errors say something on stderr")
+
+    def test_id_outside_int64_is_a_usage_error(self):
+        # issue 18: 99999999999999999999 was silently sent as 9223372036854775807. Against a
+        # live daemon, so that only the refusal can make the exit status 2.
+        for big in ("99999999999999999999", "-99999999999999999999"):
+            rc, out, err = self.send("--key", "k", "--id", big)
+            self.assertEqual((rc, out), (2, ""), err)
+            self.assertIn("--id", err)
+        rc, out, err = self.send("--key", "k", "--id", "9223372036854775807")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.one_response(out)["id"], 9223372036854775807)
 
     def test_connection_errors_exit_2(self):
         # A port that is bound but not listening refuses connections for the whole test.
