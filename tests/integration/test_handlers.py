@@ -552,14 +552,17 @@ class PluginTest(HandlerTestCase):
         # request of the key runs after it, as always.
         d = self.start({"slow": {"type": "plugin", "path": PLUGINS["slow"], "timeout_ms": 100},
                         "slow_free": {"type": "plugin", "path": PLUGINS["slow"]}})
-        reqs = [{"key": "pt", "id": "t", "op": "slow", "payload": 400},
-                {"key": "pt", "id": "d", "op": "slow_free", "payload": 400, "deadline_ms": 100},
+        # d first, so that its deadline passes while the plugin runs it (a queued request past
+        # its deadline is answered without running).
+        reqs = [{"key": "pt", "id": "d", "op": "slow_free", "payload": 400, "deadline_ms": 100},
+                {"key": "pt", "id": "t", "op": "slow", "payload": 400},
                 {"key": "pt", "id": "ok", "op": "slow", "payload": 1}]
         with d.connect() as c:
             answers, a = self.exchange(c, reqs)
         self.assertKeyOrder(reqs, answers)
         self.assertFailed(a["t"], "timeout", "timeout_ms")
-        self.assertFailed(a["d"], "deadline_exceeded")
+        self.assertFailed(a["d"], "deadline_exceeded", "while the handler ran")
+        self.assertGreaterEqual(a["d"]["run_ms"], 300, a["d"])  # it did run: the plugin path
         self.assertNotIn("result", a["t"])
         self.assertEqual(self.assertOk(a["ok"]), {"slept_ms": 1})
         self.assertHandler(d, "slow", 2, 1, {"timeout": 1}, htype="plugin")
