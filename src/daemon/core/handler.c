@@ -285,6 +285,12 @@ static int deadline_fail(px_result_t *res, const px_req_t *req, const char *when
                    when, (double)(px_now_ns() - req->recv_ns) / 1e6);
 }
 
+void px_handler_count_unrun(const px_handler_t *h, const char *code)
+{
+    atomic_fetch_add_explicit(&h->ctl->st->requests, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->ctl->st->failed[classify(code)], 1, memory_order_relaxed);
+}
+
 int px_handler_invoke(const px_handler_t *h, px_req_t *req, px_result_t *res, int *attempts,
                       uint64_t *wait_ns, px_run_hook hook, void *hook_arg)
 {

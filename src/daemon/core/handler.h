@@ -104,6 +104,9 @@ static inline int px_handler_may_wait(const px_handler_t *h)
     return h->ctl && (h->ctl->max_concurrency > 0 || h->ctl->per_second > 0);
 }
 
+/* Any thread: counts a request of h that was answered failed/code without reaching it (a queued
+ * request past its deadline), as px_handler_invoke would have. */
+void px_handler_count_unrun(const px_handler_t *h, const char *code);
 /* Worker thread: runs h for req under its policies (deadline, rate limit, concurrency, retry).
  * Sets *attempts; *wait_ns is the time spent waiting for a token or a slot (counted as queue
  * time). hook (may be NULL) hears of each wait and each start, when px_handler_may_wait. Returns

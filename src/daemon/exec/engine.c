@@ -79,6 +79,7 @@ static void on_expired(px_req_t *r, void *arg)
              "deadline_ms passed while the request was queued (%.0f ms after receipt); it did "
              "not run; send a later deadline or fewer requests for this key",
              ns_ms(px_now_ns() - r->recv_ns));
+    px_handler_count_unrun(r->handler, "deadline_exceeded");
     px_engine_fail(e, r, "deadline_exceeded", msg);
     px_req_free(r);
     e->sink.flush(e->sink.arg);
