@@ -4,6 +4,7 @@ status 78 and exactly one line on stderr naming the key (and the file); usage mi
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import unittest
@@ -202,6 +203,49 @@ class DefaultConfigTest(unittest.TestCase):
             rc, out, err, _ = run_parexd(env={"PAREXD_CONFIG": os.path.join(tmp, "absent")})
             self.assertEqual(rc, 78, err)
             self.assertIn("absent", err[0])
+
+    def in_private_mounts(self, files, *args):
+        """Runs parexd ARGS without --config or $PAREXD_CONFIG, in a mount namespace of its own
+        where the built-in default config directory (named by --help) holds exactly files
+        ({name: text}); the machine's own directory is never touched. Skips where mount
+        namespaces are not allowed."""
+        rc, out, _, _ = run_parexd("--help")
+        path = re.search(r"else (/\S+/parexd\.json) if present", out).group(1)
+        confdir = os.path.dirname(path)
+        script = ('set -e; d="$1"; s="$2"; shift 2; '
+                  'if [ -d "$d" ]; then mount --bind "$s" "$d"; '
+                  'else mount -t tmpfs none "$(dirname "$d")"; mkdir "$d"; '
+                  'cp -r "$s"/. "$d"/; fi; exec "$@"')
+        with tempfile.TemporaryDirectory(prefix="parexd-etc-") as tmp:
+            for name, text in files.items():
+                with open(os.path.join(tmp, name), "w") as f:
+                    f.write(text)
+            env = {k: v for k, v in os.environ.items() if k != "PAREXD_CONFIG"}
+            try:
+                p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                    script, "sh", confdir, tmp, px.PAREXD] + list(args),
+                                   capture_output=True, timeout=10, env=env,
+                                   stdin=subprocess.DEVNULL)
+            except FileNotFoundError:
+                self.skipTest("no unshare(1)")
+            if p.returncode != 0 and b"parexd" not in p.stderr:
+                self.skipTest("no private mount namespace here: %r" % p.stderr)
+        return p.returncode, p.stdout.decode(), p.stderr.decode().splitlines(), path
+
+    def test_installed_default_is_read_when_present(self):
+        rc, out, err, path = self.in_private_mounts({"parexd.json": '{"workers": 3}'},
+                                                    "--print-config")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out)["workers"], 3)
+        rc, out, err, path = self.in_private_mounts({"parexd.json": '{"workers": "bad"}'},
+                                                    "--print-config")
+        self.assertEqual(rc, 78, err)
+        self.assertEqual(len(err), 1, err)
+        self.assertIn(path, err[0])
+        self.assertIn("'workers'", err[0])
+        rc, out, err, path = self.in_private_mounts({}, "--print-config")
+        self.assertEqual(rc, 0, err)  # absent: the defaults
+        self.assertEqual(json.loads(out)["queue_capacity"], 1024)
 
     def test_print_config_merges_file_flags_and_defaults(self):
         with tempfile.TemporaryDirectory(prefix="parexd-cfg-") as tmp:
