@@ -29,12 +29,12 @@ static void usage(FILE *f)
         f,
         "usage: parexd [--config FILE] [options]\n"
         "Partitioned request executor: JSON lines over TCP, run in order per key.\n\n"
-        "  -c, --config FILE            JSON config file (every key optional); without it\n"
-        "                               $PAREXD_CONFIG, else " PX_DEFAULT_CONFIG " if present\n"
-        "  -p, --print-config           print the effective configuration as JSON and exit\n"
-        "  -M, --print-manual           print the manual's key table and SIGHUP row (Markdown)\n"
-        "  -h, --help                   this text\n"
-        "  -V, --version                version and build features\n"
+        "  -c, --config FILE              JSON config file (every key optional); without it\n"
+        "                                 $PAREXD_CONFIG, else " PX_DEFAULT_CONFIG " if present\n"
+        "  -p, --print-config             print the effective configuration as JSON and exit\n"
+        "  -M, --print-manual             print the manual's key table and SIGHUP row (Markdown)\n"
+        "  -h, --help                     this text\n"
+        "  -V, --version                  version and build features\n"
         "%s"
         "Flags override the file. See README.md for the protocol and every key.\n",
         flags ? flags : "");

@@ -102,7 +102,7 @@ char *px_config_help(void)
         long_flag(k, fl, sizeof fl);
         range_text(k, range, sizeof range);
         snprintf(lhs, sizeof lhs, "-%c, %s %s", k->flag, fl, k->arg);
-        px_buf_printf(&b, "  %-28s %s\n  %-28s (key %s; default %s; %s)\n", lhs, k->doc, "",
+        px_buf_printf(&b, "  %-30s %s\n  %-30s (key %s; default %s; %s)\n", lhs, k->doc, "",
                       k->name, k->def, range);
     }
     px_buf_puts(&b, "\nEvery key of the config file (default, range, what SIGHUP does):\n");
