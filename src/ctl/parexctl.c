@@ -1,6 +1,7 @@
 /* parexctl: the command-line client. Exit status: 0 ok, 1 the daemon answered something other
  * than ok, 2 usage or connection errors. */
 #include "ctl/client.h"
+#include "common/secret.h"
 #include "ctl/http.h"
 #include "common/route.h"
 
@@ -23,18 +24,20 @@ static const char *token; /* --token or $PAREXD_TOKEN: added to every line sent 
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage:\n"
-               "  parexctl send --key K [--op OP] [--payload JSON] [--id ID] [--addr HOST:PORT]\n"
-               "               [--token T]   (or $PAREXD_TOKEN, when parexd has an auth_token)\n"
-               "  parexctl send [--addr HOST:PORT] < requests.jsonl   (pipelines stdin lines)\n"
-               "  parexctl route KEY --workers N\n"
-               "  parexctl control NAME [--addr HOST:PORT]            (e.g. control stats)\n"
-               "  parexctl parked | unpark KEY | drop KEY [--addr HOST:PORT]   (quarantine)\n"
-               "  parexctl stats|health|metrics [--metrics-addr HOST:PORT]\n"
-               "  parexctl top [--metrics-addr HOST:PORT] [--interval SECONDS] [--once]\n"
-               "Defaults: --addr $PAREXD_ADDR or 127.0.0.1:7400, --metrics-addr\n"
-               "$PAREXD_METRICS_ADDR or 127.0.0.1:9400.\n"
-               "Exit status: 0 ok, 1 failed/rejected/invalid, 2 usage or connection error.\n");
+    fprintf(f,
+            "usage:\n"
+            "  parexctl send --key K [--op OP] [--payload JSON] [--id ID] [--addr HOST:PORT]\n"
+            "               [--token-file F]   (or $PAREXD_TOKEN, when parexd has an auth_token;\n"
+            "               --token T works too, but shows the token in ps)\n"
+            "  parexctl send [--addr HOST:PORT] < requests.jsonl   (pipelines stdin lines)\n"
+            "  parexctl route KEY --workers N\n"
+            "  parexctl control NAME [--addr HOST:PORT]            (e.g. control stats)\n"
+            "  parexctl parked | unpark KEY | drop KEY [--addr HOST:PORT]   (quarantine)\n"
+            "  parexctl stats|health|metrics [--metrics-addr HOST:PORT] [--token-file F]\n"
+            "  parexctl top [--metrics-addr HOST:PORT] [--interval SECONDS] [--once]\n"
+            "Defaults: --addr $PAREXD_ADDR or 127.0.0.1:7400, --metrics-addr\n"
+            "$PAREXD_METRICS_ADDR or 127.0.0.1:9400.\n"
+            "Exit status: 0 ok, 1 failed/rejected/invalid, 2 usage or connection error.\n");
 }
 
 static int die_usage(const char *msg)
@@ -368,6 +371,44 @@ static int cmd_observe(const char *cmd, int argc, char **argv)
     return px_ctl_metrics(maddr);
 }
 
+/* --token T and --token-file F apply to every command (the token goes into each line sent and
+ * into /stats requests): taken out of argv here, before the command parses the rest. Returns
+ * the new argc, or -1 after reporting a token file that cannot be read. */
+static int take_token_args(int argc, char **argv)
+{
+    static char from_file[256];
+    char err[512] = "";
+    int out = 1;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        int file = 0;
+        if (strcmp(a, "--token") == 0 || strcmp(a, "--token-file") == 0) {
+            file = a[7] == '-';
+            if (i + 1 >= argc) {
+                fprintf(stderr, "parexctl: %s needs a value\n", a);
+                return -1;
+            }
+            v = argv[++i];
+        } else if (strncmp(a, "--token=", 8) == 0) {
+            v = a + 8;
+        } else if (strncmp(a, "--token-file=", 13) == 0) {
+            v = a + 13;
+            file = 1;
+        } else {
+            argv[out++] = argv[i];
+            continue;
+        }
+        if (file && px_secret_read(v, from_file, sizeof from_file, err, sizeof err) <= 0) {
+            fprintf(stderr, "parexctl: --token-file: %s\n", err[0] ? err : "the file is empty");
+            return -1;
+        }
+        token = file ? from_file : v;
+    }
+    argv[out] = NULL;
+    return out;
+}
+
 int main(int argc, char **argv)
 {
     const char *env = getenv("PAREXD_ADDR");
@@ -378,6 +419,9 @@ int main(int argc, char **argv)
         maddr = env;
     if ((env = getenv("PAREXD_TOKEN")) && *env)
         token = env;
+    if ((argc = take_token_args(argc, argv)) < 0)
+        return EXIT_USAGE;
+    px_http_set_token(token);
     if (argc < 2)
         return die_usage("missing command");
     if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {

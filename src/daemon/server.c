@@ -80,6 +80,8 @@ static void close_handles(px_server_t *srv)
         uv_close((uv_handle_t *)&srv->sigterm, on_closed_noop);
         uv_close((uv_handle_t *)&srv->sigint, on_closed_noop);
         uv_close((uv_handle_t *)&srv->sighup, on_closed_noop);
+        uv_close((uv_handle_t *)&srv->sigchld, on_closed_noop);
+        uv_close((uv_handle_t *)&srv->slow_timer, on_closed_noop);
         uv_close((uv_handle_t *)&srv->drain_timer, on_closed_noop);
         uv_close((uv_handle_t *)&srv->tick, on_closed_noop);
     }
@@ -194,7 +196,7 @@ void px_server_reload(px_server_t *srv)
     }
     /* Handlers first: a definition that does not build keeps everything as it was. Requests
      * already queued keep the registry they were accepted with (each holds a reference). */
-    if (!(reg = px_handlers_build(nc.handlers, err, sizeof err))) {
+    if (!(reg = px_handlers_build(&nc, err, sizeof err))) {
         px_err("reload: %s; keeping the running configuration", err);
         px_config_clear(&nc);
         goto done;
@@ -218,6 +220,7 @@ void px_server_reload(px_server_t *srv)
     px_pool_set_limits(srv->eng.pool, (uint64_t)nc.stall_after_ms * PX_MS,
                        (uint64_t)nc.dead_after_ms * PX_MS);
     px_supervisor_set_interval(srv->sup, (uint64_t)nc.supervise_interval_ms);
+    px_metrics_reconfigure(srv->metrics, oc);
     px_notice("reload: configuration applied (log_level %s, backpressure_threshold %.2f, "
               "stall_after_ms %lld, on_stall %s, %zu handlers)",
               px_log_level_name((int)nc.log_level), nc.backpressure_threshold,
@@ -225,6 +228,23 @@ void px_server_reload(px_server_t *srv)
               nc.on_stall == PX_ON_STALL_REPLACE ? "replace" : "report", px_registry_count(reg));
 done:
     px_sdstatus_ready(&srv->sd);
+}
+
+/* Something left an exec program's process group and has now ended: parexd, its subreaper,
+ * reaps it so no zombie stays behind. */
+static void on_sigchld(uv_signal_t *s, int signum)
+{
+    int n = px_exec_reap_orphans();
+
+    if (n > 0)
+        px_debug("exec: reaped %d process(es) that had left their program's group", n);
+}
+
+static void on_slow_timer(uv_timer_t *t)
+{
+    px_server_t *srv = t->data;
+
+    px_conn_sweep_slow(&srv->net, px_now_ns());
 }
 
 static void init_handles(px_server_t *srv, uv_loop_t *loop)
@@ -236,6 +256,15 @@ static void init_handles(px_server_t *srv, uv_loop_t *loop)
     uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
     uv_signal_start(&srv->sigint, on_signal, SIGINT);
     uv_signal_start(&srv->sighup, on_signal, SIGHUP);
+    px_exec_become_subreaper();
+    uv_signal_init(loop, &srv->sigchld);
+    uv_signal_start(&srv->sigchld, on_sigchld, SIGCHLD);
+    uv_unref((uv_handle_t *)&srv->sigchld);
+    /* Every 100 ms: a line older than partial_line_timeout_ms is closed within 100 ms of it. */
+    uv_timer_init(loop, &srv->slow_timer);
+    srv->slow_timer.data = srv;
+    uv_timer_start(&srv->slow_timer, on_slow_timer, 100, 100);
+    uv_unref((uv_handle_t *)&srv->slow_timer);
     uv_timer_init(loop, &srv->drain_timer);
     srv->drain_timer.data = srv;
     uv_unref((uv_handle_t *)&srv->drain_timer);
@@ -266,7 +295,7 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
     atomic_init(&srv->watch.bp_threshold, cfg->backpressure_threshold);
     init_handles(srv, loop);
     px_net_init(&srv->net, loop, &srv->cfg, &srv->stats, &srv->eng, &ev);
-    if (!(reg = px_handlers_build(cfg->handlers, err, errlen)))
+    if (!(reg = px_handlers_build(cfg, err, errlen)))
         goto fail;
     if (px_engine_init(&srv->eng, loop, &srv->cfg, &srv->stats, reg, &sink, err, errlen))
         goto fail;
@@ -274,7 +303,7 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
      * exists, so that failure path has no thread to wait for. */
     if (px_listener_open(&srv->listeners, loop, &srv->cfg, on_accept, srv, err, errlen))
         goto fail_pool;
-    if (px_metrics_start(&srv->metrics, srv->cfg.metrics_listen, &srv->watch, err, errlen))
+    if (px_metrics_start(&srv->metrics, &srv->cfg, &srv->watch, err, errlen))
         goto fail_pool;
     if (px_engine_start(&srv->eng, err, errlen))
         goto fail_metrics;

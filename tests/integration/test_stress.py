@@ -25,6 +25,10 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pxharness as px  # noqa: E402
 
+# These tests use the built-in sleep and fail, and pipeline more than one connection may by
+# default (max_in_flight_per_connection).
+px.SETTINGS.update(builtin_test_ops=True, max_in_flight_per_connection=1 << 24)
+
 SECONDS = float(os.environ.get("PX_STRESS_SECONDS", "60"))
 STALL_MS = 60
 

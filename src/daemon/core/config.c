@@ -29,7 +29,7 @@ const px_config_key_t px_config_keys[] = {
     {"metrics_listen", PX_K_ADDR, F(metrics_listen), 0, 0, "\"127.0.0.1:9400\"", "HOST:PORT", 'm', "HOST:PORT", RESTART,
      "HTTP metrics endpoint", NULL},
     {"listen_unix", PX_K_PATH, F(listen_unix), 0, 0, "\"\"", "absolute path", 0, NULL, RESTART,
-     "also accept requests on this Unix-domain socket (\"\": none; a stale socket file is replaced; removed at exit)", NULL},
+     "also accept requests on this Unix-domain socket (\"\": none, or `$RUNTIME_DIRECTORY/parexd.sock` under systemd's `RuntimeDirectory=`; a stale socket file is replaced; removed at exit)", NULL},
     {"listen_unix_mode", PX_K_MODE, F(listen_unix_mode), 0, 0777, "\"0660\"", "octal string", 0, NULL, RESTART,
      "file mode of that socket: who may submit", NULL},
     {"auth_token", PX_K_TOKEN, F(auth_token), 0, 0, "\"\"", "16–255 bytes", 0, NULL, LIVE,
@@ -64,6 +64,31 @@ const px_config_key_t px_config_keys[] = {
      "park a key after that many consecutive failures (null: off)", NULL},
     {"scheduling", PX_K_ENUM, F(scheduling), PX_SCHED_PARTITIONED, 0, "\"partitioned\"", NULL, 0, NULL, RESTART,
      "per-worker queues, or one FIFO per key served by any free worker", schedulers},
+    /* Limits against hostile clients (README, Security). */
+    {"builtin_test_ops", PX_K_BOOL, F(builtin_test_ops), 0, 1, "false", "true, false", 0, NULL, LIVE,
+     "serve the built-in `sleep` and `fail` (test aids: any client could hold every worker with them)", NULL},
+    {"max_in_flight_per_connection", PX_K_INT, F(max_in_flight_per_connection), 1, 1 << 24, "1024", NULL, 0, NULL, LIVE,
+     "requests one connection may have queued or running; more are answered `rejected`/`connection_busy`", NULL},
+    {"handler_timeout_ms", PX_K_INT, F(handler_timeout_ms), 0, 86400000, "30000", NULL, 0, NULL, LIVE,
+     "`timeout_ms` of every configured handler that sets none (0: none)", NULL},
+    {"max_queued_payload_bytes", PX_K_INT, F(max_queued_payload_bytes), 65536, 1099511627776.0, "268435456", NULL, 0, NULL, LIVE,
+     "bytes all queued and running requests (payload, key, id) may hold together; past it `rejected`/`overloaded` with `retry_after_ms`", NULL},
+    {"max_partial_bytes", PX_K_INT, F(max_partial_bytes), 65536, 1099511627776.0, "67108864", NULL, 0, NULL, LIVE,
+     "bytes all connections' unfinished lines may hold together; the line that goes past it is dropped and answered `rejected`/`overloaded`", NULL},
+    {"partial_line_timeout_ms", PX_K_INT, F(partial_line_timeout_ms), 100, 86400000, "30000", NULL, 0, NULL, LIVE,
+     "a connection whose unfinished line is older is closed (slowloris)", NULL},
+    {"cancel_on_disconnect", PX_K_BOOL, F(cancel_on_disconnect), 0, 1, "false", "true, false", 0, NULL, LIVE,
+     "when a connection closes with requests in flight (its client vanished), its queued requests do not run (failed/`cancelled`, counted dropped)", NULL},
+    {"max_abandoned_threads", PX_K_INT, F(max_abandoned_threads), 0, 1024, "16", NULL, 0, NULL, LIVE,
+     "`on_stall: replace` stops replacing while this many abandoned threads are still inside handlers", NULL},
+    {"auth_token_file", PX_K_FILE, F(auth_token_file), 0, 0, "\"\"", "absolute path, or a credential name", 0, NULL, LIVE,
+     "read `auth_token` from this file's first line (a name: `$CREDENTIALS_DIRECTORY/NAME`); not together with `auth_token`", NULL},
+    {"metrics_allowed_hosts", PX_K_HOSTS, F(metrics_allowed_hosts), 0, 0, "\"\"", "comma-separated host names", 0, NULL, LIVE,
+     "`Host` names the metrics endpoint answers besides IP literals and `localhost`", NULL},
+    {"metrics_max_connections", PX_K_INT, F(metrics_max_connections), 1, 10000, "256", NULL, 0, NULL, RESTART,
+     "connection limit of the metrics endpoint", NULL},
+    {"metrics_timeout_ms", PX_K_INT, F(metrics_timeout_ms), 1000, 3600000, "10000", NULL, 0, NULL, RESTART,
+     "idle metrics connections are closed after this (rounded up to seconds)", NULL},
 };
 /* clang-format on */
 #undef F
@@ -120,7 +145,7 @@ static int set_value(px_config_t *c, const px_config_key_t *k, json_t *v, char *
 
     /* Every kind but the numbers and objects is a string. */
     if (k->kind != PX_K_INT && k->kind != PX_K_DOUBLE && k->kind != PX_K_OBJECT &&
-        k->kind != PX_K_QUARANTINE) {
+        k->kind != PX_K_QUARANTINE && k->kind != PX_K_BOOL) {
         if (!json_is_string(v))
             goto type;
         s = json_string_value(v);
@@ -230,6 +255,36 @@ static int set_value(px_config_t *c, const px_config_key_t *k, json_t *v, char *
         c->quarantine_for_ms = json_integer_value(f);
         return 0;
     }
+    case PX_K_BOOL:
+        if (!json_is_boolean(v)) {
+            snprintf(err, errlen, "key '%s': expected true or false", k->name);
+            return -1;
+        }
+        *(int64_t *)field = json_is_true(v);
+        return 0;
+    case PX_K_HOSTS:
+        /* Host names only: nothing that could smuggle a wildcard or a port. */
+        if (strlen(s) >= k->size ||
+            strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-,") !=
+                strlen(s)) {
+            snprintf(err, errlen,
+                     "key '%s': \"%.64s\" is not a comma-separated list of host names (letters, "
+                     "digits, '.', '-'; under %zu bytes)",
+                     k->name, s, k->size);
+            return -1;
+        }
+        snprintf(field, k->size, "%s", s);
+        return 0;
+    case PX_K_FILE:
+        if (strlen(s) >= k->size || (*s != '/' && strchr(s, '/'))) {
+            snprintf(err, errlen,
+                     "key '%s': \"%.64s\" is neither an absolute path nor a credential name "
+                     "(under %zu bytes), nor \"\"",
+                     k->name, s, k->size);
+            return -1;
+        }
+        snprintf(field, k->size, "%s", s);
+        return 0;
     case PX_K_OBJECT:
         if (!json_is_object(v) && !json_is_null(v)) {
             snprintf(err, errlen, "key '%s': expected an object", k->name);
@@ -243,6 +298,7 @@ type:
     snprintf(err, errlen, "key '%s': expected %s", k->name,
              k->kind == PX_K_INT      ? "an integer"
              : k->kind == PX_K_DOUBLE ? "a number"
+             : k->kind == PX_K_BOOL   ? "true or false"
                                       : "a string");
     return -1;
 }
@@ -376,6 +432,8 @@ static void cross_key(const px_config_t *c, char *err, size_t errlen, const char
 
 int px_config_finish(px_config_t *c, char *err, size_t errlen)
 {
+    if (px_config_from_env(c, err, errlen))
+        return -1;
     if (c->workers == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         c->workers = 2 * (n > 0 ? n : 1);
@@ -407,6 +465,8 @@ int px_config_differs(const px_config_t *a, const px_config_t *b, const px_confi
     case PX_K_ADDR:
     case PX_K_PATH:
     case PX_K_TOKEN:
+    case PX_K_HOSTS:
+    case PX_K_FILE:
         return strcmp(fa, fb) != 0;
     case PX_K_OBJECT:
         return !json_equal(*(json_t *const *)fa, *(json_t *const *)fb) &&

@@ -34,6 +34,19 @@ typedef struct px_config {
     int64_t quarantine_after;   /* quarantine.after_failures; 0: off */
     int64_t quarantine_for_ms;  /* quarantine.for_ms */
     int64_t scheduling;         /* PX_SCHED_* */
+    /* Limits against hostile clients (README, Security). */
+    int64_t builtin_test_ops;             /* 1: the built-in sleep and fail are served */
+    int64_t max_in_flight_per_connection; /* requests one connection may have queued or running */
+    int64_t handler_timeout_ms;           /* timeout of configured handlers that set none */
+    int64_t max_partial_bytes;            /* all connections' partial lines together */
+    int64_t max_queued_payload_bytes;     /* all queued and running requests together */
+    int64_t partial_line_timeout_ms;      /* a partial line older than this closes its connection */
+    char metrics_allowed_hosts[256];      /* Host names /metrics answers besides IPs, localhost */
+    int64_t metrics_max_connections;
+    int64_t metrics_timeout_ms;
+    char auth_token_file[256];     /* the token read from this file or credential; "" = none */
+    int64_t max_abandoned_threads; /* on_stall replace: stalled threads left running */
+    int64_t cancel_on_disconnect;  /* 1: a vanished client's queued requests do not run */
 
     /* Where each key's value came from (PX_SET_*, by table index) and the file's name, so
      * that a rule between two keys blames the one the user wrote. */
@@ -55,7 +68,10 @@ enum px_config_kind {
     PX_K_MODE,
     PX_K_TOKEN,
     PX_K_OBJECT,
-    PX_K_QUARANTINE
+    PX_K_QUARANTINE,
+    PX_K_BOOL,  /* true or false, stored as 1 or 0 */
+    PX_K_HOSTS, /* comma-separated host names */
+    PX_K_FILE   /* an absolute path, or a systemd credential name */
 };
 
 /* What SIGHUP does with a key: applies it at once, or keeps the running value (and warns). */
@@ -90,6 +106,9 @@ int px_config_load_text(px_config_t *c, const char *text, size_t len, const char
                         size_t errlen);
 /* Sets one key from a command-line string (--workers 8 sets "workers"). */
 int px_config_set(px_config_t *c, const char *key, const char *value, char *err, size_t errlen);
+/* config_env.c: reads auth_token_file and defaults listen_unix under systemd's
+ * RuntimeDirectory=. Called by px_config_finish. */
+int px_config_from_env(px_config_t *c, char *err, size_t errlen);
 /* Resolves derived values (workers = 0) and checks cross-key rules. */
 int px_config_finish(px_config_t *c, char *err, size_t errlen);
 

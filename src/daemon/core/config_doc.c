@@ -23,7 +23,11 @@ static json_t *value_json(const px_config_t *c, const px_config_key_t *k)
         return json_string(k->names[*(const int64_t *)field - (int64_t)k->min]);
     case PX_K_ADDR:
     case PX_K_PATH:
+    case PX_K_HOSTS:
+    case PX_K_FILE:
         return json_string(field);
+    case PX_K_BOOL:
+        return json_boolean(*(const int64_t *)field);
     case PX_K_TOKEN:
         /* A secret is not printed: say whether one is set, in a form the loader refuses. */
         return json_string(field[0] ? "(set; not shown)" : "");

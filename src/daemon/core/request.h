@@ -78,5 +78,8 @@ static inline const char *px_req_payload(const px_req_t *r)
 px_req_t *px_req_new(const char *key, size_t key_len, const char *id, size_t id_len,
                      const char *payload, size_t payload_len);
 void px_req_free(px_req_t *r);
+/* Bytes held by live requests (the struct, key, id and payload), from any thread: what
+ * max_queued_payload_bytes bounds. */
+extern _Atomic uint64_t px_req_live_bytes;
 
 #endif

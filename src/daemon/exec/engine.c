@@ -245,6 +245,17 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
                  "or after restart");
         return refuse(e, v, PX_REJ_SHUTTING_DOWN, -1, 0);
     }
+    /* All queued and running requests together stay within a memory budget: a client cannot
+     * fill every queue with megabyte payloads. */
+    if (atomic_load_explicit(&px_req_live_bytes, memory_order_relaxed) + s->payload_len >
+        (uint64_t)e->cfg->max_queued_payload_bytes) {
+        uint64_t wait = px_pool_retry_after_ms(e->pool, worker);
+        snprintf(v->message, sizeof v->message,
+                 "queued requests hold max_queued_payload_bytes (%lld) already; retry after %llu "
+                 "ms",
+                 (long long)e->cfg->max_queued_payload_bytes, (unsigned long long)wait);
+        return refuse(e, v, PX_REJ_OVERLOADED, -1, wait);
+    }
     switch (px_keys_admit(&e->keys, s->key, s->key_len, s->recv_ns, &k)) {
     case PX_KEY_NOMEM:
         return -ENOMEM;
@@ -313,7 +324,7 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
     }
     if (r->deadline_ns)
         px_expiry_add(&e->expiry, r); /* on -ENOMEM its worker still answers it, later */
-    px_keys_accepted(k, s->recv_ns);
+    px_keys_accepted(&e->keys, k, s->recv_ns);
     px_hot_arrival(e->hot, worker, s->key, s->key_len, s->recv_ns);
     px_stats_add(&e->stats->c.received, 1);
     px_stats_add(&e->stats->c.accepted, 1);
@@ -342,66 +353,26 @@ void px_engine_fail(px_engine_t *e, px_req_t *r, const char *code, const char *m
     deliver_resp(e, r, &resp);
 }
 
-struct cancel_match {
-    void *origin;
-    const char *id;
-    size_t id_len;
-};
-
-static int cancel_matches(px_req_t *r, void *arg)
-{
-    struct cancel_match *m = arg;
-
-    return r->origin == m->origin && r->id_len == m->id_len &&
-           memcmp(px_req_id(r), m->id, m->id_len) == 0;
-}
-
-const char *px_engine_cancel(px_engine_t *e, void *origin, const char *id, size_t id_len)
-{
-    struct cancel_match m = {.origin = origin, .id = id, .id_len = id_len};
-    int running;
-
-    /* Marked, not removed: its worker answers it when its turn comes, so the answer goes out in
-     * its key's order (after the key's earlier requests), and costs no run. */
-    if (px_pool_cancel(e->pool, cancel_matches, &m, "cancelled by the client before it ran",
-                       &running))
-        return "queued";
-    return running ? "running" : "not_found";
-}
-
-struct key_match {
-    const char *key;
-    size_t len;
-};
-
-static int key_matches(px_req_t *r, void *arg)
-{
-    struct key_match *m = arg;
-
-    return r->key_len == m->len && memcmp(px_req_key(r), m->key, m->len) == 0;
-}
-
-int px_engine_drop(px_engine_t *e, const char *key, size_t len)
-{
-    struct key_match m = {.key = key, .len = len};
-    int dropped, running;
-
-    if (!px_keys_is_parked(&e->keys, key, len))
-        return -ENOENT;
-    dropped =
-        px_pool_cancel(e->pool, key_matches, &m,
-                       "dropped by an operator while its key was parked (parexctl drop)", &running);
-    px_notice("quarantine: %d queued requests of parked key '%.*s' dropped by an operator", dropped,
-              (int)len, key);
-    return dropped;
-}
-
 void px_engine_replace(px_engine_t *e, uint32_t worker, const px_worker_info_t *w)
 {
     char msg[512];
     px_req_t *r, *late;
     int rc;
+    /* Loop thread only. Whether the cap was logged since threads were last under it. */
+    static int capped;
 
+    /* Each replacement leaves a thread behind until its handler returns; a handler that never
+     * does would grow threads without end. At the cap the worker stays stalled (and /healthz
+     * says so) instead. */
+    if (px_pool_strays(e->pool) >= (uint64_t)e->cfg->max_abandoned_threads) {
+        if (!capped)
+            px_err("supervisor: worker %u stays stalled: max_abandoned_threads (%lld) threads "
+                   "are already abandoned inside handlers; fix the handler or restart parexd",
+                   worker, (long long)e->cfg->max_abandoned_threads);
+        capped = 1;
+        return;
+    }
+    capped = 0;
     if (!(r = px_pool_replace(e->pool, worker, w->busy_since_ns)))
         return; /* it finished, or another run started, since the supervisor looked */
     /* Earlier requests of its key may sit finished on the completion list: they go first, then

@@ -88,6 +88,9 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v);
 const char *px_engine_cancel(px_engine_t *e, void *origin, const char *id, size_t id_len);
 /* parexctl drop: marks the queued requests of a parked key cancelled (answered failed/cancelled
  * in order, without running). Returns how many, or -ENOENT when the key is not parked. */
+/* cancel_on_disconnect: origin's requests still queued will not run; each is answered
+ * failed/cancelled in its key's order (to nobody: the client is gone). Returns how many. */
+int px_engine_cancel_origin(px_engine_t *e, void *origin);
 int px_engine_drop(px_engine_t *e, const char *key, size_t len);
 
 /* Answers a request that will not run to completion (cancelled, stalled) as failed/code and

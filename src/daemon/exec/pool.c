@@ -307,12 +307,12 @@ uint64_t px_pool_retry_after_ms(px_pool_t *p, uint32_t worker)
     if (p->sched) /* keyed: the whole backlog, shared by every worker */
         depth = (px_sched_depth(p->sched) + p->n - 1) / p->n;
 
-    /* Queued requests at the recent service time, plus what is left of the running one. With
-     * no history yet, assume each takes as long as the running one has so far (a lower bound). */
-    if (ewma)
-        ns = depth * ewma + (ewma > running ? ewma - running : 0);
-    else
-        ns = depth * running;
+    /* Queued requests at the recent service time, plus what is left of the running one. A
+     * running request already older than that time is the better guess for each queued one
+     * (the history is of other work), so the estimate never falls below depth x its age. */
+    if (ewma < running)
+        ewma = running;
+    ns = depth * ewma + (ewma > running ? ewma - running : 0);
     return ns / PX_MS > 0 ? ns / PX_MS : 1;
 }
 

@@ -40,6 +40,8 @@ struct px_conn {
     uint64_t next_id;
     uint64_t batch_ns; /* receive time of the lines of the current read */
     uint32_t refs, inflight, writes;
+    size_t partial_acct;       /* bytes of framer.partial counted in net->partial_bytes */
+    uint64_t partial_since_ns; /* when the current partial line began (0: none) */
     unsigned in_dirty : 1, closing : 1, eof : 1, throttled : 1, close_when_flushed : 1;
     px_ledger_t ledger; /* which answers the client has received */
     uv_timer_t *linger; /* while waiting for the client's TCP to settle the last answers */
@@ -54,6 +56,46 @@ typedef struct wreq {
 
 static void conn_on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static int may_read(const px_conn_t *c)
+{
+    return !c->closing && !c->eof && !c->close_when_flushed && !c->throttled;
+}
+
+static void mark_dirty(px_conn_t *c);
+static void conn_close(px_conn_t *c);
+
+/* Brings net->partial_bytes up to date with this connection's partial line. Past the budget
+ * the line that pushed it over is dropped and answered rejected/overloaded (the rest of it is
+ * skipped up to its newline): many clients each holding a long partial line cannot grow memory
+ * beyond max_partial_bytes, and nobody waits on anybody (pausing reads could deadlock). */
+static void account_partial(px_conn_t *c, uint64_t now)
+{
+    px_net_t *n = c->net;
+    size_t cap = c->closing ? 0 : c->framer.partial.cap;
+
+    n->partial_bytes = n->partial_bytes + cap - c->partial_acct;
+    c->partial_acct = cap;
+    if (!c->closing && c->framer.partial.len > 0 &&
+        n->partial_bytes > (uint64_t)n->cfg->max_partial_bytes) {
+        px_line_ctx_t x = {.net = n, .origin = c, .out = &c->out, .recv_ns = now};
+        size_t had = c->framer.partial.len;
+        unsigned r;
+
+        px_framer_drop(&c->framer);
+        n->partial_bytes -= c->partial_acct;
+        c->partial_acct = 0;
+        r = px_dispatch_overloaded(&x, had);
+        if (r & PX_DISPATCH_OUTPUT)
+            mark_dirty(c);
+        if (r & PX_DISPATCH_CLOSE)
+            conn_close(c);
+    }
+    if (c->closing || c->framer.partial.len == 0)
+        c->partial_since_ns = 0;
+    else if (!c->partial_since_ns)
+        c->partial_since_ns = now;
+}
 
 static void conn_unref(px_conn_t *c)
 {
@@ -101,6 +143,11 @@ static void conn_close(px_conn_t *c)
     if (c->closing)
         return;
     c->closing = 1;
+    account_partial(c, 0); /* its partial line no longer counts */
+    /* Closing with requests in flight: their answers can reach nobody (a client that is only
+     * done sending keeps its connection until it is answered). */
+    if (c->inflight && !c->close_when_flushed && c->net->cfg->cancel_on_disconnect)
+        px_engine_cancel_origin(c->net->eng, c);
     if (c->linger) {
         uv_close((uv_handle_t *)c->linger, linger_closed);
         c->linger = NULL;
@@ -169,10 +216,10 @@ static void on_write(uv_write_t *w, int status)
         px_debug("connection: write failed: %s", uv_strerror(status));
         conn_close(c);
     } else if (!c->closing) {
-        if (c->throttled && uv_stream_get_write_queue_size((uv_stream_t *)&c->h) < OUT_LOW &&
-            !c->eof && !c->close_when_flushed) {
+        if (c->throttled && uv_stream_get_write_queue_size((uv_stream_t *)&c->h) < OUT_LOW) {
             c->throttled = 0;
-            uv_read_start((uv_stream_t *)&c->h, conn_on_alloc, conn_on_read);
+            if (may_read(c))
+                uv_read_start((uv_stream_t *)&c->h, conn_on_alloc, conn_on_read);
         }
         conn_maybe_close(c);
     }
@@ -243,8 +290,12 @@ void px_conn_flush_all(px_net_t *n)
 static void on_line(void *arg, const char *text, size_t len, int too_long)
 {
     px_conn_t *c = arg;
-    px_line_ctx_t x = {
-        .net = c->net, .origin = c, .out = &c->out, .next_id = &c->next_id, .recv_ns = c->batch_ns};
+    px_line_ctx_t x = {.net = c->net,
+                       .origin = c,
+                       .out = &c->out,
+                       .next_id = &c->next_id,
+                       .recv_ns = c->batch_ns,
+                       .inflight = c->inflight};
     size_t before = c->out.len;
     unsigned r;
 
@@ -295,6 +346,8 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         px_debug("connection: read failed: %s", uv_strerror((int)nread));
         conn_close(c);
     }
+    if (!c->closing)
+        account_partial(c, c->batch_ns);
     px_stats_end(n->stats);
     /* Workers are woken and answers written in the server's check callback, once per poll. */
     if (!c->closing)
@@ -372,6 +425,25 @@ void px_conn_accept(px_net_t *n, uv_stream_t *listener)
         conn_close(c);
         return;
     }
+}
+
+void px_conn_sweep_slow(px_net_t *n, uint64_t now)
+{
+    uint64_t limit = (uint64_t)n->cfg->partial_line_timeout_ms * 1000000ull;
+    unsigned closed = 0;
+
+    px_stats_begin(n->stats);
+    for (px_conn_t *c = n->conns; c; c = c->next)
+        if (!c->closing && c->partial_since_ns && now - c->partial_since_ns > limit) {
+            px_stats_add(&n->stats->c.closed[PX_CLOSE_SLOW_LINE], 1);
+            conn_close(c);
+            closed++;
+        }
+    px_stats_end(n->stats);
+    if (closed)
+        px_notice("connection: closed %u connection(s) whose partial line was older than "
+                  "partial_line_timeout_ms (%lld)",
+                  closed, (long long)n->cfg->partial_line_timeout_ms);
 }
 
 void px_conn_close_all(px_net_t *n, int now)

@@ -64,6 +64,17 @@ static void test_defaults(void **state)
     assert_int_equal(c.max_connections, 10000);
     assert_int_equal(c.drain_timeout_ms, 30000);
     assert_int_equal(c.log_level, PX_LOG_INFO);
+    /* The limits against hostile clients are on by default (README, Security). */
+    assert_int_equal(c.builtin_test_ops, 0);
+    assert_int_equal(c.max_in_flight_per_connection, 1024);
+    assert_int_equal(c.handler_timeout_ms, 30000);
+    assert_int_equal(c.max_partial_bytes, 64 << 20);
+    assert_int_equal(c.max_queued_payload_bytes, 256 << 20);
+    assert_int_equal(c.partial_line_timeout_ms, 30000);
+    assert_int_equal(c.metrics_max_connections, 256);
+    assert_int_equal(c.metrics_timeout_ms, 10000);
+    assert_int_equal(c.max_abandoned_threads, 16);
+    assert_int_equal(c.cancel_on_disconnect, 0);
 }
 
 static void test_empty_object_keeps_defaults(void **state)
