@@ -107,12 +107,16 @@ class MetricsHostTest(unittest.TestCase):
             self.assertEqual(st, 200)
 
     def test_bad_allowed_hosts_stop_startup(self):
-        d = pxsys.SysDaemon(config={"metrics_allowed_hosts": "*.example"}, wait_ready=False)
-        try:
-            self.assertEqual(d.wait_exit(), 78)
-            self.assertIn("key 'metrics_allowed_hosts': \"*.example\"", d.stderr_text())
-        finally:
-            d.kill()
+        for cfg, want in (({"metrics_allowed_hosts": "*.example"},
+                           "key 'metrics_allowed_hosts': \"*.example\" is not a comma-separated"),
+                          ({"builtin_test_ops": "yes"},
+                           "key 'builtin_test_ops': \"yes\" is not true or false")):
+            d = pxsys.SysDaemon(config=cfg, wait_ready=False)
+            try:
+                self.assertEqual(d.wait_exit(), 78)
+                self.assertIn(want, d.stderr_text())
+            finally:
+                d.kill()
 
     def test_idle_connections_up_to_the_old_limit_leave_healthz_answering(self):
         with pxsys.SysDaemon() as d:

@@ -257,7 +257,10 @@ static int set_value(px_config_t *c, const px_config_key_t *k, json_t *v, char *
     }
     case PX_K_BOOL:
         if (!json_is_boolean(v)) {
-            snprintf(err, errlen, "key '%s': expected true or false", k->name);
+            char *text = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+            snprintf(err, errlen, "key '%s': %.64s is not true or false", k->name,
+                     text ? text : "the value");
+            free(text);
             return -1;
         }
         *(int64_t *)field = json_is_true(v);
