@@ -1,0 +1,127 @@
+"""What both clients share: addresses, request lines, answers, and the retry policy.
+
+Everything here is free of I/O, so the thread client and the asyncio client encode and decode
+exactly alike. A request line is built once, checked against the limits parexd would answer
+``invalid`` for, and only then sent, so a caller's mistake raises at ``submit``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from . import errors
+
+KEY_MAX_BYTES = 256
+DEADLINE_MAX_MS = 86400000
+DEFAULT_MAX_LINE_BYTES = 1048576
+
+Address = Union[tuple[str, int], str]  # (host, port), or a unix socket path
+
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def parse_address(address: str) -> tuple[str, Address]:
+    """("tcp", (host, port)) for HOST:PORT or [v6]:PORT, ("unix", path) for unix:/path."""
+    if not isinstance(address, str):
+        raise TypeError("address must be a str such as '127.0.0.1:7400' or 'unix:/run/parexd.sock'")
+    if address.startswith("unix:"):
+        path = address[5:]
+        if not path:
+            raise ValueError("address %r names no socket path after 'unix:'" % address)
+        return "unix", path
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("address %r is not HOST:PORT (port 1-65535) or unix:/path" % address)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return "tcp", (host, int(port))
+
+
+def check_key(key: Any) -> None:
+    if not isinstance(key, str):
+        raise errors.Invalid("key must be a str, not %s" % type(key).__name__, code="bad_field")
+    n = len(key.encode("utf-8", "surrogatepass"))
+    if not 1 <= n <= KEY_MAX_BYTES:
+        raise errors.Invalid("key is %d bytes of UTF-8; it must be 1-%d" % (n, KEY_MAX_BYTES),
+                             code="bad_field")
+
+
+def check_deadline(deadline_ms: Any) -> None:
+    if deadline_ms is None:
+        return
+    if (not isinstance(deadline_ms, int) or isinstance(deadline_ms, bool)
+            or not 1 <= deadline_ms <= DEADLINE_MAX_MS):
+        raise errors.Invalid("deadline_ms %r is not an integer in 1..%d"
+                             % (deadline_ms, DEADLINE_MAX_MS), code="bad_field")
+
+
+def encode(obj: dict[str, Any], max_line_bytes: int) -> bytes:
+    """One request line, newline included. Raises Invalid for what parexd would refuse."""
+    try:
+        text = _encode(obj)
+    except (TypeError, ValueError) as e:
+        raise errors.Invalid("payload is not JSON: %s" % e, code="bad_field") from None
+    line = text.encode("utf-8", "strict") + b"\n"
+    if len(line) - 1 > max_line_bytes:
+        raise errors.Invalid("request line is %d bytes, over max_line_bytes (%d); send a smaller "
+                             "payload or raise the limit" % (len(line) - 1, max_line_bytes),
+                             code="line_too_long")
+    return line
+
+
+def request_obj(rid: int, op: str, key: str, payload: Any, deadline_ms: Optional[int],
+                token: Optional[str]) -> dict[str, Any]:
+    if not isinstance(op, str) or not op:
+        raise errors.Invalid("op must be a non-empty str, not %r" % (op,), code="bad_field")
+    check_key(key)
+    check_deadline(deadline_ms)
+    obj: dict[str, Any] = {"id": rid, "key": key, "op": op, "payload": payload}
+    if deadline_ms is not None:
+        obj["deadline_ms"] = deadline_ms
+    if token is not None:
+        obj["token"] = token
+    return obj
+
+
+def decode(line: bytes) -> Optional[dict[str, Any]]:
+    """An answer object, or None for a line that is not one (never expected from parexd)."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Retry policy for rejections (queue_full, key_busy, key_parked, shutting_down...).
+
+    An attempt answered ``rejected`` is sent again after the answer's ``retry_after_ms`` plus a
+    full-jitter backoff, ``random(0, min(cap, base * 2**n))`` seconds, up to ``attempts``
+    attempts in all. Failures and lost connections are never retried (the request may have run).
+    With a ``deadline_ms``, each retry carries the time that is left, and none is made once it
+    has passed.
+    """
+
+    attempts: int = 5
+    base: float = 0.01
+    cap: float = 2.0
+    retry_unauthorized: bool = False
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("Retry.attempts must be at least 1, not %r" % (self.attempts,))
+        if self.base < 0 or self.cap < 0:
+            raise ValueError("Retry.base and Retry.cap must not be negative")
+
+    def delay(self, error: errors.ParexError, attempt: int) -> Optional[float]:
+        """Seconds to wait before attempt number attempt+1 after error, or None: give up."""
+        if not isinstance(error, errors.Rejected) or attempt >= self.attempts:
+            return None
+        if isinstance(error, errors.Unauthorized) and not self.retry_unauthorized:
+            return None
+        after = (error.retry_after_ms or 0) / 1000.0
+        return after + random.uniform(0.0, min(self.cap, self.base * (2 ** (attempt - 1))))
