@@ -3,7 +3,8 @@
 
 PX_PACKAGES="gcc make cmake pkg-config libuv1-dev libjansson-dev libxxhash-dev libcmocka-dev \
 libmicrohttpd-dev libsystemd-dev libcurl4-openssl-dev python3 netcat-openbsd"
-PX_TEST_PACKAGES="prometheus systemd clang-14 libclang-rt-14-dev"
+PX_TEST_PACKAGES="prometheus systemd clang-14 libclang-rt-14-dev python3-venv python3-setuptools \
+python3-wheel"
 
 px_install() {
     missing=""
