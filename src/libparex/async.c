@@ -14,11 +14,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-enum state { CONNECTING, CONNECTED, DRAINING, CLOSED };
+enum state { OPEN, DRAINING, CLOSED };
 
 struct parex_async {
     int fd;
     enum state state;
+    int connected; /* the connect is confirmed (first writable event) */
     int err;
     char errstr[PXL_ERRLEN];
     char *addr, *token;
@@ -96,7 +97,7 @@ parex_async_t *parex_async_connect(const char *addr, const parex_options_t *opts
     /* Even a connect that completed at once is confirmed by the first writable event, so the
      * connect callback always runs from the loop. */
     (void)in_progress;
-    ac->state = CONNECTING;
+    ac->state = OPEN;
     return ac;
 }
 
@@ -148,7 +149,7 @@ void parex_async_set_events(parex_async_t *ac, const parex_events_t *ev)
         return;
     watch_read(ac, 1);
     /* A connect in progress completes as writability; queued lines need it too. */
-    if (ac->state == CONNECTING || ac->out_sent < ac->out.len)
+    if (!ac->connected || ac->out_sent < ac->out.len)
         watch_write(ac, 1);
 }
 
@@ -260,14 +261,13 @@ static long long queue_line(parex_async_t *ac, long long id, int rc, parex_callb
         return -1;
     }
     ac->next_id++;
-    if (ac->state == CONNECTED)
-        watch_write(ac, 1);
+    watch_write(ac, 1);
     return id;
 }
 
 static int accepting(parex_async_t *ac)
 {
-    if (ac->state == CONNECTING || ac->state == CONNECTED)
+    if (ac->state == OPEN)
         return 1;
     set_err(ac, PAREX_ERR_ARG, "the context is %s: no more requests",
             ac->state == DRAINING ? "disconnecting" : "closed");
@@ -319,7 +319,9 @@ long long parex_async_control(parex_async_t *ac, const char *name, const char *f
 
 void parex_async_handle_write(parex_async_t *ac)
 {
-    if (ac->state == CONNECTING) {
+    if (ac->state == CLOSED)
+        return;
+    if (!ac->connected) {
         if (pxl_connect_result(ac->fd, ac->addr, ac->errstr, sizeof ac->errstr)) {
             ac->err = PAREX_ERR_IO;
             if (ac->on_connect) {
@@ -331,7 +333,7 @@ void parex_async_handle_write(parex_async_t *ac)
             freed_meanwhile(ac);
             return;
         }
-        ac->state = CONNECTED;
+        ac->connected = 1;
         if (ac->on_connect) {
             ac->depth++;
             ac->on_connect(ac, 0);

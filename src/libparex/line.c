@@ -120,6 +120,11 @@ int pxl_line_control(px_buf_t *out, long long id, const char *name, const char *
     if (fields_json) {
         if (!(o = parse_json("control fields", fields_json, 0, err, errlen)))
             return -1;
+        if (!json_is_object(o)) {
+            snprintf(err, errlen, "control fields must be a JSON object");
+            json_decref(o);
+            return -1;
+        }
     } else {
         o = json_object();
     }
@@ -135,6 +140,11 @@ int pxl_line_object(px_buf_t *out, long long *id, const char *object_json, const
 
     if (!object_json || !(o = parse_json("request", object_json, 0, err, errlen)))
         return -1;
+    if (!json_is_object(o)) {
+        snprintf(err, errlen, "a request must be a JSON object");
+        json_decref(o);
+        return -1;
+    }
     if (json_object_get(o, "id"))
         *id = 0;
     return finish(out, o, *id, token, max_line, err, errlen);

@@ -151,11 +151,11 @@ static int usable(parex_ctx_t *c)
     return 1;
 }
 
-static long long queued(parex_ctx_t *c, int rc, long long id)
+/* After a line builder failed: its message is already in errstr. */
+static long long refused(parex_ctx_t *c)
 {
-    if (rc)
-        return fail(c, PAREX_ERR_ARG, "%s", c->errstr);
-    return id;
+    c->err = PAREX_ERR_ARG;
+    return -1;
 }
 
 long long parex_append(parex_ctx_t *c, const parex_request_t *req)
@@ -165,7 +165,7 @@ long long parex_append(parex_ctx_t *c, const parex_request_t *req)
     if (!usable(c))
         return -1;
     if (pxl_line_request(&c->out, id, req, c->token, c->max_line, c->errstr, sizeof c->errstr))
-        return queued(c, -1, id);
+        return refused(c);
     c->next_id++;
     return id;
 }
@@ -192,7 +192,7 @@ long long parex_append_control(parex_ctx_t *c, const char *name, const char *fie
         return -1;
     if (pxl_line_control(&c->out, id, name, fields_json, c->token, c->max_line, c->errstr,
                          sizeof c->errstr))
-        return queued(c, -1, id);
+        return refused(c);
     c->next_id++;
     return id;
 }
@@ -205,7 +205,7 @@ long long parex_append_json(parex_ctx_t *c, const char *object_json)
         return -1;
     if (pxl_line_object(&c->out, &id, object_json, c->token, c->max_line, c->errstr,
                         sizeof c->errstr))
-        return queued(c, -1, id);
+        return refused(c);
     if (id)
         c->next_id++;
     return id;
