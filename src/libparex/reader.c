@@ -67,7 +67,8 @@ int parex_reader_get_reply(parex_reader_t *r, parex_reply_t **out)
 
         if (!nl) {
             r->scanned = avail;
-            if (!r->skipping && avail > r->max_line) {
+            /* +1: a '\r' before the newline to come does not count against the limit. */
+            if (!r->skipping && avail > r->max_line + 1) {
                 snprintf(r->err, sizeof r->err,
                          "answer line over max_line_bytes (%zu); it is skipped up to its newline",
                          r->max_line);

@@ -47,7 +47,7 @@ static parex_reply_t *assemble(parex_status_t status, long long id, const char *
                                const char *code, const char *message, const char *result,
                                const char *line, size_t line_len)
 {
-    size_t lid = len0(id_json), lc = len0(code), lm = len0(message), lr = len0(result);
+    size_t lid = id_json ? strlen(id_json) : 4, lc = len0(code), lm = len0(message), lr = len0(result);
     parex_reply_t *r = malloc(sizeof *r + lid + lc + lm + lr + line_len + 5);
     char *p;
 
@@ -61,7 +61,7 @@ static parex_reply_t *assemble(parex_status_t status, long long id, const char *
                          .run_ms = -1,
                          .retry_after_ms = -1,
                          .line_len = line_len};
-    r->id_json = place(&p, id_json ? id_json : "null", id_json ? lid : 4);
+    r->id_json = place(&p, id_json ? id_json : "null", lid);
     r->code = place(&p, code, lc);
     r->message = place(&p, message, lm);
     r->result = place(&p, result, lr);
@@ -79,6 +79,7 @@ static parex_status_t status_of(const char *s)
 
 parex_reply_t *pxl_reply_parse(const char *line, size_t len, char *err, size_t errlen)
 {
+    int shown = len < 80 ? (int)len : 80; /* the line is not NUL-terminated */
     json_error_t jerr;
     json_t *o = json_loadb(line, len, JSON_DECODE_ANY, &jerr), *id, *e, *res;
     char *id_json = NULL, *res_json = NULL;
@@ -86,13 +87,13 @@ parex_reply_t *pxl_reply_parse(const char *line, size_t len, char *err, size_t e
     const char *st;
 
     if (!o || !json_is_object(o)) {
-        snprintf(err, errlen, "answer is not a JSON object: %s: %.60s",
-                 o ? "not an object" : jerr.text, line);
+        snprintf(err, errlen, "answer is not a JSON object: %s: %.*s",
+                 o ? "not an object" : jerr.text, shown, line);
         goto out;
     }
     st = json_string_value(json_object_get(o, "status"));
     if (!st) {
-        snprintf(err, errlen, "answer has no status: %.80s", line);
+        snprintf(err, errlen, "answer has no status: %.*s", shown, line);
         goto out;
     }
     id = json_object_get(o, "id");

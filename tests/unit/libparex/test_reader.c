@@ -131,7 +131,7 @@ static void test_split_anywhere(void **state)
 
 static void test_blank_lines_skipped(void **state)
 {
-    static const char in[] = "\n\r\n{\"id\":1,\"status\":\"ok\"}\n\n";
+    static const char in[] = "\n\r\n{\"id\":1,\"status\":\"ok\"}\n\n{\"status\":\"ok\"}\n";
     parex_reader_t *r = parex_reader_create(0);
     parex_reply_t *rep;
 
@@ -139,6 +139,10 @@ static void test_blank_lines_skipped(void **state)
     rep = take(r);
     assert_int_equal(rep->id, 1);
     assert_null(rep->result);
+    parex_reply_free(rep);
+    rep = take(r); /* no id at all */
+    assert_int_equal(rep->id, -1);
+    assert_string_equal(rep->id_json, "null");
     parex_reply_free(rep);
     assert_none(r);
     parex_reader_free(r);
