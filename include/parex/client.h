@@ -128,6 +128,9 @@ PAREX_API long long parex_append_control(parex_ctx_t *c, const char *name, const
 /* A request object written by the caller (JSON object text, without newline), sent as one
  * compact line with the token added; its own id is kept (returns 0 then) or one is assigned. */
 PAREX_API long long parex_append_json(parex_ctx_t *c, const char *object_json);
+/* A line exactly as the caller has it (a newline is added when it has none): no id, no token,
+ * no check. For relaying lines (parexctl send < file); its answer is matched by the caller. */
+PAREX_API int parex_append_raw(parex_ctx_t *c, const char *line, size_t len);
 /* Writes everything queued. 0 or -1. */
 PAREX_API int parex_flush(parex_ctx_t *c);
 /* Tells parexd no more lines follow (shutdown of the write side): it answers what it got and
@@ -136,6 +139,10 @@ PAREX_API int parex_send_eof(parex_ctx_t *c);
 /* Flushes, then blocks until the next answer (in arrival order). 0 and *out (caller frees), or
  * -1 with parex_err/parex_errstr. */
 PAREX_API int parex_get_reply(parex_ctx_t *c, parex_reply_t **out);
+/* Never blocks: writes what the socket takes, reads what it has, then 1 and *out (caller
+ * frees) when an answer is complete, 0 when none is yet (wait for parex_fd to be readable),
+ * -1 on an error or once parexd has closed the connection and every answer was taken. */
+PAREX_API int parex_poll_reply(parex_ctx_t *c, parex_reply_t **out);
 /* Appends req and waits for its own answer; answers to earlier appends that arrive first are
  * kept for parex_get_reply. NULL on a transport error. */
 PAREX_API parex_reply_t *parex_call(parex_ctx_t *c, const parex_request_t *req);

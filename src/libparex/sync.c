@@ -211,6 +211,16 @@ long long parex_append_json(parex_ctx_t *c, const char *object_json)
     return id;
 }
 
+int parex_append_raw(parex_ctx_t *c, const char *line, size_t len)
+{
+    if (!usable(c))
+        return -1;
+    if (px_buf_append(&c->out, line, len) ||
+        ((len == 0 || line[len - 1] != '\n') && px_buf_append(&c->out, "\n", 1)))
+        return fail(c, PAREX_ERR_OOM, "out of memory");
+    return 0;
+}
+
 /* Reads what the socket has into the reader. 1 read something, 0 nothing yet, -1 error/EOF. */
 static int read_some(parex_ctx_t *c)
 {
@@ -238,24 +248,32 @@ static long long deadline(parex_ctx_t *c)
     return c->timeout_ms ? now_ms() + c->timeout_ms : -1;
 }
 
+/* Writes what the socket takes: 1 all written, 0 it would block, -1 error. */
+static int write_some(parex_ctx_t *c)
+{
+    while (c->out_sent < c->out.len) {
+        ssize_t n = send(c->fd, c->out.data + c->out_sent, c->out.len - c->out_sent, MSG_NOSIGNAL);
+        if (n > 0)
+            c->out_sent += (size_t)n;
+        else if (n < 0 && errno == EINTR)
+            continue;
+        else if (n < 0 && errno == EAGAIN)
+            return 0;
+        else
+            return fail(c, PAREX_ERR_IO, "write to %.100s: %s", c->addr, strerror(errno));
+    }
+    c->out.len = c->out_sent = 0;
+    return 1;
+}
+
 int parex_flush(parex_ctx_t *c)
 {
     long long end = deadline(c);
+    int rc, ev;
 
     if (!usable(c))
         return -1;
-    while (c->out_sent < c->out.len) {
-        ssize_t n = send(c->fd, c->out.data + c->out_sent, c->out.len - c->out_sent, MSG_NOSIGNAL);
-        int ev;
-
-        if (n > 0) {
-            c->out_sent += (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno != EAGAIN)
-            return fail(c, PAREX_ERR_IO, "write to %.100s: %s", c->addr, strerror(errno));
+    while ((rc = write_some(c)) == 0) {
         /* Full: take in answers meanwhile, or parexd may stop reading us. */
         if ((ev = wait_fd(c, POLLOUT | POLLIN, end)) < 0)
             return -1;
@@ -265,8 +283,7 @@ int parex_flush(parex_ctx_t *c)
         if ((ev & (POLLIN | POLLHUP | POLLERR)) && read_some(c) < 0)
             return -1;
     }
-    c->out.len = c->out_sent = 0;
-    return 0;
+    return rc < 0 ? -1 : 0;
 }
 
 int parex_send_eof(parex_ctx_t *c)
@@ -301,6 +318,25 @@ static int next_reply(parex_ctx_t *c, parex_reply_t **out)
         if (ev == 0)
             return fail(c, PAREX_ERR_TIMEOUT, "no answer from %.100s within %d ms", c->addr,
                         c->timeout_ms);
+    }
+}
+
+int parex_poll_reply(parex_ctx_t *c, parex_reply_t **out)
+{
+    int rc;
+
+    *out = NULL;
+    if (!usable(c))
+        return -1;
+    if (write_some(c) < 0)
+        return -1;
+    for (;;) {
+        if ((rc = parex_reader_get_reply(&c->rd, out)) > 0)
+            return 1;
+        if (rc < 0)
+            return fail(c, PAREX_ERR_PROTOCOL, "%s", parex_reader_errstr(&c->rd));
+        if ((rc = read_some(c)) <= 0)
+            return rc;
     }
 }
 
