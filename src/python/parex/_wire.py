@@ -20,7 +20,31 @@ DEFAULT_MAX_LINE_BYTES = 1048576
 
 Address = Union[tuple[str, int], str]  # (host, port), or a unix socket path
 
-_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def _unsupported(o: Any) -> Any:
+    raise TypeError("Object of type %s is not JSON serializable" % type(o).__name__)
+
+
+# Encoding is on every submit's path. json.JSONEncoder.encode builds a new C encoder per call;
+# this one is built once (compact, ASCII with \u escapes, no NaN; stateless, so threads share
+# it). Without cycle markers a self-containing payload ends in RecursionError, caught below.
+try:
+    from json.encoder import c_make_encoder as _c_make_encoder
+    from json.encoder import encode_basestring_ascii as _json_str
+except ImportError:  # a Python without the C accelerator
+    _c_make_encoder = None
+    from json.encoder import py_encode_basestring_ascii as _json_str
+if _c_make_encoder is not None:
+    _iterencode = _c_make_encoder(None, _unsupported, _json_str, None, ":", ",", False, False,
+                                  False)
+
+    def _encode(o: Any) -> str:
+        return "".join(_iterencode(o, 0))
+else:
+    _encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+# raw_decode skips json.loads' type and encoding checks: parexd sends UTF-8 lines.
+_raw_decode = json.JSONDecoder().raw_decode
 
 
 def parse_address(address: str) -> tuple[str, Address]:
@@ -58,13 +82,15 @@ def check_deadline(deadline_ms: Any) -> None:
                              % (deadline_ms, DEADLINE_MAX_MS), code="bad_field")
 
 
-def encode(obj: dict[str, Any], max_line_bytes: int) -> bytes:
-    """One request line, newline included. Raises Invalid for what parexd would refuse."""
+def _json(v: Any, what: str) -> str:
     try:
-        text = _encode(obj)
-    except (TypeError, ValueError) as e:
-        raise errors.Invalid("payload is not JSON: %s" % e, code="bad_field") from None
-    line = text.encode("utf-8", "strict") + b"\n"
+        return _encode(v)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise errors.Invalid("%s is not JSON: %s" % (what, e), code="bad_field") from None
+
+
+def _line(text: str, max_line_bytes: int) -> bytes:
+    line = text.encode("ascii")
     if len(line) - 1 > max_line_bytes:
         raise errors.Invalid("request line is %d bytes, over max_line_bytes (%d); send a smaller "
                              "payload or raise the limit" % (len(line) - 1, max_line_bytes),
@@ -72,25 +98,33 @@ def encode(obj: dict[str, Any], max_line_bytes: int) -> bytes:
     return line
 
 
-def request_obj(rid: int, op: str, key: str, payload: Any, deadline_ms: Optional[int],
-                token: Optional[str]) -> dict[str, Any]:
+def encode(obj: dict[str, Any], max_line_bytes: int) -> bytes:
+    """A control or cancel line, newline included."""
+    return _line(_json(obj, "the line") + "\n", max_line_bytes)
+
+
+def request_line(rid: int, op: str, key: str, payload: Any, deadline_ms: Optional[int],
+                 token: Optional[str], max_line_bytes: int) -> bytes:
+    """One request line, newline included. Raises Invalid for what parexd would refuse."""
     if not isinstance(op, str) or not op:
         raise errors.Invalid("op must be a non-empty str, not %r" % (op,), code="bad_field")
     check_key(key)
     check_deadline(deadline_ms)
-    obj: dict[str, Any] = {"id": rid, "key": key, "op": op, "payload": payload}
+    extra = ""
     if deadline_ms is not None:
-        obj["deadline_ms"] = deadline_ms
+        extra = ',"deadline_ms":%d' % deadline_ms
     if token is not None:
-        obj["token"] = token
-    return obj
+        extra += ',"token":' + _json_str(token)
+    return _line('{"id":%d,"key":%s,"op":%s,"payload":%s%s}\n'
+                 % (rid, _json_str(key), _json_str(op), _json(payload, "payload"), extra),
+                 max_line_bytes)
 
 
 def decode(line: bytes) -> Optional[dict[str, Any]]:
     """An answer object, or None for a line that is not one (never expected from parexd)."""
     try:
-        obj = json.loads(line)
-    except ValueError:
+        obj = _raw_decode(line.decode("utf-8"))[0]
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
         return None
     return obj if isinstance(obj, dict) else None
 

@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any, Optional
 
 from . import errors
-from ._wire import DEFAULT_MAX_LINE_BYTES, Retry, decode, encode, parse_address, request_obj
+from ._wire import (DEFAULT_MAX_LINE_BYTES, Retry, decode, encode, parse_address,
+                    request_line)
 
 
 class AsyncFuture(asyncio.Future):  # type: ignore[type-arg]
@@ -184,7 +185,7 @@ class AsyncClient:
         if self._closed:
             raise RuntimeError("cannot submit to a parex.AsyncClient after close()")
         loop = asyncio.get_running_loop()
-        encode(request_obj(0, op, key, payload, deadline_ms, self.token), self.max_line_bytes)
+        request_line(0, op, key, payload, deadline_ms, self.token, self.max_line_bytes)
         fut = AsyncFuture(loop=loop)
         fut.op, fut.key, fut.payload = op, key, payload
         fut._px = (deadline_ms, retry if retry is not None else self.retry,  # type: ignore[attr-defined]
@@ -204,8 +205,8 @@ class AsyncClient:
         fut.attempts += 1
         fut._conn = conn  # type: ignore[attr-defined]
         conn.pending[rid] = fut
-        conn.writer.write(encode(request_obj(rid, fut.op, fut.key, fut.payload, deadline_ms,
-                                             self.token), self.max_line_bytes))
+        conn.writer.write(request_line(rid, fut.op, fut.key, fut.payload, deadline_ms,
+                                       self.token, self.max_line_bytes))
 
     async def _attempt_later(self, fut: AsyncFuture, deadline_ms: Optional[int]) -> None:
         try:

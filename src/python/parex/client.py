@@ -1,8 +1,8 @@
 """parex.Client: a concurrent.futures.Executor whose work runs in parexd.
 
-One connection carries every request, pipelined: the client numbers the requests itself, writes
-each as one whole line under a write lock, and one reader thread matches the answers to their
-futures by id and completes them in the order they arrive. Since parexd answers a key's requests
+One connection carries every request, pipelined: the client numbers the requests itself, and
+one I/O thread writes whole lines only (all those submitted since its last write at once),
+matches the answers to their futures by id and completes them in the order they arrive. Since parexd answers a key's requests
 in order, the done-callbacks of one key run in order, on that reader thread. Anything that would
 have to wait for the reader (a cancel's answer, room under max_in_flight) never waits on the
 reader thread itself, nor on the thread that runs retries, nor on a thread running an asyncio
@@ -19,7 +19,9 @@ import concurrent.futures as cf
 import heapq
 import itertools
 import logging
+import os
 import random
+import selectors
 import socket
 import threading
 import time
@@ -27,7 +29,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional
 
 from . import errors
-from ._wire import DEFAULT_MAX_LINE_BYTES, Retry, decode, encode, parse_address, request_obj
+from ._wire import (DEFAULT_MAX_LINE_BYTES, Retry, decode, encode, parse_address,
+                    request_line)
 
 log = logging.getLogger("parex")
 
@@ -38,26 +41,28 @@ class Future(cf.Future):
     """A request's future. ``id`` is the id of its latest attempt; ``worker``, ``queue_ms``,
     ``run_ms`` and ``response`` (the whole answer) are set once it is answered."""
 
+    # Defaults live on the class: submit() is the hot path, and most stay as they are.
+    id: Optional[int] = None
+    worker: Optional[int] = None
+    queue_ms: Optional[float] = None
+    run_ms: Optional[float] = None
+    attempts = 0
+    response: Optional[dict[str, Any]] = None
+    _conn: Optional["_Conn"] = None  # the connection its current attempt is on
+    _waiting = False  # between attempts: on the timer, not in parexd
+    _cancel_sent = False
+    _held = False  # counts against max_in_flight (and the per-key bound)
+
     def __init__(self, client: "Client", op: str, key: str, payload: Any,
                  deadline_ms: Optional[int], retry: Optional[Retry]) -> None:
         super().__init__()
-        self.id: Optional[int] = None
         self.op = op
         self.key = key
         self.payload = payload
-        self.worker: Optional[int] = None
-        self.queue_ms: Optional[float] = None
-        self.run_ms: Optional[float] = None
-        self.attempts = 0
-        self.response: Optional[dict[str, Any]] = None
         self._client = client
         self._deadline_ms = deadline_ms
         self._retry = retry
         self._t0 = time.monotonic()
-        self._conn: Optional[_Conn] = None  # the connection its current attempt is on
-        self._waiting = False  # between attempts: on the timer, not in parexd
-        self._cancel_sent = False
-        self._held = False  # counts against max_in_flight (and the per-key bound)
 
     def cancel(self) -> bool:
         """Asks parexd to take the request out of its queue. True when it was still queued (the
@@ -73,18 +78,71 @@ class Future(cf.Future):
 
 
 class _Conn:
-    """One socket, its reader thread and the attempts in flight on it (under Client._lock)."""
+    """One socket, the I/O thread that serves it and the attempts in flight on it (pending and
+    alive under Client._lock).
+
+    One thread does all of the socket's I/O: it writes the lines submitted since its last write
+    in one go (so a burst of submits costs a few system calls, not one each, and a submitting
+    thread never waits for the socket), and reads and completes answers. Submitting threads
+    only append to a list, and wake the thread through a pipe when it sleeps."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.alive = True
         self.pending: dict[int, Any] = {}  # id -> Future, or a cf.Future awaiting a raw answer
         self.reason = "parexd closed the connection"
-        self.reader: Optional[threading.Thread] = None
+        self.reader: Optional[threading.Thread] = None  # the I/O thread
+        self._out: list[bytes] = []  # whole lines, in order; under _olock
+        self._olock = threading.Lock()
+        self._asleep = False  # the I/O thread waits in select: wake it for new lines
+        self._closing = False
+        self.wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def send(self, line: bytes) -> None:
+        with self._olock:
+            self._out.append(line)
+            if self._asleep:
+                self._asleep = False
+                self._wake()
+
+    def _wake(self) -> None:
+        """Under _olock, so the pipe cannot be closed (and its number reused) meanwhile."""
+        if self._wake_w < 0:
+            return
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # the pipe is full: a wake-up is pending anyway
+
+    def take(self) -> Optional[bytes]:
+        """On the I/O thread: the lines to write, or None when closing. Marks the thread asleep
+        when there are none, so the next send wakes it."""
+        with self._olock:
+            if self._closing:
+                return None
+            data = b"".join(self._out) if self._out else b""
+            self._out.clear()
+            self._asleep = not data
+            return data
+
+    def awake(self) -> None:
+        with self._olock:
+            self._asleep = False
 
     def close(self) -> None:
+        with self._olock:
+            self._closing = True
+            self._wake()
+
+    def release(self) -> None:
+        """On the I/O thread, as it ends."""
+        with self._olock:
+            self._closing = True
+            fds, self._wake_w = (self.wake_r, self._wake_w), -1
+            for fd in fds:
+                os.close(fd)
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader, which does the rest
+            self.sock.close()
         except OSError:
             pass
 
@@ -163,8 +221,8 @@ class Client(cf.Executor):
         self._reconnect_cap = reconnect_cap
         self._lock = threading.Lock()  # _conn, the pending maps, _held, _per_key, _shutdown
         self._room = threading.Condition(self._lock)
+        self._room_waiters = 0  # threads waiting on _room (notify only when there are some)
         self._connect_lock = threading.Lock()  # one connect attempt at a time
-        self._wlock = threading.Lock()  # whole lines: one sendall at a time
         self._conn: Optional[_Conn] = None
         self._ids = itertools.count(1)
         self._held: set[Future] = set()
@@ -190,7 +248,7 @@ class Client(cf.Executor):
         else:
             sock = socket.create_connection(self._target, timeout=timeout)  # type: ignore[arg-type]
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(None)
+        sock.setblocking(False)  # the I/O thread waits in select
         return sock
 
     def _connection(self) -> _Conn:
@@ -225,29 +283,59 @@ class Client(cf.Executor):
             self._failures = 0
             self._next_connect = 0.0
             conn = _Conn(sock)
-            conn.reader = threading.Thread(target=self._read, args=(conn,), name="parex-reader",
+            conn.reader = threading.Thread(target=self._io, args=(conn,), name="parex-reader",
                                            daemon=True)
             with self._lock:
                 self._conn = conn
             conn.reader.start()
             return conn
 
-    def _read(self, conn: _Conn) -> None:
-        """The reader thread: matches answers to futures and completes them in answer order."""
-        sock, rest = conn.sock, b""
+    def _io(self, conn: _Conn) -> None:
+        """The I/O thread: writes what was submitted, reads answers, completes their futures in
+        answer order."""
+        sock, rest, out = conn.sock, b"", b""
+        sel = selectors.DefaultSelector()
+        sel.register(sock, selectors.EVENT_READ)
+        sel.register(conn.wake_r, selectors.EVENT_READ)
+        mask = selectors.EVENT_READ
         try:
             while True:
-                data = sock.recv(262144)
-                if not data:
+                more = conn.take()
+                if more is None:
                     break
-                if rest:
-                    data = rest + data
-                lines = data.split(b"\n")
-                rest = lines.pop()
-                self._answers(conn, lines)
+                out += more
+                if out:
+                    try:
+                        out = out[sock.send(out):]
+                    except BlockingIOError:
+                        pass
+                    if not out:
+                        continue  # all written: take what came meanwhile, or sleep
+                want = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
+                if want != mask:
+                    sel.modify(sock, want)
+                    mask = want
+                events = sel.select()
+                conn.awake()
+                for key, ev in events:
+                    if key.fileobj is conn.wake_r:
+                        try:
+                            os.read(conn.wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                    elif ev & selectors.EVENT_READ:
+                        data = sock.recv(262144)
+                        if not data:
+                            return
+                        if rest:
+                            data = rest + data
+                        lines = data.split(b"\n")
+                        rest = lines.pop()
+                        self._answers(conn, lines)
         except OSError as e:
             conn.reason = "connection to parexd lost: %s" % (e.strerror or e)
         finally:
+            sel.close()
             self._lost(conn)
 
     def _answers(self, conn: _Conn, lines: list[bytes]) -> None:
@@ -260,6 +348,7 @@ class Client(cf.Executor):
             got.append(resp)
         with self._lock:
             ents = [conn.pending.pop(r.get("id"), None) for r in got]
+        done: list[tuple[Future, Any, Optional[BaseException], bool]] = []
         for resp, ent in zip(got, ents):
             if ent is None:
                 if resp.get("id") is None and resp.get("status") != "ok":
@@ -269,9 +358,13 @@ class Client(cf.Executor):
                     log.warning("parex: unmatched answer: %s", e)
                 continue
             if isinstance(ent, Future):
-                self._answered(ent, resp)
+                outcome = self._answered(ent, resp)
+                if outcome is not None:
+                    done.append(outcome)
             else:
                 ent.set_result(resp)
+        # Room is given back for the whole batch at once, then futures complete in answer order.
+        self._complete(done)
 
     def _lost(self, conn: _Conn) -> None:
         with self._lock:
@@ -279,10 +372,7 @@ class Client(cf.Executor):
             pending, conn.pending = conn.pending, {}
             if self._conn is conn:
                 self._conn = None
-        try:
-            conn.sock.close()
-        except OSError:
-            pass
+        conn.release()
         for ent in pending.values():
             exc = errors.ConnectionLost(
                 "%s with the request in flight; it may still run and is not resent"
@@ -302,11 +392,7 @@ class Client(cf.Executor):
             return True
         if cur.name == "parex-reader" or self._timers.is_current():
             return True
-        try:
-            asyncio.get_running_loop()
-            return True
-        except RuntimeError:
-            return False
+        return asyncio._get_running_loop() is not None
 
     def submit(self, op: str, key: str, payload: Any = None, /, *,  # type: ignore[override]
                deadline_ms: Optional[int] = None, retry: Optional[Retry] = None) -> Future:
@@ -315,79 +401,105 @@ class Client(cf.Executor):
         would refuse (key, deadline_ms, payload not JSON, line too long)."""
         if self._shutdown:
             raise RuntimeError("cannot submit to a parex.Client after shutdown()")
+        # Built (and so checked) before taking room: a caller's mistake raises here, nothing
+        # sent. The id is taken now; one that is never sent is harmless.
+        rid = next(self._ids)
+        line = request_line(rid, op, key, payload, deadline_ms, self.token, self.max_line_bytes)
         fut = Future(self, op, key, payload, deadline_ms, retry if retry is not None else self.retry)
-        # Checked before taking room or an id: a caller's mistake raises here, nothing sent.
-        encode(request_obj(0, op, key, payload, deadline_ms, self.token), self.max_line_bytes)
+        # The common case in one lock: room, a live connection, registered.
+        conn = self._conn
+        with self._lock:
+            fast = (conn is not None and conn.alive and not self._shutdown
+                    and not self._full(key))
+            if fast:
+                self._take(fut)
+                fut.id, fut._conn, fut.attempts = rid, conn, 1
+                conn.pending[rid] = fut
+        if fast:
+            conn.send(line)  # type: ignore[union-attr]
+            return fut
         self._hold(fut)
         try:
-            self._attempt(fut, deadline_ms)
+            self._attempt(fut, deadline_ms, rid, line)
         except BaseException:
-            self._release(fut)  # never handed out: nothing to complete
+            self._release([fut])  # never handed out: nothing to complete
             raise
         return fut
 
-    def _hold(self, fut: Future) -> None:
-        wait = not self._no_wait_thread()
+    def _full(self, key: str) -> bool:
         cap = self.max_in_flight_per_key
+        return len(self._held) >= self.max_in_flight or (
+            cap is not None and self._per_key.get(key, 0) >= cap)
+
+    def _take(self, fut: Future) -> None:
+        """Under _lock: fut counts against the bounds until _release."""
+        self._held.add(fut)
+        if self.max_in_flight_per_key is not None:
+            self._per_key[fut.key] = self._per_key.get(fut.key, 0) + 1
+        fut._held = True
+
+    def _hold(self, fut: Future) -> None:
         with self._room:
-            while wait and (len(self._held) >= self.max_in_flight
-                            or (cap is not None and self._per_key.get(fut.key, 0) >= cap)):
-                self._room.wait()
+            if self._full(fut.key) and not self._no_wait_thread():
+                while self._full(fut.key):
+                    self._room_waiters += 1
+                    try:
+                        self._room.wait()
+                    finally:
+                        self._room_waiters -= 1
             if self._shutdown:
                 raise RuntimeError("cannot submit to a parex.Client after shutdown()")
-            self._held.add(fut)
-            self._per_key[fut.key] = self._per_key.get(fut.key, 0) + 1
-            fut._held = True
+            self._take(fut)
 
-    def _attempt(self, fut: Future, deadline_ms: Optional[int]) -> None:
-        """Sends one attempt of fut. Raises ConnectFailed (nothing sent)."""
+    def _attempt(self, fut: Future, deadline_ms: Optional[int], rid: Optional[int] = None,
+                 line: Optional[bytes] = None) -> None:
+        """Sends one attempt of fut (a retry passes no id: each attempt takes a new one).
+        Raises ConnectFailed, nothing sent."""
         while True:
-            conn = self._connection()
+            conn = self._conn
+            if conn is None or not conn.alive:
+                conn = self._connection()
             with self._lock:
                 if not conn.alive:
                     continue
-                rid = next(self._ids)
+                if rid is None:
+                    rid = next(self._ids)
                 fut.id, fut._conn = rid, conn
                 fut.attempts += 1
                 conn.pending[rid] = fut
             break
-        line = encode(request_obj(rid, fut.op, fut.key, fut.payload, deadline_ms, self.token),
-                      self.max_line_bytes)
+        if line is None:
+            line = request_line(rid, fut.op, fut.key, fut.payload, deadline_ms, self.token,
+                                self.max_line_bytes)
         self._send(conn, line)
 
     def _send(self, conn: _Conn, line: bytes) -> None:
-        try:
-            with self._wlock:
-                conn.sock.sendall(line)
-        except OSError as e:
-            # The reader sees the close and fails what is in flight on this connection.
-            conn.reason = "connection to parexd lost while sending: %s" % (e.strerror or e)
-            conn.close()
+        conn.send(line)
 
-    def _answered(self, fut: Future, resp: dict[str, Any]) -> None:
-        """On the reader thread: one attempt's answer."""
+    def _answered(self, fut: Future, resp: dict[str, Any]
+                  ) -> Optional[tuple[Future, Any, Optional[BaseException], bool]]:
+        """On the reader thread: one attempt's answer. Returns how fut ends (future, result,
+        exception, cancelled), or None when it is retried."""
         fut.response = resp
         fut.worker = resp.get("worker")
         fut.queue_ms = resp.get("queue_ms")
         fut.run_ms = resp.get("run_ms")
         if resp.get("status") == "ok":
-            self._finish(fut, result=resp.get("result"))
-            return
+            return fut, resp.get("result"), None, False
         exc = errors.from_response(resp)
         if fut._cancel_sent and exc.code == "cancelled":
-            self._finish(fut, cancelled=True)
-            return
+            return fut, None, None, True
         retry = fut._retry
         delay = retry.delay(exc, fut.attempts) if retry is not None and not self._shutdown else None
         if delay is not None and fut._deadline_ms is not None:
             if fut._deadline_ms - (time.monotonic() - fut._t0 + delay) * 1000 < 1:
                 delay = None  # never retried past its deadline
         if delay is None:
-            self._finish(fut, exc=exc)
-            return
+            return fut, None, exc, False
         with self._lock:
             fut._waiting = True
         self._timers.call_at(time.monotonic() + delay, lambda: self._retry_now(fut))
+        return None
 
     def _retry_now(self, fut: Future) -> None:
         """On the retry thread: the next attempt of a rejected request, with the time left."""
@@ -408,39 +520,49 @@ class Client(cf.Executor):
         except errors.ParexError as e:
             self._finish(fut, exc=e)
 
-    def _release(self, fut: Future) -> bool:
-        """Gives fut's room back; True the first time only."""
-        with self._room:
-            if not fut._held:
-                return False
-            fut._held = False
-            self._held.discard(fut)
-            n = self._per_key[fut.key] - 1
-            if n:
-                self._per_key[fut.key] = n
-            else:
-                del self._per_key[fut.key]
-            self._room.notify_all()
-            close = self._shutdown and not self._held and self._conn is not None
+    def _release(self, futs: list[Future]) -> list[bool]:
+        """Gives the futures' room back; for each, True the first time only."""
+        first = []
+        with self._lock:
+            for fut in futs:
+                first.append(fut._held)
+                if not fut._held:
+                    continue
+                fut._held = False
+                self._held.discard(fut)
+                if self.max_in_flight_per_key is not None:
+                    n = self._per_key[fut.key] - 1
+                    if n:
+                        self._per_key[fut.key] = n
+                    else:
+                        del self._per_key[fut.key]
+            if self._room_waiters:
+                self._room.notify_all()
             conn = self._conn
+            close = self._shutdown and not self._held and conn is not None
         if close and conn is not None:
             conn.close()
-        return True
+        return first
+
+    def _complete(self, done: list[tuple[Future, Any, Optional[BaseException], bool]]) -> None:
+        """Completes each (future, result, exception, cancelled) in order, once."""
+        for (fut, result, exc, cancelled), first in zip(done, self._release([d[0] for d in done])):
+            if not first:
+                continue
+            try:
+                if cancelled:
+                    cf.Future.cancel(fut)
+                    fut.set_running_or_notify_cancel()  # tells wait() and as_completed()
+                elif exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(result)
+            except cf.InvalidStateError:
+                pass
 
     def _finish(self, fut: Future, *, result: Any = None, exc: Optional[BaseException] = None,
                 cancelled: bool = False) -> None:
-        if not self._release(fut):
-            return
-        try:
-            if cancelled:
-                cf.Future.cancel(fut)
-                fut.set_running_or_notify_cancel()  # tells wait() and as_completed()
-            elif exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-        except cf.InvalidStateError:
-            pass
+        self._complete([(fut, result, exc, cancelled)])
 
     def _cancel(self, futs: list[Future]) -> list[bool]:
         """Cancels each of futs: sends every cancel line first, then waits for the answers."""
