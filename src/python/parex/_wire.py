@@ -120,6 +120,12 @@ def request_line(rid: int, op: str, key: str, payload: Any, deadline_ms: Optiona
                  max_line_bytes)
 
 
+def split_lines(rest: bytes, data: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines of rest + data, and what is left after the last newline."""
+    lines = (rest + data if rest else data).split(b"\n")
+    return lines, lines.pop()
+
+
 def decode(line: bytes) -> Optional[dict[str, Any]]:
     """An answer object, or None for a line that is not one (never expected from parexd)."""
     try:

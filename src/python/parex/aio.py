@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from . import errors
 from ._wire import (DEFAULT_MAX_LINE_BYTES, Retry, decode, encode, parse_address,
-                    request_line)
+                    request_line, split_lines)
 
 
 class AsyncFuture(asyncio.Future):  # type: ignore[type-arg]
@@ -140,10 +140,7 @@ class AsyncClient:
                 data = await conn.reader.read(262144)
                 if not data:
                     break
-                if rest:
-                    data = rest + data
-                lines = data.split(b"\n")
-                rest = lines.pop()
+                lines, rest = split_lines(rest, data)
                 for line in lines:
                     resp = decode(line)
                     if resp is None:

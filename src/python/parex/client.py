@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 from . import errors
 from ._wire import (DEFAULT_MAX_LINE_BYTES, Retry, decode, encode, parse_address,
-                    request_line)
+                    request_line, split_lines)
 
 log = logging.getLogger("parex")
 
@@ -327,10 +327,7 @@ class Client(cf.Executor):
                         data = sock.recv(262144)
                         if not data:
                             return
-                        if rest:
-                            data = rest + data
-                        lines = data.split(b"\n")
-                        rest = lines.pop()
+                        lines, rest = split_lines(rest, data)
                         self._answers(conn, lines)
         except OSError as e:
             conn.reason = "connection to parexd lost: %s" % (e.strerror or e)
