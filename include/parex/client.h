@@ -85,7 +85,7 @@ typedef struct parex_options {
     const char *token;      /* auth_token, added to every line; NULL: none */
     int connect_timeout_ms; /* 0: 5000 */
     int timeout_ms;         /* blocking reads and writes; 0: wait forever */
-    size_t max_line_bytes;  /* longest request or answer line; 0: 64 MiB */
+    size_t max_line_bytes;  /* longest request line, as parexd's max_line_bytes; 0: 1 MiB */
 } parex_options_t;
 
 /* ---- The reader: bytes in, answers out, no I/O ---- */
@@ -118,8 +118,10 @@ PAREX_API const char *parex_errstr(const parex_ctx_t *c);
 PAREX_API int parex_fd(const parex_ctx_t *c);
 
 /* Queues a request (written by the next parex_get_reply or parex_flush). Returns its id (> 0),
- * or -1: PAREX_ERR_ARG for a key of 0 or over 256 bytes, a payload that is not JSON, a line over
- * max_line_bytes (nothing queued); or the context's transport error. */
+ * or -1: PAREX_ERR_ARG for a key of 0 or over 256 bytes or not UTF-8, a payload that is not
+ * JSON (duplicate names included, as parexd rules), a line over max_line_bytes (nothing
+ * queued); or the context's transport error. A payload is sent as given, raw newlines as
+ * spaces. */
 PAREX_API long long parex_append(parex_ctx_t *c, const parex_request_t *req);
 /* {"cancel": id}: its answer says whether the request was still queued. */
 PAREX_API long long parex_append_cancel(parex_ctx_t *c, long long id);

@@ -34,8 +34,9 @@ struct parex_async {
     parex_connect_fn *on_connect;
     parex_disconnect_fn *on_disconnect;
     void *data;
-    int depth;      /* callbacks in progress */
-    int free_asked; /* parex_async_free inside a callback: done when depth drops to 0 */
+    int depth;       /* callbacks in progress */
+    int reading_now; /* inside handle_read: it flushes the lines its callbacks queue */
+    int free_asked;  /* parex_async_free inside a callback: done when depth drops to 0 */
 };
 
 static void set_err(parex_async_t *ac, int code, const char *fmt, ...)
@@ -84,8 +85,8 @@ parex_async_t *parex_async_connect(const char *addr, const parex_options_t *opts
     ac->fd = -1;
     ac->state = CLOSED;
     ac->next_id = 1;
-    ac->max_line = o.max_line_bytes ? o.max_line_bytes : PXL_DEFAULT_MAX_LINE;
-    pxl_reader_init(&ac->rd, ac->max_line);
+    ac->max_line = o.max_line_bytes ? o.max_line_bytes : PXL_REQUEST_MAX_LINE;
+    pxl_reader_init(&ac->rd, ac->max_line > PXL_DEFAULT_MAX_LINE ? ac->max_line : 0);
     if (!(ac->addr = strdup(addr ? addr : "")) || (o.token && !(ac->token = strdup(o.token)))) {
         set_err(ac, PAREX_ERR_OOM, "out of memory");
         return ac;
@@ -261,7 +262,8 @@ static long long queue_line(parex_async_t *ac, long long id, int rc, parex_callb
         return -1;
     }
     ac->next_id++;
-    watch_write(ac, 1);
+    if (!ac->reading_now) /* handle_read writes what its callbacks queued when it is done */
+        watch_write(ac, 1);
     return id;
 }
 
@@ -317,6 +319,32 @@ long long parex_async_control(parex_async_t *ac, const char *name, const char *f
                       fn, privdata);
 }
 
+/* Writes what the socket takes; watches for writability only while something is left. 0, or
+ * -1 when the connection failed (torn down). */
+static int flush(parex_async_t *ac)
+{
+    while (ac->out_sent < ac->out.len) {
+        ssize_t n =
+            send(ac->fd, ac->out.data + ac->out_sent, ac->out.len - ac->out_sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            ac->out_sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN) {
+            watch_write(ac, 1);
+            return 0;
+        }
+        set_err(ac, PAREX_ERR_IO, "write to %.100s: %s", ac->addr, strerror(errno));
+        teardown(ac, -1);
+        return -1;
+    }
+    ac->out.len = ac->out_sent = 0;
+    watch_write(ac, 0);
+    return 0;
+}
+
 void parex_async_handle_write(parex_async_t *ac)
 {
     if (ac->state == CLOSED)
@@ -342,24 +370,8 @@ void parex_async_handle_write(parex_async_t *ac)
                 return;
         }
     }
-    while (ac->out_sent < ac->out.len) {
-        ssize_t n =
-            send(ac->fd, ac->out.data + ac->out_sent, ac->out.len - ac->out_sent, MSG_NOSIGNAL);
-        if (n > 0) {
-            ac->out_sent += (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            return; /* still watching for writability */
-        set_err(ac, PAREX_ERR_IO, "write to %.100s: %s", ac->addr, strerror(errno));
-        teardown(ac, -1);
+    if (flush(ac) < 0)
         freed_meanwhile(ac);
-        return;
-    }
-    ac->out.len = ac->out_sent = 0;
-    watch_write(ac, 0);
 }
 
 /* Hands out every complete answer. 0, or -1 when the context was closed or freed meanwhile. */
@@ -400,6 +412,7 @@ void parex_async_handle_read(parex_async_t *ac)
 
     if (ac->state == CLOSED)
         return;
+    ac->reading_now = 1;
     for (int i = 0; i < 16; i++) { /* then back to the loop: others get their turn */
         ssize_t n = read(ac->fd, chunk, sizeof chunk);
         if (n > 0) {
@@ -425,5 +438,15 @@ void parex_async_handle_read(parex_async_t *ac)
         teardown(ac, -1);
         break;
     }
-    freed_meanwhile(ac);
+    if (freed_meanwhile(ac))
+        return;
+    ac->reading_now = 0;
+    /* What the callbacks queued goes out now, in one write, rather than after a round through
+     * the loop for writability. */
+    if (ac->state != CLOSED && ac->out_sent < ac->out.len) {
+        if (!ac->connected)
+            watch_write(ac, 1);
+        else if (flush(ac) < 0)
+            freed_meanwhile(ac);
+    }
 }

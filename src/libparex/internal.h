@@ -8,7 +8,10 @@
 
 #include <stddef.h>
 
-#define PXL_DEFAULT_MAX_LINE ((size_t)64 << 20)
+#define PXL_DEFAULT_MAX_LINE ((size_t)64 << 20) /* answers: results can be large */
+/* Requests: parexd's default max_line_bytes. A longer line would be answered line_too_long
+ * with a null id, which no request could be matched to, so it is refused here instead. */
+#define PXL_REQUEST_MAX_LINE ((size_t)1 << 20)
 #define PXL_KEY_MAX 256
 #define PXL_ERRLEN 256
 

@@ -85,8 +85,8 @@ parex_ctx_t *parex_connect(const char *addr, const parex_options_t *opts)
     c->next_id = 1;
     c->connect_timeout_ms = o.connect_timeout_ms > 0 ? o.connect_timeout_ms : 5000;
     c->timeout_ms = o.timeout_ms > 0 ? o.timeout_ms : 0;
-    c->max_line = o.max_line_bytes ? o.max_line_bytes : PXL_DEFAULT_MAX_LINE;
-    pxl_reader_init(&c->rd, c->max_line);
+    c->max_line = o.max_line_bytes ? o.max_line_bytes : PXL_REQUEST_MAX_LINE;
+    pxl_reader_init(&c->rd, c->max_line > PXL_DEFAULT_MAX_LINE ? c->max_line : 0);
     if (!(c->addr = strdup(addr ? addr : "")) || (o.token && !(c->token = strdup(o.token)))) {
         fail(c, PAREX_ERR_OOM, "out of memory");
         return c;

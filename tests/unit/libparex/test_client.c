@@ -86,6 +86,12 @@ static void test_argument_errors(void **state)
     req = (parex_request_t){.key = "k", .payload = "{not json"};
     assert_int_equal(parex_append(c, &req), -1);
     assert_non_null(strstr(parex_errstr(c), "payload is not JSON"));
+    req = (parex_request_t){.key = "k", .payload = "{\"a\":1,\"a\":2}"}; /* parexd's rule */
+    assert_int_equal(parex_append(c, &req), -1);
+    req = (parex_request_t){.key = "k\xff"};
+    assert_int_equal(parex_append(c, &req), -1);
+    assert_non_null(strstr(parex_errstr(c), "not valid UTF-8"));
+
     req = (parex_request_t){.key = "k", .deadline_ms = -5};
     assert_int_equal(parex_append(c, &req), -1);
     assert_int_equal(parex_append_control(c, "stats", "[1]"), -1);

@@ -15,7 +15,7 @@
 
 static const char OK[] =
     "{\"id\":7,\"status\":\"ok\",\"worker\":3,\"queue_ms\":0.041,\"run_ms\":0.012,"
-    "\"result\":{\"a\": [1, 2]}}\n";
+    "\"result\":{\"a\":[1,2]}}\n";
 
 static parex_reply_t *take(parex_reader_t *r)
 {
@@ -57,6 +57,45 @@ static void test_ok_fields(void **state)
     parex_reply_free(rep);
     assert_none(r);
     assert_int_equal(parex_reader_buffered(r), 0);
+    parex_reader_free(r);
+}
+
+/* parexd's success lines are read by a template (reply.c fast_ok); anything else by jansson.
+ * Both give the same reply, and a retrying handler's ,"attempts":N is not part of the result. */
+static void test_fast_and_full_paths_agree(void **state)
+{
+    static const char in[] =
+        "{\"id\":12,\"status\":\"ok\",\"worker\":1,\"queue_ms\":1.5,\"run_ms\":20.25,"
+        "\"result\":[1,\"a,\\\"attempts\\\":3\"]}\n"
+        "{\"id\": 12,\"status\":\"ok\",\"worker\":1,\"queue_ms\":1.5,\"run_ms\":20.25,"
+        "\"result\":[1,\"a,\\\"attempts\\\":3\"]}\n"
+        "{\"id\":13,\"status\":\"ok\",\"worker\":0,\"queue_ms\":0,\"run_ms\":0.5,"
+        "\"result\":{\"n\":7},\"attempts\":2}\n"
+        "{\"id\":14,\"status\":\"ok\",\"worker\":0,\"queue_ms\":0,\"run_ms\":0,"
+        "\"result\":5}\n";
+    parex_reader_t *r = parex_reader_create(0);
+    parex_reply_t *a, *b;
+
+    parex_reader_feed(r, in, strlen(in));
+    a = take(r); /* the template */
+    b = take(r); /* a space after "id": jansson */
+    assert_int_equal(a->id, b->id);
+    assert_string_equal(a->id_json, b->id_json);
+    assert_string_equal(a->result, b->result);
+    assert_string_equal(a->result, "[1,\"a,\\\"attempts\\\":3\"]");
+    assert_int_equal(a->worker, b->worker);
+    assert_true(a->queue_ms == b->queue_ms && a->queue_ms == 1.5);
+    assert_true(a->run_ms == b->run_ms && a->run_ms == 20.25);
+    assert_null(a->code);
+    parex_reply_free(a);
+    parex_reply_free(b);
+    a = take(r);
+    assert_int_equal(a->id, 13);
+    assert_string_equal(a->result, "{\"n\":7}");
+    parex_reply_free(a);
+    a = take(r);
+    assert_string_equal(a->result, "5");
+    parex_reply_free(a);
     parex_reader_free(r);
 }
 
@@ -208,9 +247,13 @@ static void test_bad_json(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ok_fields),      cmocka_unit_test(test_error_answers),
-        cmocka_unit_test(test_split_anywhere), cmocka_unit_test(test_blank_lines_skipped),
-        cmocka_unit_test(test_long_line),      cmocka_unit_test(test_bad_json),
+        cmocka_unit_test(test_ok_fields),
+        cmocka_unit_test(test_fast_and_full_paths_agree),
+        cmocka_unit_test(test_error_answers),
+        cmocka_unit_test(test_split_anywhere),
+        cmocka_unit_test(test_blank_lines_skipped),
+        cmocka_unit_test(test_long_line),
+        cmocka_unit_test(test_bad_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
