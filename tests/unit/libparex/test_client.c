@@ -165,43 +165,47 @@ static void test_call_after_appends(void **state)
     parex_free(c);
 }
 
+/* Cancel a queued request (true) and a running one (false). The cancels are answered at once;
+ * the cancelled request itself is answered failed/cancelled in its key's order, after the
+ * running one: so four answers, in any order but that. */
 static void test_cancel_and_control(void **state)
 {
     parex_ctx_t *c = connect_ok(D.addr, NULL);
     parex_request_t run = {.op = "sleep", .key = "cc", .payload = "{\"ms\":300}"};
     parex_request_t queued = {.op = "sleep", .key = "cc", .payload = "{\"ms\":10}"};
     long long a = parex_append(c, &run), b = parex_append(c, &queued), x, y;
+    int seen_a = 0;
     parex_reply_t *r;
-    int got_b = 0, got_x = 0;
 
     parex_flush(c);
-    x = parex_append_cancel(c, b);
-    /* The cancel's answer and b's failed/cancelled answer, in either order. */
-    while (!(got_b && got_x)) {
+    for (int running = 0; !running;) { /* poll stats until a runs (bounded by a's 300 ms) */
+        long long s = parex_append_control(c, "stats", NULL);
         assert_int_equal(parex_get_reply(c, &r), 0);
-        if (r->id == b) {
+        assert_int_equal(r->id, s);
+        running = strstr(r->result, "\"current_key\":\"cc\"") != NULL;
+        parex_reply_free(r);
+    }
+    x = parex_append_cancel(c, b);
+    y = parex_append_cancel(c, a);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(parex_get_reply(c, &r), 0);
+        if (r->id == a) {
+            assert_int_equal(r->status, PAREX_OK);
+            seen_a = 1;
+        } else if (r->id == b) {
             assert_int_equal(r->status, PAREX_FAILED);
             assert_string_equal(r->code, "cancelled");
-            got_b = 1;
-        } else {
-            assert_int_equal(r->id, x);
-            assert_int_equal(r->status, PAREX_OK);
+            assert_true(seen_a); /* in key order */
+        } else if (r->id == x) {
             assert_non_null(strstr(r->result, "\"cancelled\":true"));
             assert_non_null(strstr(r->result, "\"state\":\"queued\""));
-            got_x = 1;
+        } else {
+            assert_int_equal(r->id, y);
+            assert_non_null(strstr(r->result, "\"cancelled\":false"));
+            assert_non_null(strstr(r->result, "\"state\":\"running\""));
         }
         parex_reply_free(r);
     }
-    y = parex_append_cancel(c, a);
-    assert_int_equal(parex_get_reply(c, &r), 0);
-    assert_int_equal(r->id, y);
-    assert_non_null(strstr(r->result, "\"cancelled\":false"));
-    assert_non_null(strstr(r->result, "\"state\":\"running\""));
-    parex_reply_free(r);
-    assert_int_equal(parex_get_reply(c, &r), 0);
-    assert_int_equal(r->id, a);
-    assert_int_equal(r->status, PAREX_OK);
-    parex_reply_free(r);
     parex_append_control(c, "stats", NULL);
     assert_int_equal(parex_get_reply(c, &r), 0);
     assert_int_equal(r->status, PAREX_OK);
