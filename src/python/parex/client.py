@@ -3,9 +3,9 @@
 One connection carries every request, pipelined: the client numbers the requests itself, and
 one I/O thread writes whole lines only (all those submitted since its last write at once),
 matches the answers to their futures by id and completes them in the order they arrive. Since parexd answers a key's requests
-in order, the done-callbacks of one key run in order, on that reader thread. Anything that would
+in order, the done-callbacks of one key run in order, on that I/O thread. Anything that would
 have to wait for the reader (a cancel's answer, room under max_in_flight) never waits on the
-reader thread itself, nor on the thread that runs retries, nor on a thread running an asyncio
+I/O thread itself, nor on the thread that runs retries, nor on a thread running an asyncio
 loop.
 
 A lost connection fails every request in flight with ConnectionLost and never resends one (it
@@ -66,7 +66,7 @@ class Future(cf.Future):
 
     def cancel(self) -> bool:
         """Asks parexd to take the request out of its queue. True when it was still queued (the
-        future is then cancelled), False when it already runs or is done. On the reader thread,
+        future is then cancelled), False when it already runs or is done. On the I/O thread,
         the retry thread or an asyncio loop's thread it does not wait for parexd's answer: it
         sends the cancel and returns False, and the future still ends cancelled if parexd took
         the request out."""
@@ -475,7 +475,7 @@ class Client(cf.Executor):
 
     def _answered(self, fut: Future, resp: dict[str, Any]
                   ) -> Optional[tuple[Future, Any, Optional[BaseException], bool]]:
-        """On the reader thread: one attempt's answer. Returns how fut ends (future, result,
+        """On the I/O thread: one attempt's answer. Returns how fut ends (future, result,
         exception, cancelled), or None when it is retried."""
         fut.response = resp
         fut.worker = resp.get("worker")
