@@ -2,11 +2,11 @@
 
 One connection carries every request, pipelined: the client numbers the requests itself, and
 one I/O thread writes whole lines only (all those submitted since its last write at once),
-matches the answers to their futures by id and completes them in the order they arrive. Since parexd answers a key's requests
-in order, the done-callbacks of one key run in order, on that I/O thread. Anything that would
-have to wait for the reader (a cancel's answer, room under max_in_flight) never waits on the
-I/O thread itself, nor on the thread that runs retries, nor on a thread running an asyncio
-loop.
+matches the answers to their futures by id and completes them in the order they arrive. Since
+parexd answers a key's requests in order, the done-callbacks of one key run in order, on that
+I/O thread. Anything that would have to wait for it (a cancel's answer, room under
+max_in_flight) never waits on the I/O thread itself, nor on the thread that runs retries, nor
+on a thread running an asyncio loop.
 
 A lost connection fails every request in flight with ConnectionLost and never resends one (it
 may still run); the next call connects again, with capped, jittered backoff between attempts.
