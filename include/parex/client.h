@@ -83,7 +83,7 @@ typedef struct parex_request {
 /* Connection options; a zeroed struct (or NULL) gives the defaults. */
 typedef struct parex_options {
     const char *token;      /* auth_token, added to every line; NULL: none */
-    int connect_timeout_ms; /* 0: 5000 */
+    int connect_timeout_ms; /* blocking context; 0: 5000 (async: bound it with a loop timer) */
     int timeout_ms;         /* blocking reads and writes; 0: wait forever */
     size_t max_line_bytes;  /* longest request line, as parexd's max_line_bytes; 0: 1 MiB */
 } parex_options_t;

@@ -8,6 +8,7 @@
 #include <parex/adapters/libuv.h>
 #include <parex/client.h>
 
+#include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -215,6 +216,41 @@ static void test_cancel_and_control(void **state)
     assert_int_equal(parex_get_reply(c, &r), 0);
     assert_non_null(strstr(r->result, "\"done\":false"));
     parex_reply_free(r);
+    parex_free(c);
+}
+
+/* Relaying lines as they are (parexctl send < file): a raw line, even one that is not JSON,
+ * and answers taken without ever blocking. */
+static void test_raw_lines_and_poll(void **state)
+{
+    parex_ctx_t *c = connect_ok(D.addr, NULL);
+    static const char line[] = "{\"key\":\"raw\",\"id\":\"r1\"}";
+    parex_reply_t *r;
+    int got = 0, invalid = 0, rc;
+
+    assert_int_equal(parex_append_raw(c, line, strlen(line)), 0); /* a newline is added */
+    assert_int_equal(parex_append_raw(c, "not json\n", 9), 0);
+    while (got < 2) {
+        struct pollfd p = {.fd = parex_fd(c), .events = POLLIN};
+        if ((rc = parex_poll_reply(c, &r)) == 0) {
+            assert_true(poll(&p, 1, 10000) == 1);
+            continue;
+        }
+        assert_int_equal(rc, 1);
+        if (r->status == PAREX_INVALID) {
+            assert_string_equal(r->code, "bad_json");
+            invalid++;
+        } else {
+            assert_string_equal(r->id_json, "\"r1\"");
+        }
+        parex_reply_free(r);
+        got++;
+    }
+    assert_int_equal(invalid, 1);
+    /* After parex_send_eof parexd answers what it got and closes: -1, PAREX_ERR_EOF. */
+    assert_int_equal(parex_send_eof(c), 0);
+    assert_int_equal(parex_get_reply(c, &r), -1);
+    assert_int_equal(parex_err(c), PAREX_ERR_EOF);
     parex_free(c);
 }
 
@@ -502,6 +538,7 @@ int main(void)
         cmocka_unit_test(test_pipelining),
         cmocka_unit_test(test_call_after_appends),
         cmocka_unit_test(test_cancel_and_control),
+        cmocka_unit_test(test_raw_lines_and_poll),
         cmocka_unit_test(test_unix_and_token),
         cmocka_unit_test(test_transport_errors),
         cmocka_unit_test(test_async_answers_and_graceful_disconnect),
