@@ -122,13 +122,15 @@ static int relay_stdin(parex_ctx_t *c, px_buf_t *in, px_buf_t *tmp)
         return 1;
     if (n > 0 && px_buf_append(in, chunk, (size_t)n))
         return -1;
-    while ((nl = memchr(in->data + done, '\n', in->len - done))) {
+    while (done < in->len && (nl = memchr(in->data + done, '\n', in->len - done))) {
         if (send_line(c, tmp, in->data + done, (size_t)(nl - in->data - done)))
             return -1;
         done = (size_t)(nl - in->data) + 1;
     }
-    memmove(in->data, in->data + done, in->len - done);
-    in->len -= done;
+    if (done) {
+        memmove(in->data, in->data + done, in->len - done);
+        in->len -= done;
+    }
     if (n > 0)
         return 1;
     if (in->len && send_line(c, tmp, in->data, in->len))
