@@ -48,6 +48,8 @@ size_t parex_reader_buffered(const parex_reader_t *r)
 
 int parex_reader_feed(parex_reader_t *r, const char *buf, size_t n)
 {
+    if (n == 0)
+        return 0;
     if (r->start > 0 && r->start >= r->buf.len / 2) {
         memmove(r->buf.data, r->buf.data + r->start, r->buf.len - r->start);
         r->buf.len -= r->start;

@@ -215,7 +215,7 @@ int parex_append_raw(parex_ctx_t *c, const char *line, size_t len)
 {
     if (!usable(c))
         return -1;
-    if (px_buf_append(&c->out, line, len) ||
+    if ((len > 0 && px_buf_append(&c->out, line, len)) ||
         ((len == 0 || line[len - 1] != '\n') && px_buf_append(&c->out, "\n", 1)))
         return fail(c, PAREX_ERR_OOM, "out of memory");
     return 0;
