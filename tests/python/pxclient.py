@@ -14,9 +14,12 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 import pxharness as px  # noqa: E402
 
+# The suites use the built-in sleep and fail, which parexd serves only when asked to.
+px.SETTINGS.update(builtin_test_ops=True)
+
 
 def daemon(workers=2, **config):
-    """A parexd on port 0 with the built-ins this suite uses enabled and config's keys added."""
+    """A parexd on port 0 with workers and config's keys (and px.SETTINGS)."""
     return px.Daemon(["--workers", str(workers)], config=dict(config))
 
 

@@ -269,6 +269,17 @@ class Rejections(unittest.TestCase):
                     seq = [i for key, i in done if key == k]
                     self.assertEqual(seq, sorted(seq), k)
 
+    def test_connection_busy(self):
+        # A client allowed more in flight than parexd allows one connection is told so.
+        with pxclient.daemon(max_in_flight_per_connection=1) as d, \
+                parex.Client(d.addr, max_in_flight=4) as c:
+            first = c.submit("sleep", "cb", {"ms": 200})
+            e = c.submit("echo", "cb2").exception(px.TIMEOUT)
+            self.assertIsInstance(e, parex.ConnectionBusy)
+            self.assertIsInstance(e, parex.Rejected)
+            self.assertEqual(e.code, "connection_busy")
+            first.result(px.TIMEOUT)
+
     def test_key_parked_and_controls(self):
         with pxclient.daemon(quarantine={"after_failures": 1, "for_ms": 60000}) as d, \
                 parex.Client(d.addr) as c:

@@ -8,12 +8,14 @@ from . import errors
 from ._wire import Retry
 from .aio import AsyncClient
 from .client import Client, Future
-from .errors import (Cancelled, ConnectFailed, ConnectionLost, DeadlineExceeded, Failed,
-                     HandlerError, HandlerTimeout, Invalid, KeyBusy, KeyParked, ParexError,
-                     QueueFull, Rejected, ShuttingDown, Unauthorized, UnknownOp, WorkerStalled)
+from .errors import (Cancelled, ConnectFailed, ConnectionBusy, ConnectionLost, DeadlineExceeded,
+                     Failed, HandlerError, HandlerTimeout, Invalid, KeyBusy, KeyParked, Overloaded,
+                     ParexError, QueueFull, Rejected, ShuttingDown, Unauthorized, UnknownOp,
+                     WorkerStalled)
 
-__all__ = ["AsyncClient", "Cancelled", "Client", "ConnectFailed", "ConnectionLost",
-           "DeadlineExceeded", "Failed", "Future", "HandlerError", "HandlerTimeout", "Invalid",
-           "KeyBusy", "KeyParked", "ParexError", "QueueFull", "Rejected", "Retry", "ShuttingDown",
-           "Unauthorized", "UnknownOp", "WorkerStalled", "errors"]
+__all__ = ["AsyncClient", "Cancelled", "Client", "ConnectFailed", "ConnectionBusy",
+           "ConnectionLost", "DeadlineExceeded", "Failed", "Future", "HandlerError",
+           "HandlerTimeout", "Invalid", "KeyBusy", "KeyParked", "Overloaded", "ParexError",
+           "QueueFull", "Rejected", "Retry", "ShuttingDown", "Unauthorized", "UnknownOp",
+           "WorkerStalled", "errors"]
 __version__ = "0.1.0"

@@ -51,7 +51,7 @@ class AsyncClient:
     """asyncio client: ``async with AsyncClient(address) as c: await c.call(op, key, payload)``."""
 
     def __init__(self, address: str = "127.0.0.1:7400", *, token: Optional[str] = None,
-                 connect_timeout: float = 5.0, max_in_flight: int = 10000,
+                 connect_timeout: float = 5.0, max_in_flight: int = 1024,
                  retry: Optional[Retry] = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
                  reconnect_base: float = 0.05, reconnect_cap: float = 2.0) -> None:
         self._family, self._target = parse_address(address)

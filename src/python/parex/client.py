@@ -195,13 +195,15 @@ class Client(cf.Executor):
     ``submit(op, key, payload)`` returns a :class:`Future`; ``concurrent.futures.wait``,
     ``as_completed`` and ``map`` work on it as on any executor's. ``address`` is
     ``HOST:PORT`` or ``unix:/path``; ``token`` is parexd's ``auth_token``. ``max_in_flight``
-    bounds outstanding requests (``submit`` waits for room) and ``max_in_flight_per_key``
+    bounds outstanding requests (``submit`` waits for room); its default is parexd's default
+    ``max_in_flight_per_connection`` (1024), past which parexd would answer
+    ``connection_busy``: raise both together. ``max_in_flight_per_key`` bounds
     outstanding requests per key (1 gives strict per-key order, retries included). ``retry``
     is the default :class:`Retry` for submit (None: no retries).
     """
 
     def __init__(self, address: str = "127.0.0.1:7400", *, token: Optional[str] = None,
-                 connect_timeout: float = 5.0, max_in_flight: int = 10000,
+                 connect_timeout: float = 5.0, max_in_flight: int = 1024,
                  max_in_flight_per_key: Optional[int] = None, retry: Optional[Retry] = None,
                  max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, reconnect_base: float = 0.05,
                  reconnect_cap: float = 2.0, connect: bool = True) -> None:

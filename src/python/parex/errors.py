@@ -55,6 +55,15 @@ class Unauthorized(Rejected):
     """The token is missing or wrong (``unauthorized``)."""
 
 
+class ConnectionBusy(Rejected):
+    """This connection has parexd's max_in_flight_per_connection in flight
+    (``connection_busy``)."""
+
+
+class Overloaded(Rejected):
+    """parexd's shared byte bounds are reached (``overloaded``)."""
+
+
 class Failed(ParexError):
     """The request was admitted but did not produce a result."""
 
@@ -98,6 +107,7 @@ class ConnectFailed(ParexError, ConnectionError):
 _BY_CODE: dict[str, type[ParexError]] = {
     "queue_full": QueueFull, "key_busy": KeyBusy, "key_parked": KeyParked,
     "shutting_down": ShuttingDown, "unauthorized": Unauthorized,
+    "connection_busy": ConnectionBusy, "overloaded": Overloaded,
     "handler_error": HandlerError, "timeout": HandlerTimeout,
     "deadline_exceeded": DeadlineExceeded, "worker_stalled": WorkerStalled,
     "cancelled": Cancelled, "unknown_op": UnknownOp,

@@ -21,7 +21,8 @@
 
 #define TOKEN "libparex-test-token-0123456789"
 
-static pxt_daemon_t D; /* workers 2, queues long enough never to reject a test's burst */
+/* workers 2; queues and the per-connection bound large enough never to reject a test's burst */
+static pxt_daemon_t D;
 
 static parex_ctx_t *connect_ok(const char *addr, const parex_options_t *o)
 {
@@ -521,7 +522,8 @@ static void test_async_connect_refused(void **state)
 
 static int up(void **state)
 {
-    pxt_daemon_start(&D, "\"workers\":2,\"queue_capacity\":8192", 0);
+    pxt_daemon_start(
+        &D, "\"workers\":2,\"queue_capacity\":8192,\"max_in_flight_per_connection\":100000", 0);
     return 0;
 }
 
