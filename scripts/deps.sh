@@ -2,9 +2,11 @@
 # builds and tests with, and nothing when they are all present (quiet and idempotent).
 
 PX_PACKAGES="gcc make cmake pkg-config libuv1-dev libjansson-dev libxxhash-dev libcmocka-dev \
-libmicrohttpd-dev libsystemd-dev libcurl4-openssl-dev python3 netcat-openbsd"
+libmicrohttpd-dev libsystemd-dev libcurl4-openssl-dev python3 netcat-openbsd scdoc"
+# prometheus: promtool; mandoc: man page lint; dpkg-dev, file: cpack's shlibs dependencies;
+# lintian: the package check.
 PX_TEST_PACKAGES="prometheus systemd clang-14 libclang-rt-14-dev python3-venv python3-setuptools \
-python3-wheel"
+python3-wheel mandoc dpkg-dev file lintian"
 
 px_install() {
     missing=""

@@ -1,0 +1,300 @@
+"""The Debian package, end to end on this machine (as root): cpack builds it from the build
+directory; its name, file list, conffiles, unit and dependencies are checked (the dependencies
+against the libraries the binaries actually load); lintian reports no error and no warning
+beyond the accepted ones; apt-get installs it; the installed parexd answers one request sent by
+the installed parexctl on a free port; apt-get purges it. The machine is left as it was even
+when a step fails: the package, any package apt-get pulled in for it, the daemon and the scratch
+files are removed in a finally block (SIGTERM and SIGINT unwind through it too), and the set of
+installed packages is compared with the one taken before.
+
+    python3 test_deb.py --build DIR --source DIR
+Exit 77 (skipped) when not root: installing is the point of the test.
+"""
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+# Every file the package ships; a new install rule must be added here, on purpose.
+FILES = """
+/etc/parexd/parexd.json
+/lib/systemd/system/parexd.service
+/lib/systemd/system/parexd.socket
+/usr/bin/parex-bench
+/usr/bin/parexctl
+/usr/bin/parexd
+/usr/include/parex/plugin.h
+/usr/lib/parexd/example.so
+/usr/share/doc/parexd/README.md
+/usr/share/doc/parexd/changelog.gz
+/usr/share/doc/parexd/copyright
+/usr/share/doc/parexd/examples/example.c
+/usr/share/man/man1/parex-bench.1.gz
+/usr/share/man/man1/parexctl.1.gz
+/usr/share/man/man5/parexd.json.5.gz
+/usr/share/man/man8/parexd.8.gz
+/usr/share/parexd/parexd-rules.test.yml
+/usr/share/parexd/parexd-rules.yml
+""".split()
+BINARIES = ["/usr/bin/parexd", "/usr/bin/parexctl", "/usr/bin/parex-bench"]
+
+# lintian tags accepted at warning level, with the README's reasons (Operations, The Debian
+# package). Errors are never accepted.
+ACCEPTED_WARNINGS = set()
+
+TIMEOUT = 20.0
+
+
+class Failure(Exception):
+    pass
+
+
+def run(*argv, check=True, env=None, timeout=300):
+    p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and p.returncode != 0:
+        raise Failure("%s exited %d:\n%s%s" % (" ".join(argv), p.returncode, p.stdout, p.stderr))
+    return p
+
+
+def expect(cond, what):
+    if not cond:
+        raise Failure(what)
+    print("ok: " + what.split("\n")[0])
+
+
+def installed_packages():
+    out = run("dpkg-query", "-W", "-f", "${Package}:${Architecture} ${Version} "
+              "${db:Status-Abbrev}\n").stdout
+    return set(line.strip() for line in out.splitlines() if line.strip())
+
+
+def dpkg_status(pkg):
+    """dpkg's two-letter state of pkg ("ii" installed, "rc" config left), "" when unknown."""
+    return run("dpkg-query", "-W", "-f", "${db:Status-Abbrev}", pkg,
+               check=False).stdout.strip()
+
+
+def apt_env():
+    e = dict(os.environ)
+    e["DEBIAN_FRONTEND"] = "noninteractive"
+    return e
+
+
+def wait_log(path, pattern, proc):
+    """Polls the daemon's log for a line (its readiness signal) until TIMEOUT."""
+    rx = re.compile(pattern)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        with open(path, errors="replace") as f:
+            m = rx.search(f.read())
+        if m:
+            return m
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)  # polling interval, not synchronisation
+    with open(path, errors="replace") as f:
+        raise Failure("no log line matching %r (exit %r):\n%s" % (pattern, proc.poll(), f.read()))
+
+
+def library_packages(binaries):
+    """The packages holding the shared libraries the binaries name as NEEDED."""
+    pkgs = set()
+    for b in binaries:
+        needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]",
+                            run("readelf", "-d", b).stdout)
+        paths = dict(re.findall(r"^\s*(\S+) => (\S+)", run("ldd", b).stdout, re.M))
+        for soname in needed:
+            path = paths.get(soname)
+            if not path:
+                raise Failure("%s: ldd does not resolve %s" % (b, soname))
+            real = os.path.realpath(path)
+            # Debian 12's merged /usr: dpkg knows a library under one of the two spellings.
+            for cand in (path, real, re.sub(r"^/usr", "", real), "/usr" + real):
+                p = run("dpkg-query", "-S", cand, check=False)
+                if p.returncode == 0:
+                    pkgs.add(p.stdout.split(":")[0])
+                    break
+            else:
+                raise Failure("%s: no package owns %s" % (b, path))
+    return pkgs
+
+
+def check_package(deb, source, version):
+    arch = run("dpkg", "--print-architecture").stdout.strip()
+    expect(os.path.basename(deb) == "parexd_%s_%s.deb" % (version, arch),
+           "package is named parexd_%s_%s.deb (got %s)" % (version, arch, deb))
+    listing = run("dpkg-deb", "-c", deb).stdout.splitlines()
+    files = sorted(l.split()[-1][1:] for l in listing if not l.split()[-1].endswith("/"))
+    expect(files == sorted(FILES), "file list is the expected one\n  missing: %s\n  extra: %s" %
+           (sorted(set(FILES) - set(files)), sorted(set(files) - set(FILES))))
+    owners = set(l.split()[1] for l in listing)
+    expect(owners == {"root/root"}, "every file is owned by root/root (got %s)" % owners)
+
+    ctl = tempfile.mkdtemp(prefix="parexd-deb-ctl-")
+    try:
+        run("dpkg-deb", "-e", deb, ctl)
+        with open(os.path.join(ctl, "conffiles")) as f:
+            conffiles = f.read().split()
+        expect(conffiles == ["/etc/parexd/parexd.json"],
+               "/etc/parexd/parexd.json is the one conffile (got %s)" % conffiles)
+    finally:
+        shutil.rmtree(ctl, True)
+    unit = run("sh", "-c", "dpkg-deb --fsys-tarfile '%s' | tar -xOf - "
+               "./lib/systemd/system/parexd.service" % deb).stdout
+    execs = re.findall(r"^ExecStart=(.*)$", unit, re.M)
+    expect(execs == ["/usr/bin/parexd --config /etc/parexd/parexd.json"],
+           "the packaged unit starts /usr/bin/parexd with /etc/parexd/parexd.json (got %s)"
+           % execs)
+    conf = run("sh", "-c", "dpkg-deb --fsys-tarfile '%s' | tar -xOf - ./etc/parexd/parexd.json"
+               % deb).stdout
+    with open(os.path.join(source, "config", "parexd.json")) as f:
+        expect(conf == f.read(), "the packaged config is config/parexd.json")
+    with open(os.path.join(source, "config", "debian", "changelog")) as f:
+        top = re.match(r"parexd \(([^)]+)\)", f.read())
+    expect(top and top.group(1) == version,
+           "config/debian/changelog's latest entry is version %s (got %s)"
+           % (version, top and top.group(1)))
+    return run("dpkg-deb", "-f", deb, "Depends").stdout.strip()
+
+
+def check_depends(depends):
+    names = set(re.sub(r"\s*\(.*\)", "", d).strip() for d in depends.split(","))
+    # The libraries are those of the binaries as built (same libraries as in the package).
+    want = library_packages(BIN_IN_BUILD)
+    expect(names == want, "Depends names exactly the packages of the libraries the binaries "
+           "load: %s\n  Depends: %s" % (sorted(want), depends))
+    expect(all("(>=" in d for d in depends.split(",") if "libsystemd0" not in d),
+           "versioned dependencies from the symbols used (shlibs): %s" % depends)
+
+
+def check_lintian(deb):
+    p = run("lintian", "--no-tag-display-limit", deb, check=False)
+    tags = [l for l in p.stdout.splitlines() if re.match(r"^[EW]: ", l)]
+    errors = [l for l in tags if l.startswith("E:")]
+    warnings = [l for l in tags if l.startswith("W:")
+                and l.split()[2] not in ACCEPTED_WARNINGS]
+    expect(not errors and not warnings,
+           "lintian: no error, no warning beyond the accepted ones\n" + "\n".join(tags))
+
+
+def exercise_installed(version, scratch):
+    out = run("/usr/bin/parexd", "--version").stdout
+    expect(out.startswith("parexd %s " % version), "installed parexd --version: " + out.strip())
+    log = os.path.join(scratch, "parexd.log")
+    with open(log, "w") as f:
+        proc = subprocess.Popen(["/usr/bin/parexd", "--config", "/etc/parexd/parexd.json",
+                                 "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+                                stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
+    DAEMONS.append(proc)
+    m = wait_log(log, r"listening for requests on (\S+), metrics on (\S+)", proc)
+    addr, maddr = m.group(1), m.group(2)
+    p = run("/usr/bin/parexctl", "send", "--key", "pkg", "--payload", '{"installed":true}',
+            "--addr", addr, check=False, timeout=TIMEOUT)
+    expect(p.returncode == 0 and '"status":"ok"' in p.stdout and
+           '"result":{"installed":true}' in p.stdout,
+           "installed parexctl gets the installed parexd's ok answer: %s%s" % (p.stdout, p.stderr))
+    p = run("/usr/bin/parexctl", "health", "--metrics-addr", maddr, check=False, timeout=TIMEOUT)
+    expect(p.returncode == 0, "installed parexctl health: %s%s" % (p.stdout, p.stderr))
+    proc.send_signal(signal.SIGTERM)
+    expect(proc.wait(TIMEOUT) == 0, "installed parexd stops on SIGTERM with status 0")
+    listed = run("dpkg-query", "-L", "parexd").stdout.split()
+    expect(set(FILES) <= set(listed), "dpkg lists every file of the package as installed")
+
+
+DAEMONS = []
+BIN_IN_BUILD = []
+
+
+def on_signal(signum, frame):
+    raise Failure("interrupted by signal %d" % signum)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", required=True)
+    ap.add_argument("--source", required=True)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("skipped: the package test installs into this machine and needs root")
+        return 77
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    build = os.path.abspath(args.build)
+    BIN_IN_BUILD.extend(os.path.join(build, b) for b in ("parexd", "parexctl", "parex-bench"))
+    with open(os.path.join(build, "CPackConfig.cmake")) as f:
+        version = re.search(r'set\(CPACK_PACKAGE_VERSION "([^"]+)"\)', f.read()).group(1)
+
+    # Never touch an existing install: this test would replace and then purge it.
+    for path in ["/etc/parexd", "/lib/systemd/system/parexd.service"] + BINARIES:
+        if os.path.lexists(path):
+            print("FAIL: %s exists on this machine; the package test installs and purges "
+                  "parexd, so it runs only where parexd is not installed" % path)
+            return 1
+    if dpkg_status("parexd") not in ("", "un"):
+        print("FAIL: dpkg knows a parexd package here (status %s); the package test installs "
+              "and purges parexd, so it runs only where parexd is not installed"
+              % dpkg_status("parexd"))
+        return 1
+    before = installed_packages()
+    scratch = tempfile.mkdtemp(prefix="parexd-deb-")
+    failed = None
+    try:
+        p = run("cpack", "-G", "DEB", "-B", scratch, "--config",
+                os.path.join(build, "CPackConfig.cmake"), timeout=600)
+        debs = glob.glob(os.path.join(scratch, "*.deb"))
+        expect(len(debs) == 1, "cpack built one package: %s" % debs)
+        deb = debs[0]
+        check_depends(check_package(deb, args.source, version))
+        check_lintian(deb)
+        run("apt-get", "install", "-y", "-q", "--no-install-recommends", deb, env=apt_env())
+        status = dpkg_status("parexd")
+        expect(status == "ii", "apt-get installed parexd (dpkg status %s)" % status)
+        exercise_installed(version, scratch)
+        run("apt-get", "purge", "-y", "-q", "parexd", env=apt_env())
+        gone = [p for p in FILES if os.path.lexists(p)] + \
+            (["/etc/parexd"] if os.path.lexists("/etc/parexd") else [])
+        expect(not gone, "apt-get purge removed every file and /etc/parexd (left: %s)" % gone)
+    except Failure as e:
+        failed = str(e)
+    finally:
+        for proc in DAEMONS:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        leftovers = cleanup(before)
+        shutil.rmtree(scratch, True)
+    after = installed_packages()
+    if failed:
+        print("FAIL: " + failed)
+        return 1
+    if leftovers:
+        print("cleaned up: " + " ".join(leftovers))
+    expect(after == before, "the installed packages are those before the test\n  added: %s\n"
+           "  removed: %s" % (sorted(after - before), sorted(before - after)))
+    return 0
+
+
+def cleanup(before):
+    """Purges parexd and whatever apt-get installed for it; returns what it had to remove."""
+    removed = []
+    env = apt_env()
+    if dpkg_status("parexd") not in ("", "un"):
+        run("apt-get", "purge", "-y", "-q", "parexd", env=env, check=False)
+        removed.append("parexd")
+    had = set(l.split()[0] for l in before)
+    new = sorted(set(l.split()[0] for l in installed_packages()) - had)
+    if new:
+        run("apt-get", "purge", "-y", "-q", *new, env=env, check=False)
+        removed += new
+    return removed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
