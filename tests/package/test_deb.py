@@ -1,11 +1,12 @@
 """The Debian package, end to end on this machine (as root): cpack builds it from the build
 directory; its name, file list, conffiles, unit and dependencies are checked (the dependencies
 against the libraries the binaries actually load); lintian reports no error and no warning
-beyond the accepted ones; apt-get installs it; the installed parexd answers one request sent by
-the installed parexctl on a free port; apt-get purges it. The machine is left as it was even
-when a step fails: the package, any package apt-get pulled in for it, the daemon and the scratch
-files are removed in a finally block (SIGTERM and SIGINT unwind through it too), and the set of
-installed packages is compared with the one taken before.
+beyond the accepted ones; apt-get installs it; systemd-analyze verifies the installed units;
+the installed parexd answers one request sent by the installed parexctl on a free port;
+apt-get purges it. The machine is left as it was even when a step fails: the package, any
+package apt-get pulled in for it, the daemon and the scratch files are removed in a finally
+block (SIGTERM, SIGINT and SIGHUP unwind through it too), and the set of installed packages is
+compared with the one taken before.
 
     python3 test_deb.py --build DIR --source DIR
 Exit 77 (skipped) when not root: installing is the point of the test.
@@ -204,6 +205,10 @@ def exercise_installed(version, scratch):
     expect(p.returncode == 0, "installed parexctl health: %s%s" % (p.stdout, p.stderr))
     proc.send_signal(signal.SIGTERM)
     expect(proc.wait(TIMEOUT) == 0, "installed parexd stops on SIGTERM with status 0")
+    p = run("systemd-analyze", "verify", "--man=no", "/lib/systemd/system/parexd.service",
+            "/lib/systemd/system/parexd.socket", check=False, timeout=60)
+    expect((p.returncode, (p.stdout + p.stderr).strip()) == (0, ""),
+           "systemd-analyze verify passes the installed units: %s%s" % (p.stdout, p.stderr))
     listed = run("dpkg-query", "-L", "parexd").stdout.split()
     expect(set(FILES) <= set(listed), "dpkg lists every file of the package as installed")
 
