@@ -3,11 +3,13 @@
 - every page the build made renders, and `mandoc -T lint` reports nothing beyond the accepted
   warnings (scdoc's paragraph macros, see ACCEPTED_LINT);
 - parexd.json(5) documents every config key the daemon accepts, with a default, a range and
-  what SIGHUP does: the keys come from `parexd --print-config` when the binary has it, else
-  from the key table the config loader validates with (found by its shape under src/, wherever
-  it moves); numeric defaults and ranges must equal the code's, and each key's SIGHUP entry
-  must match the reload's list of keys it keeps; every handler option the handler builders
-  accept is documented too, and the page documents no key the daemon refuses;
+  what SIGHUP does: the keys come from `parexd --print-config` when the binary has it; the
+  defaults, ranges and SIGHUP rules from `parexd --print-manual` when it has that (the key
+  table and SIGHUP row the binary renders from its own config table); without them, from the
+  sources: the key table the config loader validates with (found by its shape under src/,
+  wherever it moves), its defaults function and the reload's KEPT list. The page's defaults,
+  numeric ranges and SIGHUP entries must equal the code's; every handler option the handler
+  builders accept is documented too, and the page documents no key the daemon refuses;
 - parexctl(1) names every subcommand and option of `parexctl --help`; parexd(8) and
   parex-bench(1) every option of their --help.
 
@@ -103,6 +105,53 @@ def code_defaults(text):
             for m in re.finditer(r"c->(\w+)\s*=\s*([0-9][0-9.]*)\s*;", text)}
 
 
+def numeric_range(text):
+    m = re.fullmatch(r"(-?[0-9.]+)\s*(?:–|\.\.| to )\s*(-?[0-9.]+)", text.strip())
+    return (number(m.group(1)), number(m.group(2))) if m else None
+
+
+def manual_facts(text):
+    """From `parexd --print-manual`: its key table rows and its SIGHUP row."""
+    facts = {}
+    for m in re.finditer(r"^\| `(\w+)` \| `(.*?)` \| (.*?) \|", text, re.M):
+        facts[m.group(1)] = {"default": m.group(2), "range": numeric_range(m.group(3))}
+    m = re.search(r"reload the config file: (.*?) take effect at once; (.*?) are kept", text)
+    if not facts or not m:
+        raise AssertionError("parexd --print-manual: no key table or SIGHUP row in:\n" + text)
+    for key in re.findall(r"`(\w+)`", m.group(1)):
+        facts[key]["sighup"] = "applied"
+    for key in re.findall(r"`(\w+)`", m.group(2)):
+        facts[key]["sighup"] = "kept"
+    return facts
+
+
+def config_facts():
+    """{key: {default, range, sighup}} as the code states them, and where they came from: the
+    binary's own manual table when it has one, else the loader's table, the defaults function
+    and the reload's list of kept keys in the sources."""
+    if "--print-manual" in help_text(ARGS.parexd):
+        p = subprocess.run([ARGS.parexd, "--print-manual"], capture_output=True, text=True,
+                           timeout=30)
+        if p.returncode != 0:
+            raise AssertionError("parexd --print-manual failed: " + p.stderr)
+        return manual_facts(p.stdout), "parexd --print-manual"
+    path, text, table = config_table()
+    defaults = code_defaults(text)
+    kept = set()
+    for _, src in sources(r'KEPT\(\s*\w+\s*,\s*"'):
+        kept.update(re.findall(r'KEPT\(\s*\w+\s*,\s*"(\w+)"\s*\)', src))
+    if not kept:
+        raise AssertionError("no KEPT(field, \"key\") list of the reload found under src/; if "
+                             "the reload changed shape, update this test")
+    facts = {}
+    for key, (kind, field, lo, hi) in table.items():
+        numeric = kind in ("K_INT", "K_DOUBLE")
+        facts[key] = {"default": str(defaults.get(field, 0)) if numeric else None,
+                      "range": (lo, hi) if numeric else None,
+                      "sighup": "kept" if key in kept else "applied"}
+    return facts, os.path.relpath(path, ARGS.source)
+
+
 def accepted_keys():
     """The top-level keys the daemon accepts, and where that answer came from."""
     if "--print-config" in help_text(ARGS.parexd):
@@ -114,8 +163,8 @@ def accepted_keys():
         if p.returncode != 0:
             raise AssertionError("parexd --print-config failed: " + p.stderr)
         return set(json.loads(p.stdout)), "parexd --print-config"
-    path, _, table = config_table()
-    return set(table), os.path.relpath(path, ARGS.source)
+    facts, origin = config_facts()
+    return set(facts), origin
 
 
 class Lint(unittest.TestCase):
@@ -154,35 +203,35 @@ class ConfigPage(unittest.TestCase):
                          + ")")
 
     def test_defaults_and_ranges_are_the_codes(self):
-        _, text, table = config_table()
-        defaults = code_defaults(text)
+        facts, origin = config_facts()
         checked = 0
-        for key, (kind, field, lo, hi) in table.items():
-            if kind not in ("K_INT", "K_DOUBLE"):
+        for key, f in sorted(facts.items()):
+            entry = self.terms.get(key, "")
+            if f["range"] is not None:
+                m = re.search(r"range (\S+) to (\S+?)[;,)]?(?:\s|$)", entry + " ")
+                self.assertIsNotNone(m, "%s: no numeric range in (%s)" % (key, entry))
+                self.assertEqual((number(m.group(1)), number(m.group(2))), f["range"],
+                                 "%s: the page's range is not the code's (%s)" % (key, origin))
+                checked += 1
+            d = f["default"]
+            if d is None or d == "null":
                 continue
-            entry = self.terms[key]
-            m = re.search(r"range (\S+) to (\S+?)[;,)]?(?:\s|$)", entry + " ")
-            self.assertIsNotNone(m, "%s: no numeric range in (%s)" % (key, entry))
-            self.assertEqual((number(m.group(1)), number(m.group(2))), (lo, hi),
-                             "%s: the page's range is not the table's" % key)
-            d = re.search(r"default (-?[0-9.]+)", entry)
-            self.assertIsNotNone(d, "%s: no numeric default in (%s)" % (key, entry))
-            self.assertEqual(number(d.group(1)), defaults.get(field, 0),
-                             "%s: the page's default is not the code's" % key)
+            if d.startswith('"'):
+                self.assertIn("default " + d, entry, "%s: the page's default is not the code's "
+                              "(%s)" % (key, origin))
+            else:
+                m = re.search(r"default (-?[0-9.]+)", entry)
+                self.assertIsNotNone(m, "%s: no numeric default in (%s)" % (key, entry))
+                self.assertEqual(number(m.group(1)), number(d), "%s: the page's default is not "
+                                 "the code's (%s)" % (key, origin))
             checked += 1
-        self.assertGreaterEqual(checked, 8)
+        self.assertGreaterEqual(checked, 18, "facts checked, from " + origin)
 
     def test_sighup_entries_match_the_reload(self):
-        kept = set()
-        for _, text in sources(r'KEPT\(\s*\w+\s*,\s*"'):
-            kept.update(re.findall(r'KEPT\(\s*\w+\s*,\s*"(\w+)"\s*\)', text))
-        self.assertTrue(kept, "no KEPT(field, \"key\") list of the reload found under src/; if "
-                        "the reload changed shape, update this test")
-        keys, _ = accepted_keys()
-        for k in sorted(keys):
-            want = "kept" if k in kept else "applied"
-            self.assertIn("SIGHUP: " + want, self.terms[k],
-                          "%s: the reload %s it" % (k, "keeps" if k in kept else "applies"))
+        facts, origin = config_facts()
+        for key, f in sorted(facts.items()):
+            self.assertIn("SIGHUP: " + f["sighup"], self.terms.get(key, ""),
+                          "%s: SIGHUP %s it (%s)" % (key, f["sighup"], origin))
 
     def test_every_handler_option_is_documented(self):
         opts = set()
