@@ -10,6 +10,7 @@
   wherever it moves), its defaults function and the reload's KEPT list. The page's defaults,
   numeric ranges and SIGHUP entries must equal the code's; every handler option the handler
   builders accept is documented too, and the page documents no key the daemon refuses;
+- the integer handler options' ranges in parexd.json(5) are those the handler builders check;
 - parexctl(1) names every subcommand and option of `parexctl --help`; parexd(8) and
   parex-bench(1) every option of their --help.
 
@@ -242,6 +243,20 @@ class ConfigPage(unittest.TestCase):
         components = set(c for t in self.terms for c in t.split("."))
         self.assertEqual(sorted(opts - components), [], "handler options missing in "
                          "parexd.json(5)")
+
+
+    def test_handler_option_ranges_are_the_codes(self):
+        bounds = {}
+        for _, text in sources(r"opt_int\("):
+            for m in re.finditer(r'opt_int\([^;]*?"(\w+)",\s*([^,]+?),\s*([^,]+?),', text):
+                bounds[m.group(1)] = (number(m.group(2)), number(m.group(3)))
+        self.assertGreaterEqual(len(bounds), 4, "integer handler options found: %s" % bounds)
+        for name, want in sorted(bounds.items()):
+            entries = [e for t, e in self.terms.items() if t.split(".")[-1] == name]
+            self.assertEqual(len(entries), 1, "one entry for handler option " + name)
+            m = re.search(r"range (\S+) to (\S+?)[;,)]?(?:\s|$)", entries[0] + " ")
+            self.assertIsNotNone(m, "%s: no range in (%s)" % (name, entries[0]))
+            self.assertEqual((number(m.group(1)), number(m.group(2))), want, name)
 
 
 class CommandPages(unittest.TestCase):
