@@ -82,10 +82,12 @@ def dpkg_status(pkg):
                check=False).stdout.strip()
 
 
-def apt_env():
+def apt(*args, check=True):
+    """apt-get, non-interactive, waiting for the dpkg lock another install may hold."""
     e = dict(os.environ)
     e["DEBIAN_FRONTEND"] = "noninteractive"
-    return e
+    return run("apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", *args, env=e,
+               check=check)
 
 
 def wait_log(path, pattern, proc):
@@ -258,11 +260,11 @@ def main():
         deb = debs[0]
         check_depends(check_package(deb, args.source, version))
         check_lintian(deb)
-        run("apt-get", "install", "-y", "-q", "--no-install-recommends", deb, env=apt_env())
+        apt("install", "--no-install-recommends", deb)
         status = dpkg_status("parexd")
         expect(status == "ii", "apt-get installed parexd (dpkg status %s)" % status)
         exercise_installed(version, scratch)
-        run("apt-get", "purge", "-y", "-q", "parexd", env=apt_env())
+        apt("purge", "parexd")
         gone = [p for p in FILES if os.path.lexists(p)] + \
             (["/etc/parexd"] if os.path.lexists("/etc/parexd") else [])
         expect(not gone, "apt-get purge removed every file and /etc/parexd (left: %s)" % gone)
@@ -289,14 +291,13 @@ def main():
 def cleanup(before):
     """Purges parexd and whatever apt-get installed for it; returns what it had to remove."""
     removed = []
-    env = apt_env()
     if dpkg_status("parexd") not in ("", "un"):
-        run("apt-get", "purge", "-y", "-q", "parexd", env=env, check=False)
+        apt("purge", "parexd", check=False)
         removed.append("parexd")
     had = set(l.split()[0] for l in before)
     new = sorted(set(l.split()[0] for l in installed_packages()) - had)
     if new:
-        run("apt-get", "purge", "-y", "-q", *new, env=env, check=False)
+        apt("purge", *new, check=False)
         removed += new
     return removed
 
