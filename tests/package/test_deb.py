@@ -2,11 +2,11 @@
 directory; its name, file list, conffiles, unit and dependencies are checked (the dependencies
 against the libraries the binaries actually load); lintian reports no error and no warning
 beyond the accepted ones; apt-get installs it; systemd-analyze verifies the installed units;
-the installed parexd answers one request sent by the installed parexctl on a free port;
-apt-get purges it. The machine is left as it was even when a step fails: the package, any
-package apt-get pulled in for it, the daemon and the scratch files are removed in a finally
-block (SIGTERM, SIGINT and SIGHUP unwind through it too), and the set of installed packages is
-compared with the one taken before.
+the installed parexd answers one request sent by the installed parexctl on a free port; an
+edited config survives a reinstall; apt-get purges it. The machine is left as it was even when
+a step fails: the package, any package apt-get pulled in for it, the daemon and the scratch
+files are removed in a finally block (SIGTERM, SIGINT and SIGHUP unwind through it too), and
+the set of installed packages is compared with the one taken before.
 
     python3 test_deb.py --build DIR --source DIR
 Exit 77 (skipped) when not root: installing is the point of the test.
@@ -215,6 +215,17 @@ def exercise_installed(version, scratch):
     expect(set(FILES) <= set(listed), "dpkg lists every file of the package as installed")
 
 
+def keep_edited_config(deb):
+    """An operator's edit of the conffile survives a reinstall over it (dpkg's upgrade path)."""
+    conf = "/etc/parexd/parexd.json"
+    edited = '{"workers": 3}\n'
+    with open(conf, "w") as f:
+        f.write(edited)
+    apt("install", "--reinstall", "--no-install-recommends", deb)
+    with open(conf) as f:
+        expect(f.read() == edited, "a reinstall keeps the operator's edited " + conf)
+
+
 DAEMONS = []
 BIN_IN_BUILD = []
 
@@ -264,6 +275,7 @@ def main():
         status = dpkg_status("parexd")
         expect(status == "ii", "apt-get installed parexd (dpkg status %s)" % status)
         exercise_installed(version, scratch)
+        keep_edited_config(deb)
         apt("purge", "parexd")
         gone = [p for p in FILES if os.path.lexists(p)] + \
             (["/etc/parexd"] if os.path.lexists("/etc/parexd") else [])
