@@ -54,8 +54,8 @@ class RulesMatchMetrics(unittest.TestCase):
     def setUpClass(cls):
         with open(RULES) as f:
             cls.rules = f.read()
-        # A token, so a line without it is a rejected request.
-        cls.d = px.Daemon(config={"auth_token": TOKEN})
+        # A token, so a line without it is a rejected request; the fail op, for a failed one.
+        cls.d = px.Daemon(config={"auth_token": TOKEN, "builtin_test_ops": True})
         with cls.d.connect() as c:
             for i in range(5):
                 c.send({"key": "k%d" % i, "token": TOKEN, "payload": i})
