@@ -217,7 +217,7 @@ class ConfigPage(unittest.TestCase):
             d = f["default"]
             if d is None or d == "null":
                 continue
-            if d.startswith('"'):
+            if not re.fullmatch(r"-?[0-9.]+", d):
                 self.assertIn("default " + d, entry, "%s: the page's default is not the code's "
                               "(%s)" % (key, origin))
             else:
