@@ -6,15 +6,18 @@ apt-get installs it; systemd-analyze verifies the installed units; the installed
 one request sent by the installed parexctl on a free port; an edited config survives a
 reinstall and is what the installed parexd reads without --config; apt-get purges it. The
 machine is left as it was even when a step fails: the package, any package apt-get pulled in
-for it, the daemon and the scratch files are removed in a finally block (SIGTERM, SIGINT and
-SIGHUP unwind through it too), and the set of installed packages is compared with the one taken
-before.
+for it, the group its postinst made, the daemon and the scratch files are removed in a finally
+block (SIGTERM, SIGINT and SIGHUP unwind through it too); then no package the test installed
+may be left, and none that was installed before may be gone. An existing parexd install is
+never touched (the test fails instead), and a lock keeps two checkouts' package tests from
+installing at once.
 
     python3 test_deb.py --source DIR
 Exit 77 (skipped) when not root: installing is the point of the test.
 """
 
 import argparse
+import fcntl
 import grp
 import json
 import os
@@ -57,6 +60,7 @@ ACCEPTED_WARNINGS = {"non-standard-file-perm"}
 # Depends beyond the libraries: postinst makes the group parexd with addgroup.
 SCRIPT_DEPENDS = {"adduser"}
 CONF = "/etc/parexd/parexd.json"
+LOCK = "/run/lock/parexd-package-test.lock"
 
 TIMEOUT = 20.0
 
@@ -78,10 +82,10 @@ def expect(cond, what):
     print("ok: " + what.split("\n")[0])
 
 
-def installed_packages():
-    out = run("dpkg-query", "-W", "-f", "${Package}:${Architecture} ${Version} "
-              "${db:Status-Abbrev}\n").stdout
-    return set(line.strip() for line in out.splitlines() if line.strip())
+def present(pkg):
+    """Installed, half-installed or with config files left: anything but not-installed."""
+    st = dpkg_status(pkg)
+    return len(st) >= 2 and st[1] != "n"
 
 
 def dpkg_status(pkg):
@@ -275,21 +279,10 @@ def main():
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     source = os.path.abspath(args.source)
-    # Never touch an existing install: this test would replace and then purge it.
-    for path in ["/etc/parexd", "/lib/systemd/system/parexd.service"] + BINARIES:
-        if os.path.lexists(path):
-            print("FAIL: %s exists on this machine; the package test installs and purges "
-                  "parexd, so it runs only where parexd is not installed" % path)
-            return 1
-    if dpkg_status("parexd") not in ("", "un"):
-        print("FAIL: dpkg knows a parexd package here (status %s); the package test installs "
-              "and purges parexd, so it runs only where parexd is not installed"
-              % dpkg_status("parexd"))
-        return 1
-    before = installed_packages()
-    had_group = group_exists("parexd")
     scratch = tempfile.mkdtemp(prefix="parexd-deb-")
     failed = None
+    ours = []  # packages our apt-get install added: parexd and any dependency it pulled in
+    state = None
     try:
         deb, build = build_package(source)
         BIN_IN_BUILD.extend(os.path.join(build, b) for b in ("parexd", "parexctl", "parex-bench"))
@@ -297,7 +290,17 @@ def main():
             version = re.search(r'set\(CPACK_PACKAGE_VERSION "([^"]+)"\)', f.read()).group(1)
         check_depends(check_package(deb, source, version))
         check_lintian(deb)
-        apt("install", "--no-install-recommends", deb)
+        # One package test at a time on this machine (other checkouts run theirs too).
+        lock = open(LOCK, "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = machine_state()
+        refuse_existing_install()
+        ours.append("parexd")  # from here on, a parexd on this machine is the test's
+        out = apt("install", "--no-install-recommends", deb).stdout
+        m = re.search(r"The following NEW packages will be installed:\n((?:  .*\n)+)", out)
+        ours.extend(p for p in (m.group(1).split() if m else []) if p != "parexd")
+        expect("parexd" in ours, "apt-get installed parexd and %s" % (sorted(set(ours) - {"parexd"})
+                                                                       or "nothing else"))
         status = dpkg_status("parexd")
         expect(status == "ii", "apt-get installed parexd (dpkg status %s)" % status)
         exercise_installed(version, scratch)
@@ -314,18 +317,44 @@ def main():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        leftovers = cleanup(before, had_group)
+        leftovers = cleanup(ours, state) if state else []
         shutil.rmtree(scratch, True)
-    after = installed_packages()
     if failed:
         print("FAIL: " + failed)
         return 1
     if leftovers:
         print("cleaned up: " + " ".join(leftovers))
-    expect(after == before, "the installed packages are those before the test\n  added: %s\n"
-           "  removed: %s" % (sorted(after - before), sorted(before - after)))
+    names, had_group = state
+    now = installed_names()
+    left = [p for p in ours if present(p)]
+    expect(not left, "none of the packages the test installed is left: %s" % left)
+    expect(not (names - now), "no package that was installed before is gone: %s"
+           % sorted(names - now))
     expect(group_exists("parexd") == had_group, "the group parexd is as before the test")
     return 0
+
+
+def refuse_existing_install():
+    """Never touch an existing install: this test would replace and then purge it."""
+    for path in ["/etc/parexd", "/lib/systemd/system/parexd.service"] + BINARIES:
+        if os.path.lexists(path):
+            raise Failure("%s exists on this machine; the package test installs and purges "
+                          "parexd, so it runs only where parexd is not installed" % path)
+    if dpkg_status("parexd") not in ("", "un"):
+        raise Failure("dpkg knows a parexd package here (status %s); the package test "
+                      "installs and purges parexd, so it runs only where parexd is not "
+                      "installed" % dpkg_status("parexd"))
+
+
+def machine_state():
+    return installed_names(), group_exists("parexd")
+
+
+def installed_names():
+    """Names of the installed packages. Other checkouts on this machine may install packages
+    while the test runs, so the test answers only for what it installed itself."""
+    out = run("dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n").stdout
+    return set(l.split()[0] for l in out.splitlines() if l.split()[1:2] == ["ii"])
 
 
 def statoverride():
@@ -340,23 +369,21 @@ def group_exists(name):
         return False
 
 
-def cleanup(before, had_group):
-    """Purges parexd and whatever apt-get installed for it, and the system group its postinst
-    made (Debian's purge keeps it); returns what it had to remove."""
+def cleanup(ours, state):
+    """Purges what the test installed (parexd, whatever apt-get pulled in for it) and the system
+    group its postinst made (Debian's purge keeps it); returns what it had to remove."""
+    _, had_group = state
     removed = []
-    if dpkg_status("parexd") not in ("", "un"):
-        apt("purge", "parexd", check=False)
-        removed.append("parexd")
-    had = set(l.split()[0] for l in before)
-    new = sorted(set(l.split()[0] for l in installed_packages()) - had)
-    if new:
-        apt("purge", *new, check=False)
-        removed += new
+    left = [p for p in ours if present(p)]
+    if left:
+        apt("purge", *left, check=False)
+        removed += left
     if statoverride():
         run("dpkg-statoverride", "--remove", CONF, check=False)
         removed.append("stat override of " + CONF)
     if not had_group and group_exists("parexd"):
         run("groupdel", "parexd", check=False)
+        removed.append("group parexd")
     return removed
 
 
