@@ -526,10 +526,13 @@ class SecretsTest(unittest.TestCase):
             self.assertIn("\n" + line + "\n", unit)
         self.assertIn("LoadCredential=auth_token:", unit)
         with open(os.path.join(root, "scripts", "install-service")) as f:
-            self.assertIn("install -m 0640 -g parexd config/parexd.json", f.read())
-        with open(os.path.join(root, "CMakeLists.txt")) as f:
-            self.assertRegex(f.read(), r"config/parexd.json DESTINATION \S+\s+"
-                                       r"PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ\)")
+            script = f.read()
+        self.assertIn("groupadd --system parexd", script)
+        self.assertIn("chgrp parexd /etc/parexd/parexd.json", script)
+        # cmake --install writes the config 0640, whatever the prefix.
+        with open(os.path.join(root, "systemd", "install.cmake")) as f:
+            self.assertRegex(f.read(), r"PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ\s+"
+                                       r"FILES \"\$\{PX_SOURCE_DIR\}/config/parexd.json\"")
 
 
 class DisclosureTest(unittest.TestCase):
