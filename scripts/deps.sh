@@ -2,9 +2,12 @@
 # builds and tests with, and nothing when they are all present (quiet and idempotent).
 
 PX_PACKAGES="gcc make cmake pkg-config libuv1-dev libjansson-dev libxxhash-dev libcmocka-dev \
-libnats-dev \
-libmicrohttpd-dev libsystemd-dev libcurl4-openssl-dev python3 netcat-openbsd"
-PX_TEST_PACKAGES="prometheus systemd clang-14 libclang-rt-14-dev nats-server"
+libmicrohttpd-dev libsystemd-dev libcurl4-openssl-dev python3 netcat-openbsd scdoc \
+libnats-dev"
+# prometheus: promtool; mandoc: man page lint; dpkg-dev, file: cpack's shlibs dependencies;
+# lintian: the package check; nats-server: the cluster tests.
+PX_TEST_PACKAGES="prometheus systemd clang-14 libclang-rt-14-dev python3-venv python3-setuptools \
+python3-wheel mandoc dpkg-dev file lintian nats-server"
 
 px_install() {
     missing=""

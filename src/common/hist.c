@@ -43,8 +43,12 @@ void px_hist_record(px_hist_t *h, uint64_t v)
     atomic_fetch_add_explicit(&h->b[px_hist_index(v)], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&h->sum, v, memory_order_relaxed);
-    if (v > atomic_load_explicit(&h->max, memory_order_relaxed))
-        atomic_store_explicit(&h->max, v, memory_order_relaxed);
+    /* Several workers record into one handler's histogram: raise the max by CAS, never lower
+     * it with a stale load-then-store. */
+    uint64_t m = atomic_load_explicit(&h->max, memory_order_relaxed);
+    while (v > m && !atomic_compare_exchange_weak_explicit(&h->max, &m, v, memory_order_relaxed,
+                                                           memory_order_relaxed))
+        ;
 }
 
 void px_hist_merge(px_hist_snap_t *s, const px_hist_t *h)

@@ -24,7 +24,7 @@ typedef struct px_hist_snap {
     uint64_t b[PX_HIST_BUCKETS];
 } px_hist_snap_t;
 
-/* Values are in any unit the caller picks (parexd uses microseconds). Single writer. */
+/* Values are in any unit the caller picks (parexd uses microseconds). Any number of writers. */
 void px_hist_record(px_hist_t *h, uint64_t v);
 /* Adds h into s (s zeroed by the caller first). Any thread. */
 void px_hist_merge(px_hist_snap_t *s, const px_hist_t *h);

@@ -41,14 +41,49 @@ const char *px_log_level_name(int level)
     return level >= PX_LOG_ERR && level <= PX_LOG_DEBUG ? names[level] : "?";
 }
 
+size_t px_escape_ctl(char *dst, size_t cap, const char *src, size_t len)
+{
+    size_t o = 0;
+
+    if (cap == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)src[i];
+        char esc[8];
+        size_t n = 1;
+
+        if (c < 0x20 || c == 0x7f) {
+            n = (size_t)snprintf(esc, sizeof esc, "\\x%02x", c);
+        } else if (c == 0xc2 && i + 1 < len && (unsigned char)src[i + 1] >= 0x80 &&
+                   (unsigned char)src[i + 1] <= 0x9f) {
+            n = (size_t)snprintf(esc, sizeof esc, "\\u%04x", (unsigned char)src[++i]);
+        } else {
+            /* A multi-byte character is copied whole or not at all. */
+            if (c >= 0xc0)
+                while (n < 4 && i + n < len && ((unsigned char)src[i + n] & 0xc0) == 0x80)
+                    n++;
+            memcpy(esc, src + i, n);
+            i += n - 1;
+        }
+        if (o + n >= cap)
+            break;
+        memcpy(dst + o, esc, n);
+        o += n;
+    }
+    dst[o] = '\0';
+    return o;
+}
+
 void px_log_write(int level, const char *file, int line, const char *fmt, ...)
 {
-    char msg[1024], head[64];
+    char raw[1024], msg[4096], head[64];
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    /* Messages quote clients' keys and programs' stderr: one event must stay one line. */
+    px_escape_ctl(msg, sizeof msg, raw, strlen(raw));
     if (journal) {
         snprintf(head, sizeof head, "<%d>", level);
     } else {

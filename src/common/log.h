@@ -4,6 +4,7 @@
 #define PX_LOG_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 
 enum { PX_LOG_ERR = 3, PX_LOG_WARN = 4, PX_LOG_NOTICE = 5, PX_LOG_INFO = 6, PX_LOG_DEBUG = 7 };
 
@@ -13,6 +14,11 @@ extern _Atomic int px_log_level;
 void px_log_init(void);
 int px_log_level_parse(const char *name); /* -1 when unknown */
 const char *px_log_level_name(int level);
+/* Copies len bytes of src into dst (cap bytes, always NUL-terminated, cut on a whole escape or
+ * character) with every control character written out: bytes below 0x20 and 0x7f as \xNN, the
+ * C1 controls U+0080..U+009F as \u00NN. A value from a client (a key, an error text) can then
+ * neither start a forged log line nor drive a terminal. Returns the length written. */
+size_t px_escape_ctl(char *dst, size_t cap, const char *src, size_t len);
 void px_log_write(int level, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

@@ -2,6 +2,8 @@
  * redraws in place with plain ANSI escapes (no curses dependency for one screen). */
 #include "ctl/http.h"
 
+#include "common/log.h"
+
 #include <curl/curl.h>
 #include <math.h>
 #include <stdio.h>
@@ -14,9 +16,17 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
     return px_buf_append(arg, p, size * n) ? 0 : size * n;
 }
 
+static const char *bearer; /* the auth token, sent to /stats */
+
+void px_http_set_token(const char *token)
+{
+    bearer = token;
+}
+
 long px_http_get(const char *addr, const char *path, px_buf_t *body, char *err, size_t errlen)
 {
-    char url[512];
+    struct curl_slist *hdrs = NULL;
+    char url[512], auth[300];
     long status = -1;
     CURLcode rc;
     CURL *c;
@@ -31,6 +41,11 @@ long px_http_get(const char *addr, const char *path, px_buf_t *body, char *err, 
     curl_easy_setopt(c, CURLOPT_WRITEDATA, body);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    if (bearer && *bearer) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", bearer);
+        hdrs = curl_slist_append(hdrs, auth);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+    }
     if ((rc = curl_easy_perform(c)) != CURLE_OK)
         snprintf(err, errlen,
                  "cannot GET %s: %s (is parexd's metrics endpoint there? see "
@@ -39,6 +54,7 @@ long px_http_get(const char *addr, const char *path, px_buf_t *body, char *err, 
     else
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_cleanup(c);
+    curl_slist_free_all(hdrs);
     return status;
 }
 
@@ -52,12 +68,31 @@ static json_t *get_stats(const char *maddr)
 
     if (st < 0)
         fprintf(stderr, "parexctl: %s\n", err);
+    else if (st == 401)
+        fprintf(stderr, "parexctl: /stats needs parexd's auth_token: pass --token-file FILE (or "
+                        "$PAREXD_TOKEN)\n");
     else if (st != 200)
         fprintf(stderr, "parexctl: /stats answered HTTP %ld\n", st);
     else if (!(o = json_loadb(b.data, b.len, 0, &jerr)))
         fprintf(stderr, "parexctl: /stats is not JSON: %s\n", jerr.text);
     px_buf_free(&b);
     return o;
+}
+
+/* A string field of the daemon's answer as safe terminal text: keys and error messages come from
+ * clients, and must not move the cursor or recolour the screen. Uses one of four rotating
+ * buffers, so a printf may show up to four of them. */
+static const char *shown(json_t *o, const char *k)
+{
+    static char bufs[4][1024];
+    static int next;
+    const char *s = json_string_value(json_object_get(o, k));
+    char *b = bufs[next++ & 3];
+
+    if (!s)
+        return "";
+    px_escape_ctl(b, sizeof bufs[0], s, strlen(s));
+    return b;
 }
 
 static long long num(json_t *o, const char *k)
@@ -93,8 +128,7 @@ static void print_workers(json_t *s, int bars)
                state, bars && strcmp(state, "idle") && strcmp(state, "busy") ? "\033[0m" : "", q,
                num(w, "processed"), num(w, "failed"),
                json_number_value(json_object_get(w, "busy_ms")),
-               json_number_value(json_object_get(w, "heartbeat_age_ms")),
-               json_string_value(json_object_get(w, "current_key")));
+               json_number_value(json_object_get(w, "heartbeat_age_ms")), shown(w, "current_key"));
     }
 }
 
@@ -134,14 +168,13 @@ static void print_hot(json_t *s)
         json_t *a = json_array_get(arr, i), *t = json_array_get(tim, i);
         if (!a && !t)
             break;
-        printf("%-32.32s %8lld %6lld   %-32.32s %10.0f %6lld\n",
-               a ? json_string_value(json_object_get(a, "key")) : "", a ? num(a, "count") : 0,
-               a ? num(a, "worker") : 0, t ? json_string_value(json_object_get(t, "key")) : "",
+        printf("%-32.32s %8lld %6lld   %-32.32s %10.0f %6lld\n", a ? shown(a, "key") : "",
+               a ? num(a, "count") : 0, a ? num(a, "worker") : 0, t ? shown(t, "key") : "",
                t ? json_number_value(json_object_get(t, "ms")) : 0, t ? num(t, "worker") : 0);
     }
-    json_array_foreach(json_object_get(s, "parked"), i, e) printf(
-        "PARKED %s  (%lld ms left, last error: %s)\n", json_string_value(json_object_get(e, "key")),
-        num(e, "time_left_ms"), json_string_value(json_object_get(e, "last_error")));
+    json_array_foreach(json_object_get(s, "parked"), i, e)
+        printf("PARKED %s  (%lld ms left, last error: %s)\n", shown(e, "key"),
+               num(e, "time_left_ms"), shown(e, "last_error"));
 }
 
 int px_ctl_stats(const char *maddr)

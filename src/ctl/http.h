@@ -7,6 +7,8 @@
 
 #include <jansson.h>
 
+/* The auth token sent as a Bearer token with every GET (NULL: none). */
+void px_http_set_token(const char *token);
 /* GET http://ADDR/PATH into body. Returns the HTTP status, or -1 with err set. */
 long px_http_get(const char *addr, const char *path, px_buf_t *body, char *err, size_t errlen);
 

@@ -1,9 +1,12 @@
-/* parexctl: the command-line client. Exit status: 0 ok, 1 the daemon answered something other
- * than ok, 2 usage or connection errors. */
-#include "ctl/client.h"
+/* parexctl: the command-line client, on libparex for the request socket. Exit status: 0 ok,
+ * 1 the daemon answered something other than ok, 2 usage or connection errors. */
 #include "ctl/cluster.h"
 #include "ctl/http.h"
+#include "common/buf.h"
 #include "common/route.h"
+#include "common/secret.h"
+
+#include <parex/client.h>
 
 #include <errno.h>
 #include <getopt.h>
@@ -24,19 +27,21 @@ static const char *token; /* --token or $PAREXD_TOKEN: added to every line sent 
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage:\n"
-               "  parexctl send --key K [--op OP] [--payload JSON] [--id ID] [--addr HOST:PORT]\n"
-               "               [--token T]   (or $PAREXD_TOKEN, when parexd has an auth_token)\n"
-               "  parexctl send [--addr HOST:PORT] < requests.jsonl   (pipelines stdin lines)\n"
-               "  parexctl route KEY --workers N | --partitions N\n"
-               "  parexctl control NAME [--addr HOST:PORT]            (e.g. control stats)\n"
-               "  parexctl parked | unpark KEY | drop KEY [--addr HOST:PORT]   (quarantine)\n"
-               "  parexctl stats|health|metrics [--metrics-addr HOST:PORT]\n"
-               "  parexctl top [--metrics-addr HOST:PORT] [--interval SECONDS] [--once]\n"
-               "  parexctl cluster [--metrics-addr HOST:PORT]...   (once per instance)\n"
-               "Defaults: --addr $PAREXD_ADDR or 127.0.0.1:7400, --metrics-addr\n"
-               "$PAREXD_METRICS_ADDR or 127.0.0.1:9400.\n"
-               "Exit status: 0 ok, 1 failed/rejected/invalid, 2 usage or connection error.\n");
+    fprintf(f,
+            "usage:\n"
+            "  parexctl send --key K [--op OP] [--payload JSON] [--id ID] [--addr HOST:PORT]\n"
+            "               [--token-file F]   (or $PAREXD_TOKEN, when parexd has an auth_token;\n"
+            "               --token T works too, but shows the token in ps)\n"
+            "  parexctl send [--addr HOST:PORT] < requests.jsonl   (pipelines stdin lines)\n"
+            "  parexctl route KEY --workers N | --partitions N\n"
+            "  parexctl control NAME [--addr HOST:PORT]            (e.g. control stats)\n"
+            "  parexctl parked | unpark KEY | drop KEY [--addr HOST:PORT]   (quarantine)\n"
+            "  parexctl stats|health|metrics [--metrics-addr HOST:PORT] [--token-file F]\n"
+            "  parexctl top [--metrics-addr HOST:PORT] [--interval SECONDS] [--once]\n"
+            "  parexctl cluster [--metrics-addr HOST:PORT]...   (once per instance)\n"
+            "Defaults: --addr $PAREXD_ADDR or 127.0.0.1:7400, --metrics-addr\n"
+            "$PAREXD_METRICS_ADDR or 127.0.0.1:9400.\n"
+            "Exit status: 0 ok, 1 failed/rejected/invalid, 2 usage or connection error.\n");
 }
 
 static int die_usage(const char *msg)
@@ -46,72 +51,124 @@ static int die_usage(const char *msg)
     return EXIT_USAGE;
 }
 
-static int connect_or_report(void)
+/* A libparex context to the daemon (the token added to the lines it builds), or NULL after
+ * saying why on stderr. */
+static parex_ctx_t *connect_or_report(void)
 {
-    char err[256];
-    int fd = px_client_connect(addr, err, sizeof err);
+    parex_options_t o = {.token = token};
+    parex_ctx_t *c = parex_connect(addr, &o);
 
-    if (fd < 0)
-        fprintf(stderr, "parexctl: %s\n", err);
-    return fd;
+    if (!c || parex_err(c)) {
+        fprintf(stderr, "parexctl: %s\n", c ? parex_errstr(c) : "out of memory");
+        parex_free(c);
+        return NULL;
+    }
+    return c;
 }
 
-static int status_ok(const char *line)
-{
-    json_t *r = json_loads(line, 0, NULL);
-    const char *st = json_string_value(json_object_get(r, "status"));
-    int ok = st && strcmp(st, "ok") == 0;
-
-    json_decref(r);
-    return ok;
-}
-
-/* Sends one line and prints its one answer. */
+/* Sends one request object and prints its one answer. */
 static int roundtrip(json_t *req)
 {
-    px_lines_t in = {0};
-    char *text, *line = NULL;
-    int fd, rc = EXIT_USAGE;
+    char *text = json_dumps(req, JSON_COMPACT);
+    parex_ctx_t *c = NULL;
+    parex_reply_t *r = NULL;
+    int rc = EXIT_USAGE;
 
-    if (token)
-        json_object_set_new(req, "token", json_string(token));
-    text = json_dumps(req, JSON_COMPACT);
-    if ((fd = connect_or_report()) < 0)
+    if (!text || !(c = connect_or_report()))
         goto out;
-    in.fd = fd;
-    if (px_client_write_all(fd, text, strlen(text)) || px_client_write_all(fd, "\n", 1)) {
-        fprintf(stderr, "parexctl: write to %s failed: %s\n", addr, strerror(errno));
+    if (parex_append_json(c, text) < 0 || parex_get_reply(c, &r)) {
+        fprintf(stderr, "parexctl: %s\n", parex_errstr(c));
         goto out;
     }
-    while (!(line = px_lines_next(&in)))
-        if (px_lines_fill(&in) <= 0) {
-            fprintf(stderr, "parexctl: %s closed the connection without an answer\n", addr);
-            goto out;
-        }
-    printf("%s\n", line);
-    rc = status_ok(line) ? 0 : EXIT_NOT_OK;
+    printf("%.*s\n", (int)r->line_len, r->line);
+    rc = r->status == PAREX_OK ? 0 : EXIT_NOT_OK;
 out:
-    if (fd >= 0)
-        close(fd);
-    px_buf_free(&in.buf);
+    parex_reply_free(r);
+    parex_free(c);
     free(text);
     return rc;
+}
+
+/* Queues one line of stdin. With a token, a line that is a JSON object without one gets it as
+ * its first member; the rest of the line goes on byte for byte, so what the user wrote is what
+ * parexd reads (ids, numbers and spacing are not re-serialised). */
+static int send_line(parex_ctx_t *c, px_buf_t *tmp, const char *line, size_t len)
+{
+    size_t lead = strspn(line, " \t");
+    json_t *o = token ? json_loadb(line, len, 0, NULL) : NULL;
+    int rc;
+
+    if (json_is_object(o) && !json_object_get(o, "token") && lead < len && line[lead] == '{') {
+        tmp->len = 0;
+        rc = px_buf_append(tmp, line, lead + 1) || px_buf_puts(tmp, "\"token\":") ||
+             px_buf_json_string(tmp, token, strlen(token)) ||
+             (json_object_size(o) > 0 && px_buf_puts(tmp, ",")) ||
+             px_buf_append(tmp, line + lead + 1, len - lead - 1) ||
+             parex_append_raw(c, tmp->data, tmp->len);
+    } else {
+        rc = parex_append_raw(c, line, len);
+    }
+    json_decref(o);
+    return rc ? -1 : 0;
+}
+
+/* Queues stdin's complete lines (and, at its end, a last one without a newline: parexd reads
+ * that as a line too). 1 while stdin is open, 0 at its end, -1 on an error. */
+static int relay_stdin(parex_ctx_t *c, px_buf_t *in, px_buf_t *tmp)
+{
+    char chunk[65536], *nl;
+    ssize_t n = read(0, chunk, sizeof chunk);
+    size_t done = 0;
+
+    if (n < 0 && errno == EINTR)
+        return 1;
+    if (n > 0 && px_buf_append(in, chunk, (size_t)n))
+        return -1;
+    while (done < in->len && (nl = memchr(in->data + done, '\n', in->len - done))) {
+        if (send_line(c, tmp, in->data + done, (size_t)(nl - in->data - done)))
+            return -1;
+        done = (size_t)(nl - in->data) + 1;
+    }
+    if (done) {
+        memmove(in->data, in->data + done, in->len - done);
+        in->len -= done;
+    }
+    if (n > 0)
+        return 1;
+    if (in->len && send_line(c, tmp, in->data, in->len))
+        return -1;
+    in->len = 0;
+    return 0;
+}
+
+/* Prints every answer that is complete; 0, or -1 once the connection has ended. */
+static int print_answers(parex_ctx_t *c, int *rc)
+{
+    parex_reply_t *r;
+    int n;
+
+    while ((n = parex_poll_reply(c, &r)) > 0) {
+        printf("%.*s\n", (int)r->line_len, r->line);
+        if (r->status != PAREX_OK)
+            *rc = EXIT_NOT_OK;
+        parex_reply_free(r);
+    }
+    fflush(stdout);
+    return n;
 }
 
 /* Pipelines stdin to the daemon while printing answers as they arrive. The daemon closes the
  * connection once it has answered every line sent before our end-of-stream. */
 static int pipeline_stdin(void)
 {
-    px_lines_t in = {0};
-    char chunk[65536], *line;
-    int fd, rc = 0, stdin_open = 1;
+    px_buf_t in = {0}, tmp = {0};
+    parex_ctx_t *c;
+    int rc = 0, stdin_open = 1;
 
-    if ((fd = connect_or_report()) < 0)
+    if (!(c = connect_or_report()))
         return EXIT_USAGE;
-    in.fd = fd;
     for (;;) {
-        struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = 0, .events = POLLIN}};
-        int r;
+        struct pollfd p[2] = {{.fd = parex_fd(c), .events = POLLIN}, {.fd = 0, .events = POLLIN}};
 
         if (poll(p, stdin_open ? 2 : 1, -1) < 0) {
             if (errno == EINTR)
@@ -119,36 +176,28 @@ static int pipeline_stdin(void)
             break;
         }
         if (stdin_open && (p[1].revents & (POLLIN | POLLHUP))) {
-            ssize_t n = read(0, chunk, sizeof chunk);
-            if (n > 0 && px_client_write_all(fd, chunk, (size_t)n)) {
-                fprintf(stderr, "parexctl: write to %s failed: %s\n", addr, strerror(errno));
+            int more = relay_stdin(c, &in, &tmp);
+
+            if (more < 0 || (more == 0 ? parex_send_eof(c) : parex_flush(c))) {
+                fprintf(stderr, "parexctl: write to %s failed: %s\n", addr,
+                        parex_err(c) ? parex_errstr(c) : strerror(errno));
                 rc = EXIT_USAGE;
                 break;
             }
-            if (n <= 0) {
-                stdin_open = 0;
-                shutdown(fd, SHUT_WR);
-            }
+            stdin_open = more;
         }
-        if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-            r = px_lines_fill(&in);
-            while ((line = px_lines_next(&in))) {
-                printf("%s\n", line);
-                if (!status_ok(line))
-                    rc = EXIT_NOT_OK;
+        if (print_answers(c, &rc) < 0) {
+            if (parex_err(c) != PAREX_ERR_EOF || stdin_open) {
+                fprintf(stderr, "parexctl: %s closed the connection early (%s)\n", addr,
+                        parex_errstr(c));
+                rc = EXIT_USAGE;
             }
-            fflush(stdout);
-            if (r <= 0) {
-                if (r < 0 || stdin_open) {
-                    fprintf(stderr, "parexctl: %s closed the connection early\n", addr);
-                    rc = EXIT_USAGE;
-                }
-                break;
-            }
+            break;
         }
     }
-    close(fd);
-    px_buf_free(&in.buf);
+    parex_free(c);
+    px_buf_free(&in);
+    px_buf_free(&tmp);
     return rc;
 }
 
@@ -209,7 +258,14 @@ static int cmd_send(int argc, char **argv)
         json_object_set_new(req, "payload", pl);
     if (id) {
         char *end;
-        long long n = strtoll(id, &end, 10);
+        long long n;
+        errno = 0;
+        n = strtoll(id, &end, 10);
+        if (*id && !*end && errno == ERANGE) {
+            json_decref(req);
+            return die_usage("send: --id is an integer outside -2^63..2^63-1; parexd would not "
+                             "echo it back as sent");
+        }
         json_object_set_new(req, "id", *id && !*end ? json_integer(n) : json_string(id));
     }
     rc = roundtrip(req);
@@ -354,6 +410,44 @@ static int cmd_cluster(int argc, char **argv)
     return px_ctl_cluster(addrs, n);
 }
 
+/* --token T and --token-file F apply to every command (the token goes into each line sent and
+ * into /stats requests): taken out of argv here, before the command parses the rest. Returns
+ * the new argc, or -1 after reporting a token file that cannot be read. */
+static int take_token_args(int argc, char **argv)
+{
+    static char from_file[256];
+    char err[512] = "";
+    int out = 1;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        int file = 0;
+        if (strcmp(a, "--token") == 0 || strcmp(a, "--token-file") == 0) {
+            file = a[7] == '-';
+            if (i + 1 >= argc) {
+                fprintf(stderr, "parexctl: %s needs a value\n", a);
+                return -1;
+            }
+            v = argv[++i];
+        } else if (strncmp(a, "--token=", 8) == 0) {
+            v = a + 8;
+        } else if (strncmp(a, "--token-file=", 13) == 0) {
+            v = a + 13;
+            file = 1;
+        } else {
+            argv[out++] = argv[i];
+            continue;
+        }
+        if (file && px_secret_read(v, from_file, sizeof from_file, err, sizeof err) <= 0) {
+            fprintf(stderr, "parexctl: --token-file: %s\n", err[0] ? err : "the file is empty");
+            return -1;
+        }
+        token = file ? from_file : v;
+    }
+    argv[out] = NULL;
+    return out;
+}
+
 int main(int argc, char **argv)
 {
     const char *env = getenv("PAREXD_ADDR");
@@ -364,6 +458,9 @@ int main(int argc, char **argv)
         maddr = env;
     if ((env = getenv("PAREXD_TOKEN")) && *env)
         token = env;
+    if ((argc = take_token_args(argc, argv)) < 0)
+        return EXIT_USAGE;
+    px_http_set_token(token);
     if (argc < 2)
         return die_usage("missing command");
     if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {

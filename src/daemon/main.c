@@ -7,36 +7,48 @@
 #include "daemon/server.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
+
+#ifndef PX_DEFAULT_CONFIG
+#define PX_DEFAULT_CONFIG "/etc/parexd/parexd.json"
+#endif
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: parexd [--config FILE] [options]\n"
-               "Partitioned request executor: JSON lines over TCP, run in order per key.\n\n"
-               "  -c, --config FILE          JSON config file (every key optional)\n"
-               "  -l, --listen HOST:PORT     request listener (default 127.0.0.1:7400)\n"
-               "  -m, --metrics-listen H:P   metrics endpoint (default 127.0.0.1:9400)\n"
-               "  -w, --workers N            worker threads (0 = 2 x online CPUs)\n"
-               "  -q, --queue-capacity N     bounded queue length per worker (default 1024)\n"
-               "  -L, --log-level LEVEL      error, warning, notice, info, debug\n"
-               "  -h, --help                 this text\n"
-               "  -V, --version              version and build features\n"
-               "Flags override the file. See README.md for the protocol and every config key.\n");
+    char *flags = px_config_help();
+
+    fprintf(
+        f,
+        "usage: parexd [--config FILE] [options]\n"
+        "Partitioned request executor: JSON lines over TCP, run in order per key.\n\n"
+        "  -c, --config FILE              JSON config file (every key optional); without it\n"
+        "                                 $PAREXD_CONFIG, else " PX_DEFAULT_CONFIG " if present\n"
+        "  -p, --print-config             print the effective configuration as JSON and exit\n"
+        "  -M, --print-manual             print the manual's key table and SIGHUP row (Markdown)\n"
+        "  -h, --help                     this text\n"
+        "  -V, --version                  version and build features\n"
+        "%s"
+        "Flags override the file. See README.md for the protocol and every key.\n",
+        flags ? flags : "");
+    free(flags);
 }
 
 /* Where the configuration comes from, kept for SIGHUP: the file, then the flags over it. */
 struct sources {
     const char *path;
+    int optional; /* the built-in default path: read only when present */
     int nflags;
     struct {
         const char *key, *value;
-    } flags[16];
+    } flags[PX_CONFIG_MAX_KEYS];
 };
 
 static int load_config(px_config_t *cfg, char *err, size_t errlen, void *arg)
@@ -44,7 +56,8 @@ static int load_config(px_config_t *cfg, char *err, size_t errlen, void *arg)
     const struct sources *src = arg;
 
     px_config_defaults(cfg);
-    if (src->path && px_config_load_file(cfg, src->path, err, errlen))
+    if (src->path && !(src->optional && access(src->path, F_OK) != 0 && errno == ENOENT) &&
+        px_config_load_file(cfg, src->path, err, errlen))
         return -1;
     for (int i = 0; i < src->nflags; i++)
         if (px_config_set(cfg, src->flags[i].key, src->flags[i].value, err, errlen))
@@ -52,21 +65,39 @@ static int load_config(px_config_t *cfg, char *err, size_t errlen, void *arg)
     return px_config_finish(cfg, err, errlen);
 }
 
+/* getopt's table: the fixed options, then one per key that has a flag. */
+static void build_options(struct option *opts, char *shorts, char (*names)[64])
+{
+    static const struct option fixed[] = {
+        {"config", required_argument, NULL, 'c'}, {"print-config", no_argument, NULL, 'p'},
+        {"print-manual", no_argument, NULL, 'M'}, {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+    };
+    size_t n = 0;
+
+    strcpy(shorts, "c:pMhV");
+    for (; n < sizeof fixed / sizeof fixed[0]; n++)
+        opts[n] = fixed[n];
+    for (size_t i = 0; i < px_config_nkeys; i++) {
+        const px_config_key_t *k = &px_config_keys[i];
+        if (!k->flag)
+            continue;
+        snprintf(names[i], 64, "%s", k->name);
+        for (char *p = names[i]; *p; p++)
+            if (*p == '_')
+                *p = '-';
+        opts[n++] = (struct option){names[i], required_argument, NULL, k->flag};
+        snprintf(shorts + strlen(shorts), 3, "%c:", k->flag);
+    }
+    opts[n] = (struct option){NULL, 0, NULL, 0};
+}
+
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"listen", required_argument, NULL, 'l'},
-        {"metrics-listen", required_argument, NULL, 'm'},
-        {"workers", required_argument, NULL, 'w'},
-        {"queue-capacity", required_argument, NULL, 'q'},
-        {"log-level", required_argument, NULL, 'L'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
-    };
+    static struct option opts[PX_CONFIG_MAX_KEYS + 8];
+    static char names[PX_CONFIG_MAX_KEYS][64], shorts[2 * PX_CONFIG_MAX_KEYS + 8];
     static struct sources src;
-    int ch, rc;
+    int ch, rc, print = 0;
     char err[512];
     px_config_t cfg;
     /* Static: after a forced stop with threads stuck in handlers, what they still use must stay
@@ -74,27 +105,22 @@ int main(int argc, char **argv)
     static px_server_t *srv;
     static uv_loop_t loop;
 
-    while ((ch = getopt_long(argc, argv, "c:l:m:w:q:L:hV", opts, NULL)) != -1) {
-        const char *key = NULL;
+    build_options(opts, shorts, names);
+    while ((ch = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
+        const px_config_key_t *key = NULL;
         switch (ch) {
         case 'c':
             src.path = optarg;
-            break;
-        case 'l':
-            key = "listen";
-            break;
-        case 'm':
-            key = "metrics_listen";
-            break;
-        case 'w':
-            key = "workers";
-            break;
-        case 'q':
-            key = "queue_capacity";
-            break;
-        case 'L':
-            key = "log_level";
-            break;
+            continue;
+        case 'p':
+            print = 1;
+            continue;
+        case 'M': {
+            char *m = px_config_manual();
+            fputs(m ? m : "", stdout);
+            free(m);
+            return m ? 0 : 1;
+        }
         case 'h':
             usage(stdout);
             return 0;
@@ -104,11 +130,24 @@ int main(int argc, char **argv)
                                      : "no, built without sd_notify and socket activation");
             return 0;
         default:
-            usage(stderr);
+            for (size_t i = 0; i < px_config_nkeys && ch != '?'; i++)
+                if (px_config_keys[i].flag == ch)
+                    key = &px_config_keys[i];
+            if (!key) {
+                usage(stderr);
+                return PX_EX_USAGE;
+            }
+        }
+        /* A bad flag value is a usage mistake (64), caught before any file is read. */
+        px_config_defaults(&cfg);
+        rc = px_config_set(&cfg, key->name, optarg, err, sizeof err);
+        px_config_clear(&cfg);
+        if (rc) {
+            fprintf(stderr, "parexd: %s\n", err);
             return PX_EX_USAGE;
         }
-        if (key && src.nflags < 16) {
-            src.flags[src.nflags].key = key;
+        if (src.nflags < PX_CONFIG_MAX_KEYS) {
+            src.flags[src.nflags].key = key->name;
             src.flags[src.nflags++].value = optarg;
         }
     }
@@ -116,11 +155,32 @@ int main(int argc, char **argv)
         fprintf(stderr, "parexd: unexpected argument '%s' (see --help)\n", argv[optind]);
         return PX_EX_USAGE;
     }
+    if (!src.path && (src.path = getenv("PAREXD_CONFIG")) && !*src.path)
+        src.path = NULL;
+    if (!src.path) {
+        src.path = PX_DEFAULT_CONFIG;
+        src.optional = 1;
+    }
 
     px_log_init();
     if (load_config(&cfg, err, sizeof err, &src))
         goto config_error;
+    if (print) {
+        json_t *j = px_config_to_json(&cfg);
+        rc = !j || json_dumpf(j, stdout,
+                              JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(12))
+                 ? 1
+                 : 0;
+        putchar('\n');
+        json_decref(j);
+        px_config_clear(&cfg);
+        return rc;
+    }
     atomic_store(&px_log_level, (int)cfg.log_level);
+    if (src.optional && access(src.path, F_OK) != 0)
+        px_debug("config: no %s; running on the defaults and flags", src.path);
+    else
+        px_debug("config: %s", src.path);
 
     /* Before any thread exists: jansson's hash seed, and no SIGPIPE from a vanished client. */
     json_object_seed(0);
@@ -139,7 +199,7 @@ int main(int argc, char **argv)
          * cannot be bound) is a config mistake: name the file, as the loader does. */
         rc = strstr(err, "key '") ? PX_EX_CONFIG : 1;
         if (rc == PX_EX_CONFIG)
-            fprintf(stderr, "parexd: config %s: %s\n", src.path ? src.path : "(flags)", err);
+            fprintf(stderr, "parexd: config %s: %s\n", src.path, err);
         else
             px_err("parexd: %s", err);
         uv_run(&loop, UV_RUN_NOWAIT);

@@ -112,6 +112,8 @@ static void close_handles(px_server_t *srv)
         uv_close((uv_handle_t *)&srv->sigterm, on_closed_noop);
         uv_close((uv_handle_t *)&srv->sigint, on_closed_noop);
         uv_close((uv_handle_t *)&srv->sighup, on_closed_noop);
+        uv_close((uv_handle_t *)&srv->sigchld, on_closed_noop);
+        uv_close((uv_handle_t *)&srv->slow_timer, on_closed_noop);
         uv_close((uv_handle_t *)&srv->drain_timer, on_closed_noop);
         uv_close((uv_handle_t *)&srv->tick, on_closed_noop);
     }
@@ -149,7 +151,7 @@ static void check_drained(px_server_t *srv)
         px_supervisor_stop(srv->sup);
         srv->sup = NULL;
         if (px_pool_live(pool) == 0 && px_pool_strays(pool) == 0) {
-            px_pool_destroy(pool);
+            px_engine_release_pool(&srv->eng);
         } else {
             /* Kept reachable (main holds srv in a static) so leak checkers see it as
              * deliberately left for the process exit, not lost. */
@@ -235,7 +237,7 @@ void px_server_reload(px_server_t *srv)
 {
     px_registry_t *reg;
     px_config_t nc, *oc = &srv->cfg;
-    char err[512], kept[256] = "";
+    char err[512], kept[512] = "";
 
     if (!srv->reload || atomic_load(&srv->eng.draining))
         return;
@@ -247,30 +249,21 @@ void px_server_reload(px_server_t *srv)
     }
     /* Handlers first: a definition that does not build keeps everything as it was. Requests
      * already queued keep the registry they were accepted with (each holds a reference). */
-    if (!(reg = px_handlers_build(nc.handlers, err, sizeof err))) {
+    if (!(reg = px_handlers_build(&nc, err, sizeof err))) {
         px_err("reload: %s; keeping the running configuration", err);
         px_config_clear(&nc);
         goto done;
     }
     px_engine_set_registry(&srv->eng, reg);
-#define KEPT(field, name)                                                                          \
-    if (memcmp(&nc.field, &oc->field, sizeof nc.field) != 0) {                                     \
-        strncat(kept, kept[0] ? ", " name : name, sizeof kept - strlen(kept) - 1);                 \
-        memcpy(&nc.field, &oc->field, sizeof nc.field);                                            \
+    /* The table says which keys a reload may change; the others keep their running value. */
+    for (size_t i = 0; i < px_config_nkeys; i++) {
+        const px_config_key_t *k = &px_config_keys[i];
+        if (k->reload != PX_RELOAD_RESTART || !px_config_differs(&nc, oc, k))
+            continue;
+        snprintf(kept + strlen(kept), sizeof kept - strlen(kept), "%s%s", kept[0] ? ", " : "",
+                 k->name);
+        px_config_keep(&nc, oc, k);
     }
-    KEPT(listen, "listen");
-    KEPT(metrics_listen, "metrics_listen");
-    KEPT(workers, "workers");
-    KEPT(queue_capacity, "queue_capacity");
-    KEPT(max_line_bytes, "max_line_bytes");
-    KEPT(listen_unix, "listen_unix");
-    KEPT(listen_unix_mode, "listen_unix_mode");
-    KEPT(max_queued_per_key, "max_queued_per_key");
-    KEPT(quarantine_after, "quarantine");
-    KEPT(quarantine_for_ms, "quarantine");
-    KEPT(scheduling, "scheduling");
-    KEPT(cluster, "cluster");
-#undef KEPT
     if (kept[0])
         px_warn("reload: %s cannot change while running; restart parexd to apply them", kept);
     px_config_clear(oc);
@@ -280,6 +273,7 @@ void px_server_reload(px_server_t *srv)
     px_pool_set_limits(srv->eng.pool, (uint64_t)nc.stall_after_ms * PX_MS,
                        (uint64_t)nc.dead_after_ms * PX_MS);
     px_supervisor_set_interval(srv->sup, (uint64_t)nc.supervise_interval_ms);
+    px_metrics_reconfigure(srv->metrics, oc);
     px_notice("reload: configuration applied (log_level %s, backpressure_threshold %.2f, "
               "stall_after_ms %lld, on_stall %s, %zu handlers)",
               px_log_level_name((int)nc.log_level), nc.backpressure_threshold,
@@ -287,6 +281,23 @@ void px_server_reload(px_server_t *srv)
               nc.on_stall == PX_ON_STALL_REPLACE ? "replace" : "report", px_registry_count(reg));
 done:
     px_sdstatus_ready(&srv->sd);
+}
+
+/* Something left an exec program's process group and has now ended: parexd, its subreaper,
+ * reaps it so no zombie stays behind. */
+static void on_sigchld(uv_signal_t *s, int signum)
+{
+    int n = px_exec_reap_orphans();
+
+    if (n > 0)
+        px_debug("exec: reaped %d process(es) that had left their program's group", n);
+}
+
+static void on_slow_timer(uv_timer_t *t)
+{
+    px_server_t *srv = t->data;
+
+    px_conn_sweep_slow(&srv->net, px_now_ns());
 }
 
 static void init_handles(px_server_t *srv, uv_loop_t *loop)
@@ -298,6 +309,15 @@ static void init_handles(px_server_t *srv, uv_loop_t *loop)
     uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
     uv_signal_start(&srv->sigint, on_signal, SIGINT);
     uv_signal_start(&srv->sighup, on_signal, SIGHUP);
+    px_exec_become_subreaper();
+    uv_signal_init(loop, &srv->sigchld);
+    uv_signal_start(&srv->sigchld, on_sigchld, SIGCHLD);
+    uv_unref((uv_handle_t *)&srv->sigchld);
+    /* Every 100 ms: a line older than partial_line_timeout_ms is closed within 100 ms of it. */
+    uv_timer_init(loop, &srv->slow_timer);
+    srv->slow_timer.data = srv;
+    uv_timer_start(&srv->slow_timer, on_slow_timer, 100, 100);
+    uv_unref((uv_handle_t *)&srv->slow_timer);
     uv_timer_init(loop, &srv->drain_timer);
     srv->drain_timer.data = srv;
     uv_unref((uv_handle_t *)&srv->drain_timer);
@@ -331,27 +351,30 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
     atomic_init(&srv->watch.bp_threshold, cfg->backpressure_threshold);
     init_handles(srv, loop);
     px_net_init(&srv->net, loop, &srv->cfg, &srv->stats, &srv->eng, &ev);
-    if (!(reg = px_handlers_build(cfg->handlers, err, errlen)))
+    if (!(reg = px_handlers_build(cfg, err, errlen)))
         goto fail;
     if (px_engine_init(&srv->eng, loop, &srv->cfg, &srv->stats, reg, &sink, err, errlen))
         goto fail;
-    if (px_listener_open(&srv->listeners, loop, &srv->cfg, on_accept, srv, err, errlen) ||
-        px_engine_start(&srv->eng, err, errlen))
+    /* Both addresses first: one that cannot be bound stops start-up before any worker thread
+     * exists, so that failure path has no thread to wait for. */
+    if (px_listener_open(&srv->listeners, loop, &srv->cfg, on_accept, srv, err, errlen))
         goto fail_pool;
+    if (px_metrics_start(&srv->metrics, &srv->cfg, &srv->watch, err, errlen))
+        goto fail_pool;
+    if (px_engine_start(&srv->eng, err, errlen))
+        goto fail_metrics;
     if (cfg->cluster.on) {
         if (px_clustered_start(&srv->cx, loop, &srv->cfg, &srv->eng, px_conn_deliver,
                                cluster_changed, srv, err, errlen))
-            goto fail_pool;
+            goto fail_metrics;
         srv->watch.cluster = cluster_report;
         srv->watch.cluster_up = cluster_up;
         srv->watch.cluster_arg = srv->cx;
     }
     if (!(srv->sup = px_supervisor_start(loop, &srv->watch, &srv->cfg))) {
         snprintf(err, errlen, "out of memory starting the supervisor");
-        goto fail_pool;
+        goto fail_metrics;
     }
-    if (px_metrics_start(&srv->metrics, srv->cfg.metrics_listen, &srv->watch, err, errlen))
-        goto fail_sup;
     px_sdstatus_start(&srv->sd);
     px_notice("parexd %s: %lld workers, queue_capacity %lld; listening for requests on %s, "
               "metrics on %s",
@@ -359,14 +382,14 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
               srv->listeners.addr, px_metrics_addr(srv->metrics));
     return 0;
 
-fail_sup:
-    px_supervisor_stop(srv->sup);
-    srv->sup = NULL;
+fail_metrics:
+    px_metrics_stop(srv->metrics);
+    srv->metrics = NULL;
 fail_pool:
-    /* The caller runs the loop once more to let the closed handles go. */
-    px_pool_close(srv->eng.pool);
-    px_pool_destroy(srv->eng.pool);
-    srv->eng.pool = NULL;
+    /* Nothing has run yet: every worker exits as soon as its queue closes, and is joined before
+     * the pool goes. The caller runs the loop once more to let the closed handles go. */
+    px_pool_stop(srv->eng.pool);
+    px_engine_release_pool(&srv->eng);
 fail:
     close_handles(srv);
     return -1;

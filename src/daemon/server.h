@@ -34,7 +34,8 @@ typedef struct px_server {
     px_clustered_t *cx;   /* cluster mode, else NULL */
     int cluster_draining; /* handing partitions over before the engine closes */
 
-    uv_signal_t sigterm, sigint, sighup;
+    uv_signal_t sigterm, sigint, sighup, sigchld;
+    uv_timer_t slow_timer; /* closes connections with a stale partial line */
     uv_timer_t drain_timer;
     uv_check_t tick; /* after each poll: wakes workers, flushes answers */
     px_config_loader_t reload;

@@ -30,6 +30,11 @@ PAREXCTL = None
 # How long any single wait may take before the test fails rather than hangs.
 TIMEOUT = 10.0
 
+# Config keys every Daemon of the calling test module gets (a test's own config wins). A module
+# that uses the built-in test ops says so: px.SETTINGS.update(builtin_test_ops=True); one that
+# pipelines more than the default max_in_flight_per_connection raises that explicitly.
+SETTINGS = {}
+
 LISTEN_RE = re.compile(r"listening for requests on (\[[^\]]+\]|[^\s,]+):(\d+)")
 
 
@@ -160,17 +165,20 @@ class Daemon:
     config: a dict (written as JSON) or a str (written as is) for --config, or None.
     args: further command-line arguments. listen/metrics_listen: passed as flags unless None.
     env: variables added to the test's environment (minus any systemd or fault-injection ones
-    the test runner itself may carry). prefix: argv put before the parexd binary.
+    the test runner itself may carry). prefix: argv put before the parexd binary. pass_fds:
+    descriptors of the test that parexd inherits (as from a careless launcher).
     """
 
     SCRUBBED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
-                    "LISTEN_FDNAMES", "JOURNAL_STREAM", "PAREXD_FAULT_INJECTION")
+                    "LISTEN_FDNAMES", "JOURNAL_STREAM", "PAREXD_FAULT_INJECTION", "PAREXD_CONFIG")
 
     def __init__(self, args=(), config=None, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0",
-                 wait_ready=True, env=None, prefix=()):
+                 wait_ready=True, env=None, prefix=(), pass_fds=()):
         self.tmp = tempfile.mkdtemp(prefix="parexd-test-")
         self.config_path = None
         argv = list(prefix) + [PAREXD]
+        if SETTINGS and (config is None or isinstance(config, dict)):
+            config = dict(SETTINGS, **(config or {}))
         if config is not None:
             self.config_path = os.path.join(self.tmp, "parexd.json")
             with open(self.config_path, "w") as f:
@@ -182,6 +190,12 @@ class Daemon:
             argv += ["--metrics-listen", metrics_listen]
         argv += list(args)
         e = {k: v for k, v in os.environ.items() if k not in self.SCRUBBED_ENV}
+        if config is None:
+            # Without --config parexd reads the installed default config when present: point it
+            # at an empty one, so that what this machine has installed cannot change the test.
+            e["PAREXD_CONFIG"] = os.path.join(self.tmp, "empty.json")
+            with open(e["PAREXD_CONFIG"], "w") as f:
+                f.write("{}")
         e.update(env or {})
         self.argv = argv
         self.lines = []
@@ -189,7 +203,8 @@ class Daemon:
         self.stderr_closed = False
         self.host = self.port = None
         self.proc = subprocess.Popen(argv, cwd=self.tmp, env=e, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     pass_fds=pass_fds)
         self.reader = threading.Thread(target=self._read_stderr, daemon=True)
         self.reader.start()
         self.stdout = b""

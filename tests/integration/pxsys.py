@@ -38,11 +38,11 @@ def free_port():
         s.close()
 
 
-def http_request(host, port, path, method="GET", timeout=px.TIMEOUT):
+def http_request(host, port, path, method="GET", timeout=px.TIMEOUT, headers=None):
     """One HTTP request on a fresh connection; returns (status, {header: value}, body bytes)."""
     c = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        c.request(method, path)
+        c.request(method, path, headers=headers or {})
         r = c.getresponse()
         body = r.read()
         return r.status, {k.lower(): v for k, v in r.getheaders()}, body
@@ -100,13 +100,17 @@ class SysDaemon(px.Daemon):
     """
 
     def __init__(self, args=(), config=None, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0",
-                 wait_ready=True, env=None, prefix=()):
+                 wait_ready=True, env=None, prefix=(), pass_fds=()):
         self.mhost = self.mport = None  # set by _wait_ready, which the base may call
-        super().__init__(args, config, listen, metrics_listen, wait_ready, env, prefix)
+        # With an auth_token, /stats wants it as a Bearer token.
+        self.token = config.get("auth_token") if isinstance(config, dict) else None
+        super().__init__(args, config, listen, metrics_listen, wait_ready, env, prefix, pass_fds)
 
     def write_config(self, config):
         """Rewrites the --config file (a dict as JSON, a str as is)."""
         tmp = self.config_path + ".new"
+        if px.SETTINGS and isinstance(config, dict):
+            config = dict(px.SETTINGS, **config)
         with open(tmp, "w") as f:
             f.write(config if isinstance(config, str) else json.dumps(config))
         os.replace(tmp, self.config_path)
@@ -133,7 +137,8 @@ class SysDaemon(px.Daemon):
         return "%s:%d" % (self.mhost, self.mport)
 
     def http(self, path, method="GET", timeout=px.TIMEOUT):
-        return http_request(self.mhost, self.mport, path, method, timeout)
+        auth = {"Authorization": "Bearer " + self.token} if self.token else None
+        return http_request(self.mhost, self.mport, path, method, timeout, auth)
 
     def metrics_text(self):
         st, hdr, body = self.http("/metrics")

@@ -4,6 +4,7 @@ status 78 and exactly one line on stderr naming the key (and the file); usage mi
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import unittest
@@ -14,9 +15,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SHIPPED_CONFIG = os.path.join(HERE, "..", "..", "config", "parexd.json")
 
 
-def run_parexd(*args, config=None, timeout=5):
+def run_parexd(*args, config=None, timeout=5, env=None):
     """Runs parexd to completion; returns (status, stdout, stderr lines, config path).
-    A daemon that starts instead of failing is killed at the timeout and fails the test."""
+    A daemon that starts instead of failing is killed at the timeout and fails the test.
+    env: variables for parexd (PAREXD_CONFIG names an empty config unless given)."""
     with tempfile.TemporaryDirectory(prefix="parexd-cfg-") as tmp:
         path = None
         argv = [px.PAREXD]
@@ -25,9 +27,13 @@ def run_parexd(*args, config=None, timeout=5):
             with open(path, "w") as f:
                 f.write(config if isinstance(config, str) else json.dumps(config))
             argv += ["--config", path]
+        e = dict(os.environ, PAREXD_CONFIG=os.path.join(tmp, "empty.json"))
+        with open(e["PAREXD_CONFIG"], "w") as f:
+            f.write("{}")
+        e.update(env or {})
         try:
             p = subprocess.run(argv + list(args), capture_output=True, timeout=timeout,
-                               stdin=subprocess.DEVNULL, cwd=tmp)
+                               stdin=subprocess.DEVNULL, cwd=tmp, env=e)
         except subprocess.TimeoutExpired:
             raise AssertionError("parexd %r with config %r did not exit: it accepted the "
                                  "configuration" % (args, config))
@@ -120,18 +126,21 @@ class BadConfigTest(unittest.TestCase):
 
 
 class FlagTest(unittest.TestCase):
-    def test_bad_flag_values_exit_78_naming_the_key(self):
+    def test_bad_flag_values_exit_64_naming_the_key(self):
+        # README: a usage mistake, a bad flag value included, exits 64 (EX_USAGE); 78 is for
+        # the config file. 1e3 is not an integer, even though it is a number.
         for flags, key in [(["--workers", "abc"], "workers"), (["--workers", "-1"], "workers"),
                            (["--workers", "1025"], "workers"), (["--workers", "2.5"], "workers"),
                            (["--queue-capacity", "0"], "queue_capacity"),
                            (["--log-level", "loud"], "log_level"),
                            (["--listen", "nowhere"], "listen"),
-                           (["--metrics-listen", "127.0.0.1:99999"], "metrics_listen")]:
+                           (["--metrics-listen", "127.0.0.1:99999"], "metrics_listen"),
+                           (["--workers", "1e3"], "workers")]:
             with self.subTest(flags=flags):
                 # Safe ports first, so a wrongly accepted value never binds a fixed port.
                 rc, out, err, _ = run_parexd("--listen", "127.0.0.1:0", "--metrics-listen",
                                              "127.0.0.1:0", *flags)
-                self.assertEqual(rc, 78, (flags, err))
+                self.assertEqual(rc, 64, (flags, err))
                 self.assertEqual(len(err), 1, err)
                 self.assertIn(key, err[0])
 
@@ -152,10 +161,138 @@ class FlagTest(unittest.TestCase):
                       "--log-level", "--help", "--version"):
                 self.assertIn(f, out)
 
+    def test_help_lists_every_key_from_the_table(self):
+        # --help is rendered from the key table: every key --print-config knows is listed with
+        # its default, and the built-in default config path is named.
+        rc, out, err, _ = run_parexd("--help")
+        self.assertEqual(rc, 0)
+        rc, printed, err, _ = run_parexd("--print-config")
+        self.assertEqual(rc, 0, err)
+        for key, value in json.loads(printed).items():
+            self.assertRegex(out, r"\n  %s +" % key, "--help does not list %s" % key)
+        self.assertRegex(out, r"else /\S+/parexd/parexd\.json if present")
+
     def test_version(self):
         rc, out, err, _ = run_parexd("--version")
         self.assertEqual(rc, 0)
         self.assertRegex(out, r"^parexd \d+\.\d+\.\d+")
+
+
+class DefaultConfigTest(unittest.TestCase):
+    """issue 18 item 1: without --config a config file is still read ($PAREXD_CONFIG, else the
+    installed default) and validated like any other; a named file that is missing is an error."""
+
+    def write(self, tmp, text):
+        path = os.path.join(tmp, "parexd.json")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_env_config_is_read_and_validated(self):
+        with tempfile.TemporaryDirectory(prefix="parexd-cfg-") as tmp:
+            path = self.write(tmp, '{"workers": 3}')
+            with px.Daemon(env={"PAREXD_CONFIG": path}) as d:
+                self.assertEqual(len(d.stats()["workers"]), 3)
+            self.write(tmp, '{"workers": "bad"}')
+            rc, out, err, _ = run_parexd("--listen", "127.0.0.1:0", "--metrics-listen",
+                                         "127.0.0.1:0", env={"PAREXD_CONFIG": path})
+            self.assertEqual(rc, 78, err)
+            self.assertEqual(len(err), 1, err)
+            self.assertIn(path, err[0])
+            self.assertIn("'workers'", err[0])
+            rc, out, err, _ = run_parexd(env={"PAREXD_CONFIG": os.path.join(tmp, "absent")})
+            self.assertEqual(rc, 78, err)
+            self.assertIn("absent", err[0])
+
+    def in_private_mounts(self, files, *args):
+        """Runs parexd ARGS without --config or $PAREXD_CONFIG, in a mount namespace of its own
+        where the built-in default config directory (named by --help) holds exactly files
+        ({name: text}); the machine's own directory is never touched. Skips where mount
+        namespaces are not allowed."""
+        rc, out, _, _ = run_parexd("--help")
+        path = re.search(r"else (/\S+/parexd\.json) if present", out).group(1)
+        confdir = os.path.dirname(path)
+        script = ('set -e; d="$1"; s="$2"; shift 2; '
+                  'if [ -d "$d" ]; then mount --bind "$s" "$d"; '
+                  'else mount -t tmpfs none "$(dirname "$d")"; mkdir "$d"; '
+                  'cp -r "$s"/. "$d"/; fi; exec "$@"')
+        with tempfile.TemporaryDirectory(prefix="parexd-etc-") as tmp:
+            for name, text in files.items():
+                with open(os.path.join(tmp, name), "w") as f:
+                    f.write(text)
+            env = {k: v for k, v in os.environ.items() if k != "PAREXD_CONFIG"}
+            try:
+                p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                    script, "sh", confdir, tmp, px.PAREXD] + list(args),
+                                   capture_output=True, timeout=10, env=env,
+                                   stdin=subprocess.DEVNULL)
+            except FileNotFoundError:
+                self.skipTest("no unshare(1)")
+            if p.returncode != 0 and b"parexd" not in p.stderr:
+                self.skipTest("no private mount namespace here: %r" % p.stderr)
+        return p.returncode, p.stdout.decode(), p.stderr.decode().splitlines(), path
+
+    def test_installed_default_is_read_when_present(self):
+        rc, out, err, path = self.in_private_mounts({"parexd.json": '{"workers": 3}'},
+                                                    "--print-config")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out)["workers"], 3)
+        rc, out, err, path = self.in_private_mounts({"parexd.json": '{"workers": "bad"}'},
+                                                    "--print-config")
+        self.assertEqual(rc, 78, err)
+        self.assertEqual(len(err), 1, err)
+        self.assertIn(path, err[0])
+        self.assertIn("'workers'", err[0])
+        rc, out, err, path = self.in_private_mounts({}, "--print-config")
+        self.assertEqual(rc, 0, err)  # absent: the defaults
+        self.assertEqual(json.loads(out)["queue_capacity"], 1024)
+
+    def test_print_config_merges_file_flags_and_defaults(self):
+        with tempfile.TemporaryDirectory(prefix="parexd-cfg-") as tmp:
+            path = self.write(tmp, '{"workers": 3, "log_level": "debug", "auth_token": "%s"}'
+                              % ("t" * 20))
+            rc, out, err, _ = run_parexd("--print-config", "--queue-capacity", "7",
+                                         env={"PAREXD_CONFIG": path})
+            self.assertEqual(rc, 0, err)
+            cfg = json.loads(out)
+            self.assertEqual((cfg["workers"], cfg["queue_capacity"], cfg["log_level"]),
+                             (3, 7, "debug"))
+            self.assertEqual(cfg["max_line_bytes"], 1048576)  # a default
+            self.assertNotIn("t" * 20, out)  # the secret is not printed
+            # The printed configuration is itself a valid config (the token aside).
+            cfg["auth_token"] = ""
+            self.write(tmp, json.dumps(cfg))
+            rc, again, err, _ = run_parexd("--print-config", env={"PAREXD_CONFIG": path})
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(json.loads(again), cfg)
+
+    def test_cross_key_error_names_the_file_and_the_key_set(self):
+        # issue 18 item 6
+        rc, out, err, path = run_parexd(config={"supervise_interval_ms": 60000})
+        self.assertEqual(rc, 78, err)
+        self.assertEqual(err, ["parexd: config %s: key 'supervise_interval_ms': 60000 must be "
+                               "less than dead_after_ms (10000, its default); lower "
+                               "supervise_interval_ms or raise dead_after_ms" % path])
+
+
+class AddressInUseTest(unittest.TestCase):
+    def test_busy_listen_and_metrics_listen_exit_78_alike(self):
+        # One rule for an address the config names that cannot be used: one line naming the
+        # key, exit 78 (listen once exited 1 while metrics_listen exited 78).
+        import socket
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            addr = "127.0.0.1:%d" % busy.getsockname()[1]
+            for flags, key in [(["--listen", addr, "--metrics-listen", "127.0.0.1:0"], "listen"),
+                               (["--listen", "127.0.0.1:0", "--metrics-listen", addr],
+                                "metrics_listen")]:
+                with self.subTest(key=key):
+                    rc, out, err, _ = run_parexd(*flags)
+                    self.assertEqual(rc, 78, err)
+                    self.assertEqual(len(err), 1, err)
+                    self.assertIn("key '%s'" % key, err[0])
+                    self.assertIn(addr, err[0])
 
 
 class EffectiveConfigTest(unittest.TestCase):

@@ -6,6 +6,10 @@ import unittest
 
 import pxharness as px
 
+# These tests use the built-in sleep and fail, and pipeline more than one connection may by
+# default (max_in_flight_per_connection).
+px.SETTINGS.update(builtin_test_ops=True, max_in_flight_per_connection=1 << 24)
+
 WORKERS = 2
 
 
@@ -66,6 +70,39 @@ class DisconnectTest(px.Accounting, unittest.TestCase):
 
     def test_reset_with_requests_in_flight(self):
         self.disconnect_with_work_in_flight(lambda c: c.reset())
+
+    def test_every_undelivered_answer_is_counted_whatever_the_close(self):
+        # issue 18 item 3: a plain close() with 1, 2 or 5 requests in flight once counted 0, 0
+        # and 3 dropped answers: the first answers went into the dead socket uncounted, and a
+        # failed write discarded the rest. Every answer the client did not get is counted.
+        for close in ("close", "reset"):
+            for n in (1, 2, 5):
+                with self.subTest(close=close, n=n):
+                    base = self.settle()
+                    c = self.d.connect()
+                    c.send(*[{"key": self.k0, "id": i, "op": "sleep", "payload": {"ms": 30}}
+                             for i in range(n)])
+                    self.d.wait_stats(lambda s: s["received"] - base["received"] == n,
+                                      "all requests read")
+                    getattr(c, close)()
+                    s = self.settle()
+                    self.assertEqual(s["ok"] - base["ok"], n)
+                    self.assertEqual(s["responses_dropped"] - base["responses_dropped"], n, s)
+
+    def test_answers_read_before_closing_are_not_counted(self):
+        # The other side of the rule: answers a client read, or a half-closed client will
+        # read, are delivered, not dropped.
+        base = self.settle()
+        with self.d.connect() as c:
+            c.send(*[{"key": self.k1, "id": i} for i in range(3)])
+            self.assertEqual(len(c.recv_n(3)), 3)
+        with self.d.connect() as c:
+            c.send(*[{"key": self.k0, "id": i, "op": "sleep", "payload": {"ms": 10}}
+                     for i in range(3)])
+            c.shutdown_write()
+            self.assertEqual(len(c.wait_eof(timeout=5)), 3)
+        s = self.settle()
+        self.assertEqual(s["responses_dropped"], base["responses_dropped"], s)
 
     def test_half_close_still_gets_every_answer(self):
         # Not a disconnect: a client that only stops sending is answered in full, then closed.

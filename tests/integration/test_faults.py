@@ -20,6 +20,10 @@ import pxharness as px
 import pxsys
 from pxsys import nofile_prefix, vm_rss_kib
 
+# These tests use the built-in sleep and fail, and pipeline more than one connection may by
+# default (max_in_flight_per_connection).
+px.SETTINGS.update(builtin_test_ops=True, max_in_flight_per_connection=1 << 24)
+
 
 def open_fds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))

@@ -26,6 +26,8 @@ import pxharness as px
 import pxsys
 from pxsys import nofile_prefix, vm_rss_kib
 
+px.SETTINGS.update(builtin_test_ops=True)  # these tests use the built-in sleep and fail
+
 
 def _take_soak_seconds():
     """Removes --soak-seconds N from argv (unittest would reject it); env PX_SOAK_SECONDS too."""

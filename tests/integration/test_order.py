@@ -7,6 +7,10 @@ import unittest
 
 import pxharness as px
 
+# These tests use the built-in sleep and fail, and pipeline more than one connection may by
+# default (max_in_flight_per_connection).
+px.SETTINGS.update(builtin_test_ops=True, max_in_flight_per_connection=1 << 24)
+
 WORKERS = 4
 
 

@@ -9,6 +9,10 @@ import unittest
 
 import pxharness as px
 
+# These tests use the built-in sleep and fail, and pipeline more than one connection may by
+# default (max_in_flight_per_connection).
+px.SETTINGS.update(builtin_test_ops=True, max_in_flight_per_connection=1 << 24)
+
 WORKERS = 4
 
 
@@ -86,11 +90,23 @@ class ParexctlTest(unittest.TestCase):
                      ["route", "k"],
                      ["route", "--workers", "4"],
                      ["route", "k", "--workers", "0"],
-                     ["route", "k", "--workers", "x"]):
+                     ["route", "k", "--workers", "x"],
+                     ["route", "k", "--workers", "1e3"]):
             with self.subTest(args=args):
                 rc, out, err = px.run_parexctl(*args)
                 self.assertEqual(rc, 2, (args, out, err))
                 self.assertTrue(err, "usage errors say something on stderr")
+
+    def test_id_outside_int64_is_a_usage_error(self):
+        # issue 18: 99999999999999999999 was silently sent as 9223372036854775807. Against a
+        # live daemon, so that only the refusal can make the exit status 2.
+        for big in ("99999999999999999999", "-99999999999999999999"):
+            rc, out, err = self.send("--key", "k", "--id", big)
+            self.assertEqual((rc, out), (2, ""), err)
+            self.assertIn("--id", err)
+        rc, out, err = self.send("--key", "k", "--id", "9223372036854775807")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.one_response(out)["id"], 9223372036854775807)
 
     def test_connection_errors_exit_2(self):
         # A port that is bound but not listening refuses connections for the whole test.
@@ -131,6 +147,31 @@ class ParexctlTest(unittest.TestCase):
             k = r["id"] % 5
             self.assertGreater(r["id"], last.get(k, -1))  # per-key order preserved
             last[k] = r["id"]
+
+    def test_stdin_lines_get_the_token(self):
+        # issue 18 item 7: piped send adds --token (or $PAREXD_TOKEN) to each line that has
+        # none, leaves a line's own token and the rest of its bytes alone.
+        tok = "piped-token-0123456789"
+        with px.Daemon(config={"auth_token": tok}) as d:
+            lines = ['{"key":"t1","id":1,"payload":{"x":1}}',
+                     ' { } ',
+                     '{"key":"t3","id":"\\u0041","token":"%s"}' % tok,
+                     '{"key":"t4","id":4,"token":"wrong-token-0123456789"}',
+                     '{"key":"t5","id":5}']
+            data = ("\n".join(lines)).encode()  # the last line has no newline
+            for how in (("--token", tok), ()):
+                with self.subTest(how=how):
+                    rc, out, err = px.run_parexctl("send", "--addr", d.addr, *how, input=data,
+                                                   env={"PAREXD_TOKEN": tok} if not how else None)
+                    rs = [json.loads(x) for x in out.splitlines()]
+                    self.assertEqual(len(rs), 5, out)
+                    got = {json.dumps(r["id"]): r for r in rs}
+                    self.assertEqual(got["1"]["result"], {"x": 1})
+                    self.assertEqual(got['"A"']["status"], "ok")
+                    self.assertEqual(got["5"]["status"], "ok")
+                    self.assertEqual(got["4"]["error"]["code"], "unauthorized")
+                    self.assertEqual(got["null"]["error"]["code"], "missing_key")
+                    self.assertEqual(rc, 1, err)
 
     def test_stdin_with_failures_exits_1_and_prints_all(self):
         lines = [b'{"key":"a","id":1}', b'not json', b'{"key":"a","id":2,"op":"fail"}',

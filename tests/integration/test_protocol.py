@@ -8,6 +8,10 @@ import unittest
 
 import pxharness as px
 
+# These tests use the built-in sleep and fail, and pipeline more than one connection may by
+# default (max_in_flight_per_connection).
+px.SETTINGS.update(builtin_test_ops=True, max_in_flight_per_connection=1 << 24)
+
 WORKERS = 4
 MAX_LINE = 1024
 
@@ -56,6 +60,22 @@ class ProtocolTest(px.Accounting, unittest.TestCase):
         """The connection still serves requests."""
         r = self.c.request({"key": "after", "payload": "still here"})
         self.assertOk(r, "still here")
+
+    def test_readme_invalid_example_is_the_real_answer(self):
+        # The README's bad_json example line is what parexd answers to "not", byte for byte.
+        import os
+        readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                              "README.md")
+        with open(readme) as f:
+            example = [ln for ln in f.read().splitlines() if '"code":"bad_json"' in ln]
+        self.assertEqual(len(example), 1, example)
+        self.c.send_raw(b"not json\n")
+        self.assertEqual(self.c.recv_line().decode(), example[0])
+
+    def test_id_is_reserialised(self):
+        # README: an id comes back as the same JSON value, written compactly.
+        self.c.send_raw(b'{"key":"rid","id":"\\u0041"}\n')
+        self.assertEqual(self.c.recv()["id"], "A")
 
     # -- invalid input, class by class --
 

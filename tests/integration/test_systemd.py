@@ -17,6 +17,8 @@ import unittest
 import pxharness as px
 import pxsys
 
+px.SETTINGS.update(builtin_test_ops=True)  # these tests use the built-in sleep and fail
+
 SOURCE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UNITS = os.path.join(SOURCE, "systemd")
 WATCHDOG_USEC = 300000  # pings every 150 ms
@@ -214,11 +216,11 @@ class NotifyTest(px.Accounting, unittest.TestCase):
             # Until the worker died, the pings had been coming.
             pings = [t for t, f, _ in msgs[:i_dead] if is_watchdog(f)]
             self.assertGreaterEqual(len(pings), 2)
-            # The request the dead worker held is answered when the drain gives up on it.
-            d.signal(signal.SIGTERM)
+            # The request the dead worker held was answered when its thread ended.
             r = c.recv(timeout=5)
             self.assertEqual((r["id"], r["status"], r["error"]["code"]),
-                             ("boom", "failed", "cancelled"), r)
+                             ("boom", "failed", "worker_died"), r)
+            d.signal(signal.SIGTERM)
         self.assertEqual(d.wait_exit(), 0)
 
 
@@ -413,6 +415,25 @@ class ReloadTest(px.Accounting, unittest.TestCase):
                             backpressure_threshold=0.5))
         self.assertEqual(d.log_count(r"cannot change while running"), 2)
         self.assertEqual(d.stop(), 0)
+
+    def test_reload_follows_the_key_table(self):
+        # issue 18, SIGHUP table: auth_token applies live; quarantine (two fields),
+        # max_queued_per_key, scheduling and listen_unix_mode are kept, each named once.
+        d = self.start(self.BASE)
+        tok = "reloaded-token-0123456789"
+        self.reload(d, dict(self.BASE, auth_token=tok, max_queued_per_key=5,
+                            quarantine={"after_failures": 2, "for_ms": 100},
+                            scheduling="keyed", listen_unix_mode="0600"))
+        warnings = [ln for ln in d.stderr_text().splitlines() if "cannot change" in ln]
+        self.assertEqual(len(warnings), 1, warnings)
+        named = warnings[0].split("reload: ", 1)[1].split(" cannot change")[0].split(", ")
+        self.assertEqual(sorted(named), ["listen_unix_mode", "max_queued_per_key", "quarantine",
+                                         "scheduling"], warnings)
+        with d.connect() as c:
+            self.assertEqual(c.request({"key": "t"})["error"]["code"], "unauthorized")
+            self.assertEqual(c.request({"key": "t", "token": tok})["status"], "ok")
+        d.signal(signal.SIGTERM)
+        self.assertEqual(d.wait_exit(), 0)
 
 
 if __name__ == "__main__":

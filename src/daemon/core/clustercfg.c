@@ -136,3 +136,25 @@ int px_cluster_cfg_parse(px_cluster_cfg_t *c, json_t *v, char *err, size_t errle
     c->on = 1;
     return 0;
 }
+
+json_t *px_cluster_cfg_to_json(const px_cluster_cfg_t *c)
+{
+    json_t *o = json_object(), *nats = json_array();
+
+    if (!o || !nats)
+        goto fail;
+    for (int i = 0; i < c->nnats; i++)
+        json_array_append_new(nats, json_string(c->nats[i]));
+    json_object_set_new(o, "nats", nats);
+    nats = NULL;
+    json_object_set_new(o, "instance", json_string(c->instance));
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        json_object_set_new(o, ints[i].name,
+                            json_integer(*(const int64_t *)((const char *)c + ints[i].off)));
+    return o;
+
+fail:
+    json_decref(o);
+    json_decref(nats);
+    return NULL;
+}

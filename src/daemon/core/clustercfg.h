@@ -27,5 +27,7 @@ typedef struct px_cluster_cfg {
 void px_cluster_cfg_defaults(px_cluster_cfg_t *c);
 /* Fills c from the section's object; on error writes "key 'cluster.x': ..." into err. */
 int px_cluster_cfg_parse(px_cluster_cfg_t *c, json_t *v, char *err, size_t errlen);
+/* The section as an object px_cluster_cfg_parse reads back as the same (--print-config). */
+json_t *px_cluster_cfg_to_json(const px_cluster_cfg_t *c);
 
 #endif

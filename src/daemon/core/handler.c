@@ -285,13 +285,21 @@ static int deadline_fail(px_result_t *res, const px_req_t *req, const char *when
                    when, (double)(px_now_ns() - req->recv_ns) / 1e6);
 }
 
+void px_handler_count_unrun(const px_handler_t *h, const char *code)
+{
+    atomic_fetch_add_explicit(&h->ctl->st->requests, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->ctl->st->failed[classify(code)], 1, memory_order_relaxed);
+}
+
 int px_handler_invoke(const px_handler_t *h, px_req_t *req, px_result_t *res, int *attempts,
-                      uint64_t *wait_ns)
+                      uint64_t *wait_ns, px_run_hook hook, void *hook_arg)
 {
     px_handler_ctl_t *ctl = h->ctl;
     uint64_t dl = req->deadline_ns, t0, started;
     int rc = -1;
 
+    if (!px_handler_may_wait(h))
+        hook = NULL; /* nothing to wait for: the caller counts its run from the start */
     *attempts = 0;
     *wait_ns = 0;
     atomic_fetch_add_explicit(&ctl->st->requests, 1, memory_order_relaxed);
@@ -303,11 +311,15 @@ int px_handler_invoke(const px_handler_t *h, px_req_t *req, px_result_t *res, in
         uint64_t timeout = ctl->timeout_ms > 0 ? (uint64_t)ctl->timeout_ms * PX_MS : 0, now;
 
         t0 = px_now_ns();
+        if (hook)
+            hook(hook_arg, 0);
         if (acquire(ctl, dl)) {
             rc = deadline_fail(res, req, "while waiting for a rate-limit token or a slot");
             break;
         }
         started = px_now_ns();
+        if (hook)
+            hook(hook_arg, started);
         *wait_ns += started - t0;
         if (dl) {
             uint64_t left = dl > started ? dl - started : 1;
@@ -332,7 +344,7 @@ int px_handler_invoke(const px_handler_t *h, px_req_t *req, px_result_t *res, in
         if (attempt < ctl->max_attempts) {
             uint64_t cap = ctl->backoff_ms << (attempt - 1 < 30 ? attempt - 1 : 30);
             uint64_t b;
-            if (ctl->max_backoff_ms && cap > ctl->max_backoff_ms)
+            if (cap > ctl->max_backoff_ms) /* 0 caps every wait at 0: retry at once */
                 cap = ctl->max_backoff_ms;
             b = cap ? jitter_rand() % (cap * PX_MS + 1) : 0; /* full jitter */
             if (dl && now + b >= dl)

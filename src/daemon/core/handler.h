@@ -93,11 +93,26 @@ const px_handler_t *px_registry_at(const px_registry_t *reg, size_t i);
 /* "echo, fail, sleep": for messages that list what exists. */
 void px_registry_names(const px_registry_t *reg, char *out, size_t outlen);
 
+/* Told, on the worker thread, when an attempt waits for a concurrency slot or a rate-limit token
+ * (started_ns 0) and when it starts running (started_ns: now). */
+typedef void (*px_run_hook)(void *arg, uint64_t started_ns);
+
+/* Can a run of h wait for a concurrency slot or a rate-limit token? (Then px_handler_invoke
+ * tells its hook when it waits and when it starts; otherwise it never waits.) */
+static inline int px_handler_may_wait(const px_handler_t *h)
+{
+    return h->ctl && (h->ctl->max_concurrency > 0 || h->ctl->per_second > 0);
+}
+
+/* Any thread: counts a request of h that was answered failed/code without reaching it (a queued
+ * request past its deadline), as px_handler_invoke would have. */
+void px_handler_count_unrun(const px_handler_t *h, const char *code);
 /* Worker thread: runs h for req under its policies (deadline, rate limit, concurrency, retry).
  * Sets *attempts; *wait_ns is the time spent waiting for a token or a slot (counted as queue
- * time). Returns what run returned. */
+ * time). hook (may be NULL) hears of each wait and each start, when px_handler_may_wait. Returns
+ * what run returned. */
 int px_handler_invoke(const px_handler_t *h, px_req_t *req, px_result_t *res, int *attempts,
-                      uint64_t *wait_ns);
+                      uint64_t *wait_ns, px_run_hook hook, void *hook_arg);
 
 /* Sets a failure on res: px_fail(res, "handler_error", "fmt", ...). Returns -1. */
 int px_fail(px_result_t *res, const char *code, const char *fmt, ...)

@@ -56,9 +56,11 @@ void px_hot_free(px_hot_t *h)
 /* Under w->mu: moves to a new half when the current one is over. */
 static void rotate(wsk_t *w, uint64_t now)
 {
+    /* Threads pass timestamps read before they took the lock: one older than the half's start
+     * belongs to the current half (an unsigned now - started_ns would wrap and wipe both). */
     if (w->started_ns == 0) {
         w->started_ns = now;
-    } else if (now - w->started_ns >= HALF_NS) {
+    } else if (now > w->started_ns && now - w->started_ns >= HALF_NS) {
         /* More than two halves idle: the previous half is empty too. */
         if (now - w->started_ns >= 2 * HALF_NS)
             memset(w->prev, 0, sizeof w->prev);

@@ -17,8 +17,11 @@ typedef struct px_key {
     uint64_t hash;                    /* loop */
     uint32_t in_flight;               /* loop: queued or running requests of the key */
     uint32_t parks;                   /* loop: times parked */
-    uint64_t last_ns;                 /* loop: when its last request was accepted */
-    char last_error[160];             /* loop: why it was parked */
+    uint64_t last_ns;                 /* loop: its last request accepted, or it went idle */
+    char last_error[160];             /* loop: why it was parked (whole UTF-8 characters) */
+    char last_code[32];               /* loop: the error code of that answer */
+    struct px_key *lprev, *lnext;     /* loop: on the idle or the parked list of exec/keys */
+    uint8_t list;                     /* loop: which of those lists (0: none) */
     _Atomic uint32_t failures;        /* consecutive failures; written by the worker running it */
     _Atomic uint64_t parked_until_ns; /* 0: not parked; set by a worker (park) or the loop */
     uint16_t len;

@@ -15,11 +15,18 @@ struct px_handler;
 struct px_registry;
 struct px_key;
 
+/* Every change of state is one compare-and-swap, so the loop and a worker never both decide a
+ * request's end: QUEUED -> RUNNING (the worker claims it) | CANCELLED (the loop marks it; the
+ * worker answers it, in its key's order, without running it) | DONE (skipped: its key is
+ * parked, or in cluster mode its partition's lease ended); RUNNING -> DONE (the worker's answer
+ * stands) | ABANDONED (the loop answered it: stall replacement or forced stop; the worker's late
+ * result is discarded). */
 enum px_req_state {
-    PX_REQ_QUEUED,    /* in a worker's queue */
+    PX_REQ_QUEUED,    /* in a worker's queue or hand */
     PX_REQ_RUNNING,   /* its handler is running */
     PX_REQ_DONE,      /* the worker finished it and owns its response */
     PX_REQ_ABANDONED, /* the loop answered it (stall, forced stop); the worker's result is void */
+    PX_REQ_CANCELLED, /* marked by the loop while queued; cancel_msg says why */
 };
 
 enum { PX_SKIP_PARKED = 1, PX_SKIP_FENCED = 2 };
@@ -43,7 +50,9 @@ typedef struct px_req {
     const void *fence_arg;
     uint64_t delivery, epoch;
     uint16_t key_len;
-    uint32_t id_len; /* id as JSON text, echoed verbatim */
+    uint32_t id_len;        /* id as JSON text, echoed verbatim */
+    const char *cancel_msg; /* written by the loop before it marks the request CANCELLED */
+    uint32_t expiry_idx;    /* loop only: its place in the engine's deadline heap + 1; 0: none */
 
     /* Written by the worker while it owns the request. */
     uint64_t start_ns, end_ns;
@@ -78,5 +87,8 @@ static inline const char *px_req_payload(const px_req_t *r)
 px_req_t *px_req_new(const char *key, size_t key_len, const char *id, size_t id_len,
                      const char *payload, size_t payload_len);
 void px_req_free(px_req_t *r);
+/* Bytes held by live requests (the struct, key, id and payload), from any thread: what
+ * max_queued_payload_bytes bounds. */
+extern _Atomic uint64_t px_req_live_bytes;
 
 #endif

@@ -8,11 +8,19 @@
 static _Thread_local int writing;
 
 static const char *const reject_codes[PX_REJ_COUNT] = {
-    "queue_full", "shutting_down", "unauthorized", "key_busy", "key_parked", "lease_lost"};
+    "queue_full", "shutting_down",   "unauthorized", "key_busy",
+    "key_parked", "connection_busy", "overloaded",   "lease_lost"};
 
 const char *px_reject_code(enum px_reject r)
 {
     return reject_codes[r];
+}
+
+static const char *const close_reasons[PX_CLOSE_COUNT] = {"http_request", "partial_line_timeout"};
+
+const char *px_close_reason(enum px_close r)
+{
+    return close_reasons[r];
 }
 
 void px_stats_begin(px_stats_t *s)
@@ -60,6 +68,8 @@ void px_stats_snapshot(px_stats_t *s, px_counts_t *o)
             o->rejected[i] = LOAD(s->c.rejected[i]);
         for (int i = 0; i < PX_INV_COUNT; i++)
             o->invalid[i] = LOAD(s->c.invalid[i]);
+        for (int i = 0; i < PX_CLOSE_COUNT; i++)
+            o->closed[i] = LOAD(s->c.closed[i]);
         atomic_thread_fence(memory_order_acquire);
         after = atomic_load_explicit(&s->seq, memory_order_relaxed);
         if (before == after || writing)

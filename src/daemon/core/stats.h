@@ -15,16 +15,27 @@ enum px_reject {
     PX_REJ_UNAUTHORIZED,
     PX_REJ_KEY_BUSY,
     PX_REJ_KEY_PARKED,
-    PX_REJ_LEASE_LOST, /* cluster mode: a fetched request whose partition lease ended first */
+    PX_REJ_CONNECTION_BUSY, /* max_in_flight_per_connection */
+    PX_REJ_OVERLOADED,      /* a global memory budget is spent */
+    PX_REJ_LEASE_LOST,      /* cluster mode: a fetched request whose partition lease ended first */
     PX_REJ_COUNT
 };
 const char *px_reject_code(enum px_reject r);
+
+/* Connections parexd closed on its own initiative, by reason. */
+enum px_close {
+    PX_CLOSE_HTTP,      /* an HTTP request (a web page's fetch) sent to the line port */
+    PX_CLOSE_SLOW_LINE, /* a partial line older than partial_line_timeout_ms (slowloris) */
+    PX_CLOSE_COUNT
+};
+const char *px_close_reason(enum px_close r);
 
 typedef struct px_counts {
     uint64_t received, accepted, ok, failed, in_flight, connections, dropped, late;
     uint64_t keys_parked, key_parks;
     uint64_t rejected[PX_REJ_COUNT];
     uint64_t invalid[PX_INV_COUNT];
+    uint64_t closed[PX_CLOSE_COUNT];
 } px_counts_t;
 
 typedef struct px_stats {
@@ -36,6 +47,7 @@ typedef struct px_stats {
         _Atomic uint64_t keys_parked, key_parks;
         _Atomic uint64_t rejected[PX_REJ_COUNT];
         _Atomic uint64_t invalid[PX_INV_COUNT];
+        _Atomic uint64_t closed[PX_CLOSE_COUNT];
     } c;
 } px_stats_t;
 

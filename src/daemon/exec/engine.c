@@ -57,10 +57,40 @@ static void answer_skipped(px_engine_t *e, px_req_t *r)
     deliver_resp(e, r, &resp);
 }
 
-/* Loop thread: a batch of finished requests, in completion order (so in per-key order). */
-static void on_done(px_req_t *list, void *arg)
+/* Every request the engine frees goes through here: the deadline heap lets go of it first. */
+static void end_req(px_engine_t *e, px_req_t *r)
+{
+    px_expiry_remove(&e->expiry, r);
+    px_req_free(r);
+}
+
+/* A queued request whose deadline_ms passed: taken out of its queue (its place is free again)
+ * and answered now, without waiting for its worker. One a worker has already taken is left to
+ * it: the handler is cut off at the deadline, or never started past it. */
+static void on_expired(px_req_t *r, void *arg)
 {
     px_engine_t *e = arg;
+    char msg[256];
+
+    if (atomic_load_explicit(&r->state, memory_order_acquire) != PX_REQ_QUEUED ||
+        !px_pool_remove_queued(e->pool, r))
+        return;
+    snprintf(msg, sizeof msg,
+             "deadline_ms passed while the request was queued (%.0f ms after receipt); it did "
+             "not run; send a later deadline or fewer requests for this key",
+             ns_ms(px_now_ns() - r->recv_ns));
+    px_handler_count_unrun(r->handler, "deadline_exceeded");
+    px_engine_fail(e, r, "deadline_exceeded", msg);
+    px_req_free(r);
+    e->sink.flush(e->sink.arg);
+}
+
+/* Loop thread: answers a batch of finished requests, in completion order (so in per-key order).
+ * Abandoned ones, answered when they were abandoned, are returned linked by ->next: the caller
+ * frees them with free_late once it has given every answer it owes meanwhile. */
+static px_req_t *settle(px_engine_t *e, px_req_t *list)
+{
+    px_req_t *late = NULL, **tail = &late;
 
     px_stats_begin(e->stats);
     while (list) {
@@ -76,17 +106,40 @@ static void on_done(px_req_t *list, void *arg)
         } else if (r->skipped) {
             answer_skipped(e, r);
         } else if (atomic_load_explicit(&r->state, memory_order_acquire) == PX_REQ_ABANDONED) {
-            /* Answered and counted when it was abandoned; the worker has let go of it now. */
-            px_stats_add(&e->stats->c.late, 1);
+            /* The worker has let go of it now. */
+            r->next = NULL;
+            *tail = r;
+            tail = &r->next;
+            continue;
         } else {
             px_stats_add(r->ok ? &e->stats->c.ok : &e->stats->c.failed, 1);
             px_stats_add(&e->stats->c.in_flight, -1);
             px_keys_done(&e->keys, r);
             e->sink.deliver(r->origin, r->out.data, r->out.len);
         }
-        px_req_free(r);
+        end_req(e, r);
     }
     px_stats_end(e->stats);
+    return late;
+}
+
+static void free_late(px_engine_t *e, px_req_t *late)
+{
+    px_stats_begin(e->stats);
+    while (late) {
+        px_req_t *r = late;
+        late = r->next;
+        px_stats_add(&e->stats->c.late, 1);
+        end_req(e, r);
+    }
+    px_stats_end(e->stats);
+}
+
+static void on_done(px_req_t *list, void *arg)
+{
+    px_engine_t *e = arg;
+
+    free_late(e, settle(e, list));
     e->sink.after(e->sink.arg); /* the answers go out in the server's tick */
 }
 
@@ -101,6 +154,7 @@ int px_engine_init(px_engine_t *e, uv_loop_t *loop, const px_config_t *cfg, px_s
     e->stats = stats;
     e->sink = *sink;
     e->reg = reg;
+    px_expiry_init(&e->expiry, loop, on_expired, e);
     pthread_mutex_init(&e->reg_mu, NULL);
     if (px_keys_init(&e->keys, (uint32_t)cfg->workers, (uint32_t)cfg->max_queued_per_key,
                      (uint32_t)cfg->quarantine_after, cfg->quarantine_for_ms, stats) ||
@@ -175,6 +229,7 @@ void px_engine_set_registry(px_engine_t *e, px_registry_t *reg)
 static int refuse(px_engine_t *e, px_verdict_t *v, enum px_reject why, int worker,
                   uint64_t retry_after_ms)
 {
+    px_stats_add(&e->stats->c.received, 1);
     px_stats_add(&e->stats->c.rejected[why], 1);
     v->why = why;
     v->worker = worker;
@@ -189,12 +244,24 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
     px_req_t *r;
     int rc;
 
-    px_stats_add(&e->stats->c.received, 1);
+    /* received is counted with the verdict: a request lost to out-of-memory (its connection
+     * closes) was never received, so the accounting invariant still holds. */
     if (atomic_load_explicit(&e->draining, memory_order_relaxed)) {
         snprintf(v->message, sizeof v->message,
                  "parexd is shutting down and takes no new requests; retry on another instance "
                  "or after restart");
         return refuse(e, v, PX_REJ_SHUTTING_DOWN, -1, 0);
+    }
+    /* All queued and running requests together stay within a memory budget: a client cannot
+     * fill every queue with megabyte payloads. */
+    if (atomic_load_explicit(&px_req_live_bytes, memory_order_relaxed) + s->payload_len >
+        (uint64_t)e->cfg->max_queued_payload_bytes) {
+        uint64_t wait = px_pool_retry_after_ms(e->pool, worker);
+        snprintf(v->message, sizeof v->message,
+                 "queued requests hold max_queued_payload_bytes (%lld) already; retry after %llu "
+                 "ms",
+                 (long long)e->cfg->max_queued_payload_bytes, (unsigned long long)wait);
+        return refuse(e, v, PX_REJ_OVERLOADED, -1, wait);
     }
     switch (px_keys_admit(&e->keys, s->key, s->key_len, s->recv_ns, &k)) {
     case PX_KEY_NOMEM:
@@ -238,19 +305,39 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
     r->kent = k; /* before submit: from then on a worker may read it */
     if ((rc = px_pool_submit(e->pool, r))) {
         /* Once submitted the request belongs to the worker side; refused, it is still ours. */
-        uint64_t wait = rc == -EAGAIN ? px_pool_retry_after_ms(e->pool, worker) : 0;
-        snprintf(v->message, sizeof v->message,
-                 "worker %u's queue is full (queue_capacity %lld); retry after %llu ms or spread "
-                 "the load over more keys",
-                 worker, (long long)e->cfg->queue_capacity, (unsigned long long)wait);
+        uint64_t wait;
+
+        if (rc == -ENOMEM) {
+            r->kent = NULL;
+            px_req_free(r);
+            px_keys_unused(&e->keys, k, s->recv_ns);
+            return -ENOMEM;
+        }
+        wait = rc == -EAGAIN ? px_pool_retry_after_ms(e->pool, worker) : 0;
+        if (e->cfg->scheduling == PX_SCHED_KEYED)
+            /* Keyed scheduling has no queue per worker: one bound is shared by every key. */
+            snprintf(v->message, sizeof v->message,
+                     "the shared keyed queue is full (%lld requests: workers %lld x "
+                     "queue_capacity %lld); retry after %llu ms",
+                     (long long)(e->cfg->workers * e->cfg->queue_capacity),
+                     (long long)e->cfg->workers, (long long)e->cfg->queue_capacity,
+                     (unsigned long long)wait);
+        else
+            snprintf(v->message, sizeof v->message,
+                     "worker %u's queue is full (queue_capacity %lld); retry after %llu ms or "
+                     "spread the load over more keys",
+                     worker, (long long)e->cfg->queue_capacity, (unsigned long long)wait);
         r->kent = NULL;
         px_req_free(r);
         px_keys_unused(&e->keys, k, s->recv_ns);
         return refuse(e, v, rc == -EAGAIN ? PX_REJ_QUEUE_FULL : PX_REJ_SHUTTING_DOWN,
                       rc == -EAGAIN ? (int)worker : -1, wait);
     }
-    px_keys_accepted(k, s->recv_ns);
+    if (r->deadline_ns)
+        px_expiry_add(&e->expiry, r); /* on -ENOMEM its worker still answers it, later */
+    px_keys_accepted(&e->keys, k, s->recv_ns);
     px_hot_arrival(e->hot, worker, s->key, s->key_len, s->recv_ns);
+    px_stats_add(&e->stats->c.received, 1);
     px_stats_add(&e->stats->c.accepted, 1);
     px_stats_add(&e->stats->c.in_flight, 1);
     return 0;
@@ -277,78 +364,41 @@ void px_engine_fail(px_engine_t *e, px_req_t *r, const char *code, const char *m
     deliver_resp(e, r, &resp);
 }
 
-struct cancel_match {
-    void *origin;
-    const char *id;
-    size_t id_len;
-};
-
-static int cancel_matches(px_req_t *r, void *arg)
-{
-    struct cancel_match *m = arg;
-
-    return r->origin == m->origin && r->id_len == m->id_len &&
-           memcmp(px_req_id(r), m->id, m->id_len) == 0;
-}
-
-const char *px_engine_cancel(px_engine_t *e, void *origin, const char *id, size_t id_len)
-{
-    struct cancel_match m = {.origin = origin, .id = id, .id_len = id_len};
-    px_req_t *q;
-
-    if ((q = px_pool_remove_if(e->pool, cancel_matches, &m))) {
-        px_engine_fail(e, q, "cancelled", "cancelled by the client before it ran");
-        px_req_free(q);
-        return "queued";
-    }
-    return px_pool_running_match(e->pool, cancel_matches, &m) ? "running" : "not_found";
-}
-
-struct key_match {
-    const char *key;
-    size_t len;
-};
-
-static int key_matches(px_req_t *r, void *arg)
-{
-    struct key_match *m = arg;
-
-    return r->key_len == m->len && memcmp(px_req_key(r), m->key, m->len) == 0;
-}
-
-int px_engine_drop(px_engine_t *e, const char *key, size_t len)
-{
-    struct key_match m = {.key = key, .len = len};
-    int dropped = 0;
-    px_req_t *r;
-
-    if (!px_keys_is_parked(&e->keys, key, len))
-        return -ENOENT;
-    while ((r = px_pool_remove_if(e->pool, key_matches, &m))) {
-        px_engine_fail(e, r, "cancelled",
-                       "dropped by an operator while its key was parked (parexctl drop)");
-        px_req_free(r);
-        dropped++;
-    }
-    px_notice("quarantine: %d queued requests of parked key '%.*s' dropped by an operator", dropped,
-              (int)len, key);
-    return dropped;
-}
-
 void px_engine_replace(px_engine_t *e, uint32_t worker, const px_worker_info_t *w)
 {
     char msg[512];
-    px_req_t *r;
+    px_req_t *r, *late;
     int rc;
+    /* Loop thread only. Whether the cap was logged since threads were last under it. */
+    static int capped;
 
-    if (!(r = px_pool_replace(e->pool, worker, &rc)))
-        return; /* it finished just now */
+    /* Each replacement leaves a thread behind until its handler returns; a handler that never
+     * does would grow threads without end. At the cap the worker stays stalled (and /healthz
+     * says so) instead. */
+    if (px_pool_strays(e->pool) >= (uint64_t)e->cfg->max_abandoned_threads) {
+        if (!capped)
+            px_err("supervisor: worker %u stays stalled: max_abandoned_threads (%lld) threads "
+                   "are already abandoned inside handlers; fix the handler or restart parexd",
+                   worker, (long long)e->cfg->max_abandoned_threads);
+        capped = 1;
+        return;
+    }
+    capped = 0;
+    if (!(r = px_pool_replace(e->pool, worker, w->busy_since_ns)))
+        return; /* it finished, or another run started, since the supervisor looked */
+    /* Earlier requests of its key may sit finished on the completion list: they go first, then
+     * its own answer, and only then may a fresh thread start on the queue behind it. */
+    late = settle(e, px_pool_take_done(e->pool));
     snprintf(msg, sizeof msg,
              "worker %u was stuck on this request for %.0f ms (stall_after_ms %lld); it was "
              "abandoned and the partition moved on",
              worker, (double)w->busy_for_ns / 1e6, (long long)e->cfg->stall_after_ms);
     px_engine_fail(e, r, "worker_stalled", msg);
     e->sink.flush(e->sink.arg);
+    /* r stays valid until the loop frees it: it is the old thread's to hand back, and late
+     * holds it only if it came back already. */
+    rc = px_pool_respawn(e->pool, worker, r);
+    free_late(e, late);
     if (rc)
         px_err("supervisor: worker %u: cannot start a replacement thread: %s", worker,
                strerror(rc));
@@ -366,23 +416,33 @@ void px_engine_close(px_engine_t *e)
 
 size_t px_engine_cancel_all(px_engine_t *e)
 {
-    px_req_t **v;
+    px_taken_t *v;
     size_t n = px_pool_take_all(e->pool, &v);
+    /* Taken after take_all decided: whatever finished before it is earlier in its key's order
+     * than anything taken, and is answered first. Whatever comes back after is abandoned. */
+    px_req_t *late = settle(e, px_pool_take_done(e->pool));
 
     px_warn("drain: forced stop; cancelling %zu queued or running requests", n);
     for (size_t i = 0; i < n; i++) {
-        px_req_t *r = v[i];
-        int running = atomic_load(&r->state) == PX_REQ_ABANDONED;
+        px_req_t *r = v[i].r;
 
         px_engine_fail(e, r, "cancelled",
-                       running ? "parexd stopped before this request finished running"
-                               : "parexd stopped before this request could run");
-        /* A running one still belongs to its worker until it comes back, unless the worker's
-         * thread is gone (dead) and never will. */
-        if (!running || !px_pool_thread_alive(e->pool, r->worker))
-            px_req_free(r);
+                       v[i].returns ? "parexd stopped before this request finished running"
+                                    : "parexd stopped before this request could run");
+        /* A running one still belongs to its thread until it comes back. */
+        if (!v[i].returns)
+            end_req(e, r);
     }
     free(v);
+    free_late(e, late);
     e->sink.flush(e->sink.arg);
     return n;
+}
+
+void px_engine_release_pool(px_engine_t *e)
+{
+    free_late(e, settle(e, px_pool_take_done(e->pool)));
+    px_expiry_close(&e->expiry);
+    px_pool_destroy(e->pool);
+    e->pool = NULL;
 }

@@ -13,6 +13,7 @@
 #include "daemon/core/handler.h"
 #include "daemon/core/hot.h"
 #include "daemon/core/stats.h"
+#include "daemon/exec/expiry.h"
 #include "daemon/exec/keys.h"
 #include "daemon/exec/pool.h"
 
@@ -39,6 +40,7 @@ typedef struct px_engine {
     px_keys_t keys;
     px_hot_t *hot; /* arrivals by the loop, time by workers */
     px_sink_t sink;
+    px_expiry_t expiry; /* queued requests by deadline */
     _Atomic int draining; /* no new requests; read by the metrics thread */
     pthread_mutex_t reg_mu;
     px_registry_t *reg; /* written by the loop under reg_mu; the loop reads it without */
@@ -84,11 +86,15 @@ void px_engine_set_registry(px_engine_t *e, px_registry_t *reg);
 /* Admission. 0: accepted (the request now holds origin until its answer is delivered);
  * 1: refused, v says why; -ENOMEM. Counts received, and accepted and in flight or rejected. */
 int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v);
-/* {"cancel": id} from origin: a request still queued is taken out and answered
- * failed/cancelled. Returns "queued", "running" or "not_found". */
+/* {"cancel": id} from origin: a request still queued is marked, and its worker answers it
+ * failed/cancelled in its key's order without running it. Returns "queued", "running" or
+ * "not_found". */
 const char *px_engine_cancel(px_engine_t *e, void *origin, const char *id, size_t id_len);
-/* parexctl drop: answers the queued requests of a parked key failed/cancelled. Returns how
- * many, or -ENOENT when the key is not parked. */
+/* parexctl drop: marks the queued requests of a parked key cancelled (answered failed/cancelled
+ * in order, without running). Returns how many, or -ENOENT when the key is not parked. */
+/* cancel_on_disconnect: origin's requests still queued will not run; each is answered
+ * failed/cancelled in its key's order (to nobody: the client is gone). Returns how many. */
+int px_engine_cancel_origin(px_engine_t *e, void *origin);
 int px_engine_drop(px_engine_t *e, const char *key, size_t len);
 
 /* Answers a request that will not run to completion (cancelled, stalled) as failed/code and
@@ -99,7 +105,11 @@ void px_engine_fail(px_engine_t *e, px_req_t *r, const char *code, const char *m
 void px_engine_replace(px_engine_t *e, uint32_t worker, const px_worker_info_t *w);
 /* Drain: no new requests; workers finish what is queued. */
 void px_engine_close(px_engine_t *e);
-/* Forced stop: answers every queued and running request cancelled. Returns how many. */
+/* Forced stop: answers every queued and running request cancelled, after whatever finished
+ * before, so each key's answers stay in order. Returns how many. */
 size_t px_engine_cancel_all(px_engine_t *e);
+/* Once every worker thread has exited: hands back what is left on the completion list (results
+ * of abandoned requests) and destroys the pool. */
+void px_engine_release_pool(px_engine_t *e);
 
 #endif

@@ -190,7 +190,7 @@ out:
     return rc;
 }
 
-int px_sched_pop(px_sched_t *s, px_req_t **out, uint64_t timeout_ns)
+int px_sched_pop(px_sched_t *s, _Atomic(void *) *hand, uint64_t timeout_ns)
 {
     struct timespec until;
     kq_t *k;
@@ -210,7 +210,7 @@ int px_sched_pop(px_sched_t *s, px_req_t **out, uint64_t timeout_ns)
         k->ready = 0;
         k->running = 1;
         k->head->sched_key = k;
-        *out = k->head;
+        atomic_store_explicit(hand, k->head, memory_order_release);
         k->head = k->head->next;
         if (!k->head)
             k->tail = NULL;
@@ -272,11 +272,16 @@ static void unlink_req(px_sched_t *s, kq_t *k, px_req_t *prev, px_req_t *r)
     }
 }
 
-size_t px_sched_take_all(px_sched_t *s, px_req_t **out, size_t max)
+size_t px_sched_take_all(px_sched_t *s, _Atomic(void *) *const *hands, size_t nhands,
+                         px_req_t **out, size_t max)
 {
     size_t n = 0;
+    void *h;
 
     pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < nhands && n < max; i++)
+        if ((h = atomic_exchange_explicit(hands[i], NULL, memory_order_acq_rel)))
+            out[n++] = h;
     for (size_t i = 0; i < s->nbuckets; i++)
         for (kq_t *k = s->buckets[i]; k; k = k->hnext)
             while (k->head && n < max) {
@@ -288,23 +293,37 @@ size_t px_sched_take_all(px_sched_t *s, px_req_t **out, size_t max)
     return n;
 }
 
-px_req_t *px_sched_remove_if(px_sched_t *s, int (*match)(px_req_t *r, void *arg), void *arg)
+px_req_t *px_sched_find(px_sched_t *s, int (*match)(px_req_t *r, void *arg), void *arg)
 {
     px_req_t *found = NULL;
 
     pthread_mutex_lock(&s->mu);
-    for (size_t i = 0; i < s->nbuckets; i++)
-        for (kq_t *k = s->buckets[i]; k; k = k->hnext) {
-            px_req_t *prev = NULL;
-            for (px_req_t *r = k->head; r; prev = r, r = r->next)
-                if (match(r, arg)) {
-                    unlink_req(s, k, prev, r);
-                    maybe_forget(s, k); /* may free k: leave the loops at once */
+    for (size_t i = 0; i < s->nbuckets && !found; i++)
+        for (kq_t *k = s->buckets[i]; k && !found; k = k->hnext)
+            for (px_req_t *r = k->head; r && !found; r = r->next)
+                if (match(r, arg))
                     found = r;
-                    goto out;
-                }
+    pthread_mutex_unlock(&s->mu);
+    return found;
+}
+
+int px_sched_remove(px_sched_t *s, px_req_t *r)
+{
+    uint64_t h = px_route_hash(px_req_key(r), r->key_len);
+    px_req_t *prev = NULL, *q;
+    kq_t *k;
+    int found = 0;
+
+    pthread_mutex_lock(&s->mu);
+    if ((k = *slot_of(s, h, px_req_key(r), r->key_len))) {
+        for (q = k->head; q && q != r; q = q->next)
+            prev = q;
+        if (q) {
+            unlink_req(s, k, prev, r);
+            maybe_forget(s, k);
+            found = 1;
         }
-out:
+    }
     pthread_mutex_unlock(&s->mu);
     return found;
 }

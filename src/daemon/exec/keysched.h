@@ -11,6 +11,7 @@
 
 #include "daemon/core/request.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,14 +23,21 @@ void px_sched_free(px_sched_t *s);
  * px_sched_wake, once per batch of pushes. */
 int px_sched_push(px_sched_t *s, px_req_t *r);
 void px_sched_wake(px_sched_t *s);
-/* Worker thread: the next request of a ready key (its key is now running): 0, -ETIMEDOUT, or
- * -EPIPE when closed and empty. */
-int px_sched_pop(px_sched_t *s, px_req_t **out, uint64_t timeout_ns);
+/* Worker thread: the next request of a ready key (its key is now running) into *hand, stored
+ * under the scheduler's lock (see px_queue_pop_hand): 0, -ETIMEDOUT, or -EPIPE when closed and
+ * empty. */
+int px_sched_pop(px_sched_t *s, _Atomic(void *) *hand, uint64_t timeout_ns);
 /* The running request of a key is finished (or abandoned): the key may run again. token is the
  * request's sched_key, so the call is safe after the request itself has been handed back. */
 void px_sched_done(px_sched_t *s, void *token);
-size_t px_sched_take_all(px_sched_t *s, px_req_t **out, size_t max);
-px_req_t *px_sched_remove_if(px_sched_t *s, int (*match)(px_req_t *r, void *arg), void *arg);
+/* Takes what the workers' hands hold, then every queued request (per key in FIFO order), up to
+ * max, under the scheduler's lock; the hands are left NULL. */
+size_t px_sched_take_all(px_sched_t *s, _Atomic(void *) *const *hands, size_t nhands,
+                         px_req_t **out, size_t max);
+/* The first queued request for which match is true (run under the lock), left in place. */
+px_req_t *px_sched_find(px_sched_t *s, int (*match)(px_req_t *r, void *arg), void *arg);
+/* Takes r out of its key's FIFO if it is still queued there (not popped): 1, else 0. */
+int px_sched_remove(px_sched_t *s, px_req_t *r);
 void px_sched_close(px_sched_t *s);
 uint32_t px_sched_depth(const px_sched_t *s);
 uint32_t px_sched_capacity(const px_sched_t *s);

@@ -1,7 +1,7 @@
 /* The worker pool seen from the loop: creating and starting the slots, submitting requests and
  * waking their workers once per loop iteration, reaping the completion list, closing and
- * destroying, supervision hooks (replace, take_all) and the read-only introspection that metrics
- * use. The thread body is worker.c; the layout both share is pool_int.h. */
+ * destroying, and the read-only introspection that metrics use. The thread body is worker.c;
+ * cancel, replace and take_all are reclaim.c; the layout they share is pool_int.h. */
 #include "daemon/exec/pool_int.h"
 
 #include "common/clock.h"
@@ -32,6 +32,11 @@ static px_req_t *take_done(px_pool_t *p)
     p->done_head = p->done_tail = NULL;
     pthread_mutex_unlock(&p->done_mu);
     return list;
+}
+
+px_req_t *px_pool_take_done(px_pool_t *p)
+{
+    return take_done(p);
 }
 
 void px_pool_reap(px_pool_t *p)
@@ -81,6 +86,10 @@ int px_pool_new(px_pool_t **out, uv_loop_t *loop, uint32_t workers, uint32_t cap
         if (!(s->queue = px_queue_new(keyed ? 1 : capacity)))
             goto fail_slots;
         pthread_mutex_init(&s->cur_mu, NULL);
+    }
+    if (keyed && (uint64_t)workers * capacity > UINT32_MAX) {
+        rc = -EOVERFLOW; /* px_config_finish says so first, with the numbers */
+        goto fail_slots;
     }
     if (keyed && !(p->sched = px_sched_new(workers * capacity))) {
         rc = -ENOMEM;
@@ -137,38 +146,6 @@ void px_pool_set_limits(px_pool_t *p, uint64_t stall_after_ns, uint64_t dead_aft
     atomic_store(&p->dead_after_ns, dead_after_ns);
 }
 
-px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, int *rc)
-{
-    px_slot_t *s = &p->slots[worker];
-    px_req_t *cur;
-    int expected = PX_REQ_RUNNING;
-    uint64_t gen;
-
-    *rc = 0;
-    pthread_mutex_lock(&s->cur_mu);
-    cur = s->current;
-    if (!cur || !atomic_compare_exchange_strong(&cur->state, &expected, PX_REQ_ABANDONED)) {
-        pthread_mutex_unlock(&s->cur_mu);
-        return NULL;
-    }
-    gen = atomic_load(&s->gen) + 1;
-    atomic_store(&s->gen, gen);
-    s->current = NULL;
-    s->cur_key[0] = s->cur_op[0] = '\0';
-    atomic_fetch_add(&p->strays, 1);
-    pthread_mutex_unlock(&s->cur_mu);
-
-    /* From here the old thread touches only its request and the completion list; it lost the
-     * CAS, so it will not release the key: do it for it, the partition moves on. */
-    if (p->sched)
-        px_sched_done(p->sched, cur->sched_key);
-    pthread_detach(s->thread);
-    atomic_store(&s->busy_since_ns, 0);
-    px_add_relaxed(&s->replaced, 1);
-    *rc = px_worker_start(s, gen);
-    return cur;
-}
-
 uint32_t px_pool_size(const px_pool_t *p)
 {
     return p->n;
@@ -223,49 +200,12 @@ void px_pool_close(px_pool_t *p)
         px_queue_close(p->slots[i].queue);
 }
 
-size_t px_pool_take_all(px_pool_t *p, px_req_t ***out)
-{
-    size_t cap = 0, n = 0;
-    px_req_t **v;
-
-    for (uint32_t i = 0; i < p->n; i++)
-        cap += px_queue_depth(p->slots[i].queue) + 1;
-    if (p->sched)
-        cap += px_sched_depth(p->sched);
-    v = malloc((cap + p->n) * sizeof *v);
-    if (!v) {
-        *out = NULL;
-        return 0;
-    }
-    if (p->sched)
-        n += px_sched_take_all(p->sched, &v[n], cap - n);
-    for (uint32_t i = 0; i < p->n; i++) {
-        px_slot_t *s = &p->slots[i];
-        px_req_t *cur;
-        int expected = PX_REQ_RUNNING;
-
-        n += px_queue_take_all(s->queue, (void **)&v[n], cap - n);
-        pthread_mutex_lock(&s->cur_mu);
-        cur = s->current;
-        if (cur && atomic_compare_exchange_strong(&cur->state, &expected, PX_REQ_ABANDONED))
-            v[n++] = cur;
-        pthread_mutex_unlock(&s->cur_mu);
-    }
-    *out = v;
-    return n;
-}
-
 uint32_t px_pool_live(px_pool_t *p)
 {
     uint32_t n = 0;
     for (uint32_t i = 0; i < p->n; i++)
         n += (uint32_t)atomic_load_explicit(&p->slots[i].running, memory_order_acquire);
     return n;
-}
-
-int px_pool_thread_alive(px_pool_t *p, uint32_t worker)
-{
-    return atomic_load_explicit(&p->slots[worker].running, memory_order_acquire);
 }
 
 uint32_t px_pool_strays(px_pool_t *p)
@@ -285,6 +225,18 @@ static void on_async_closed(uv_handle_t *h)
     pthread_mutex_destroy(&p->done_mu);
     free(p->kicks);
     free(p);
+}
+
+void px_pool_stop(px_pool_t *p)
+{
+    px_pool_close(p);
+    for (uint32_t i = 0; i < p->n; i++) {
+        px_slot_t *s = &p->slots[i];
+        if (atomic_load(&s->started)) {
+            pthread_join(s->thread, NULL);
+            atomic_store(&s->started, 0);
+        }
+    }
 }
 
 void px_pool_destroy(px_pool_t *p)
@@ -322,8 +274,11 @@ void px_pool_info(px_pool_t *p, uint32_t worker, px_worker_info_t *o)
     since = atomic_load_explicit(&s->busy_since_ns, memory_order_relaxed);
     o->heartbeat_age_ns = now > hb ? now - hb : 0;
     o->busy_for_ns = since && now > since ? now - since : 0;
+    o->busy_since_ns = since;
     if (since)
         o->state = o->busy_for_ns > atomic_load(&p->stall_after_ns) ? PX_WS_STALLED : PX_WS_BUSY;
+    else if (atomic_load_explicit(&s->waiting, memory_order_relaxed))
+        o->state = PX_WS_BUSY; /* waiting for a slot or a token is queue time, not a stall */
     else
         o->state = o->heartbeat_age_ns > atomic_load(&p->dead_after_ns) ? PX_WS_DEAD : PX_WS_IDLE;
     /* A thread gone while the pool still serves is dead; after a drain it is just done. */
@@ -352,38 +307,13 @@ uint64_t px_pool_retry_after_ms(px_pool_t *p, uint32_t worker)
     if (p->sched) /* keyed: the whole backlog, shared by every worker */
         depth = (px_sched_depth(p->sched) + p->n - 1) / p->n;
 
-    /* Queued requests at the recent service time, plus what is left of the running one. With
-     * no history yet, assume each takes as long as the running one has so far (a lower bound). */
-    if (ewma)
-        ns = depth * ewma + (ewma > running ? ewma - running : 0);
-    else
-        ns = depth * running;
+    /* Queued requests at the recent service time, plus what is left of the running one. A
+     * running request already older than that time is the better guess for each queued one
+     * (the history is of other work), so the estimate never falls below depth x its age. */
+    if (ewma < running)
+        ewma = running;
+    ns = depth * ewma + (ewma > running ? ewma - running : 0);
     return ns / PX_MS > 0 ? ns / PX_MS : 1;
-}
-
-px_req_t *px_pool_remove_if(px_pool_t *p, int (*match)(px_req_t *r, void *arg), void *arg)
-{
-    if (p->sched)
-        return px_sched_remove_if(p->sched, match, arg);
-    for (uint32_t i = 0; i < p->n; i++) {
-        px_req_t *r = px_queue_remove_if(p->slots[i].queue, (int (*)(void *, void *))match, arg);
-        if (r)
-            return r;
-    }
-    return NULL;
-}
-
-int px_pool_running_match(px_pool_t *p, int (*match)(px_req_t *r, void *arg), void *arg)
-{
-    int found = 0;
-
-    for (uint32_t i = 0; i < p->n && !found; i++) {
-        px_slot_t *s = &p->slots[i];
-        pthread_mutex_lock(&s->cur_mu);
-        found = s->current && match(s->current, arg);
-        pthread_mutex_unlock(&s->cur_mu);
-    }
-    return found;
 }
 
 int px_pool_keyed(px_pool_t *p, uint32_t *depth, uint32_t *capacity, uint32_t *keys)
@@ -394,6 +324,18 @@ int px_pool_keyed(px_pool_t *p, uint32_t *depth, uint32_t *capacity, uint32_t *k
     *capacity = px_sched_capacity(p->sched);
     *keys = px_sched_keys(p->sched);
     return 1;
+}
+
+static int is_req(void *item, void *arg)
+{
+    return item == arg;
+}
+
+int px_pool_remove_queued(px_pool_t *p, px_req_t *r)
+{
+    if (p->sched)
+        return px_sched_remove(p->sched, r);
+    return px_queue_remove_if(p->slots[r->worker].queue, is_req, r) != NULL;
 }
 
 void px_pool_abandon(px_pool_t *p)

@@ -27,6 +27,7 @@ typedef struct px_worker_info {
     uint32_t depth, capacity;
     uint64_t processed, failed, busy_ns, replaced;
     uint64_t heartbeat_age_ns, busy_for_ns; /* busy_for_ns is 0 when idle */
+    uint64_t busy_since_ns;                 /* when the running attempt started; 0: none */
     uint64_t ewma_run_ns;                   /* recent service time */
     char current_key[257];                  /* "" when idle */
     char current_op[64];
@@ -61,9 +62,24 @@ void px_pool_kick(px_pool_t *p);
 void px_pool_reap(px_pool_t *p);
 /* Loop thread: no more submissions; workers finish what is queued, then exit. */
 void px_pool_close(px_pool_t *p);
-/* Loop thread, forced stop: takes every queued request out (returned in a malloc'd array the
- * caller frees) and marks every running one abandoned (appended to the same array). */
-size_t px_pool_take_all(px_pool_t *p, px_req_t ***out);
+/* A request a forced stop took: returns is 1 for a running one (abandoned: its thread hands it
+ * back through the completion list, so only the loop's answer is owed), 0 for one that was
+ * queued or popped but not yet claimed (the caller owns it now and frees it). */
+typedef struct px_taken {
+    px_req_t *r;
+    int returns;
+} px_taken_t;
+
+/* Loop thread, forced stop (after px_pool_close): takes every request out, in per-key order:
+ * running, then popped but unclaimed, then queued. Returns how many, in a malloc'd array the
+ * caller frees. */
+size_t px_pool_take_all(px_pool_t *p, px_taken_t **out);
+/* Loop thread: the completion list as it is now (linked by ->next), for a caller that must
+ * answer earlier requests before answering others itself. */
+px_req_t *px_pool_take_done(px_pool_t *p);
+/* Loop thread, when no handler can be running (start-up failure): closes the queues and joins
+ * every thread. */
+void px_pool_stop(px_pool_t *p);
 /* Loop thread: joins threads that have exited, closes the async handle; safe to call once the
  * workers are done. Frees the pool in the close callback. */
 void px_pool_destroy(px_pool_t *p);
@@ -74,18 +90,27 @@ void px_pool_abandon(px_pool_t *p);
 void px_pool_info(px_pool_t *p, uint32_t worker, px_worker_info_t *out);
 /* Slot threads still running (the drain is complete at 0). */
 uint32_t px_pool_live(px_pool_t *p);
-/* Does the worker's current thread still run? */
-int px_pool_thread_alive(px_pool_t *p, uint32_t worker);
 /* Abandoned threads still inside a handler: while any remain the pool must not be freed. */
 uint32_t px_pool_strays(px_pool_t *p);
-/* Loop thread, on_stall=replace: abandons the worker's thread and starts a fresh one on the same
- * queue. Returns the request it was stuck on (now PX_REQ_ABANDONED, for the loop to answer) or
- * NULL when the request finished meanwhile (then nothing is replaced). */
-px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, int *rc);
-/* Loop thread: removes the first queued request (any worker) for which match is true. */
-px_req_t *px_pool_remove_if(px_pool_t *p, int (*match)(px_req_t *r, void *arg), void *arg);
-/* Loop thread: is a running request matching? (match runs under the worker's current lock.) */
-int px_pool_running_match(px_pool_t *p, int (*match)(px_req_t *r, void *arg), void *arg);
+/* Loop thread, on_stall=replace: abandons the worker's thread, but only if the run the
+ * supervisor observed (observed_since: its busy_since_ns) is still the current one and still
+ * over stall_after. Returns the request it was stuck on (now PX_REQ_ABANDONED, for the loop to
+ * answer) or NULL (then nothing is replaced). The slot has no thread until px_pool_respawn:
+ * the caller answers what is owed first, so the queue's next requests cannot overtake. */
+px_req_t *px_pool_replace(px_pool_t *p, uint32_t worker, uint64_t observed_since);
+/* Loop thread, once the abandoned request (from px_pool_replace, not yet handed back) is
+ * answered: lets its key run again (keyed scheduling) and starts a fresh thread on the slot.
+ * 0 or an errno value. */
+int px_pool_respawn(px_pool_t *p, uint32_t worker, px_req_t *abandoned);
+/* Loop thread: marks every queued (or popped, unclaimed) request for which match is true
+ * PX_REQ_CANCELLED with why; its worker answers it failed/cancelled in its key's order without
+ * running it. Returns how many were marked; *running tells whether a running request matched.
+ * match runs under the queue's or the slot's lock. */
+int px_pool_cancel(px_pool_t *p, int (*match)(px_req_t *r, void *arg), void *arg, const char *why,
+                   int *running);
+/* Loop thread: takes r out of its queue if it is still waiting there (not popped by a worker):
+ * 1, and the loop owns it again; 0 when a worker has it. */
+int px_pool_remove_queued(px_pool_t *p, px_req_t *r);
 /* Adds the worker's histograms (microseconds) into queue and run. Any thread. */
 void px_pool_hists(px_pool_t *p, uint32_t worker, px_hist_snap_t *queue, px_hist_snap_t *run);
 /* Honest wait before a retry can get in: queued requests x recent service time. Any thread. */

@@ -4,7 +4,8 @@
  * Ownership: a slot's queue is shared with the loop under the queue's own lock; the slot's
  * counters are written by its thread only (atomics, read by anyone); the current request and
  * key are under the slot's cur_mu. The completion list is under done_mu. No thread ever holds
- * two of these locks at once, so there is no lock order to get wrong. */
+ * two of these locks at once, except px_pool_take_all (a forced stop), which takes a slot's
+ * cur_mu and then its queue's lock: no thread takes them in the other order. */
 #ifndef PX_POOL_INT_H
 #define PX_POOL_INT_H
 
@@ -30,7 +31,13 @@ typedef struct px_slot {
                            * px_pool_kick (0: no wake-up owed) */
     _Atomic int running;  /* the current thread has not exited */
     _Atomic uint64_t gen; /* changed under cur_mu */
-    _Atomic uint64_t heartbeat_ns, busy_since_ns; /* busy_since_ns 0 while idle */
+    _Atomic uint64_t heartbeat_ns, busy_since_ns; /* busy_since_ns 0 unless a handler runs */
+    _Atomic int waiting; /* for a handler's concurrency slot or rate-limit token: queue time */
+    /* What the thread popped and has not claimed yet: written under the queue's (or keyed
+     * scheduler's) lock by the pop, taken under cur_mu by the worker's claim, and by a forced
+     * stop under cur_mu and the queue's lock together (the one place two locks nest: cur_mu
+     * first; nothing takes them in the other order). */
+    _Atomic(void *) hand;
     _Atomic uint64_t processed, failed, busy_ns, ewma_run_ns, replaced;
     pthread_mutex_t cur_mu;
     px_req_t *current; /* under cur_mu; the loop keeps it alive until it comes back */

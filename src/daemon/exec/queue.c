@@ -101,7 +101,9 @@ void px_queue_wake(px_queue_t *q)
     pthread_mutex_unlock(&q->mu);
 }
 
-int px_queue_pop(px_queue_t *q, void **item, uint64_t timeout_ns)
+/* Pops into *item, and into *hand when given (under the lock, so px_queue_take_hand sees an
+ * item either queued or in hand, never in neither). */
+static int pop(px_queue_t *q, void **item, _Atomic(void *) *hand, uint64_t timeout_ns)
 {
     struct timespec until;
     int rc = 0, timed = 0;
@@ -118,7 +120,11 @@ int px_queue_pop(px_queue_t *q, void **item, uint64_t timeout_ns)
         q->waiting--;
     }
     if (q->len > 0) {
-        *item = q->items[q->head];
+        void *it = q->items[q->head];
+        if (item)
+            *item = it;
+        if (hand)
+            atomic_store_explicit(hand, it, memory_order_release);
         q->head = (q->head + 1) % q->cap;
         q->len--;
         atomic_store_explicit(&q->depth, q->len, memory_order_relaxed);
@@ -128,6 +134,46 @@ int px_queue_pop(px_queue_t *q, void **item, uint64_t timeout_ns)
     }
     pthread_mutex_unlock(&q->mu);
     return rc;
+}
+
+int px_queue_pop(px_queue_t *q, void **item, uint64_t timeout_ns)
+{
+    return pop(q, item, NULL, timeout_ns);
+}
+
+int px_queue_pop_hand(px_queue_t *q, _Atomic(void *) *hand, uint64_t timeout_ns)
+{
+    return pop(q, NULL, hand, timeout_ns);
+}
+
+size_t px_queue_take_hand(px_queue_t *q, _Atomic(void *) *hand, void **out, size_t max)
+{
+    size_t n = 0;
+    void *h;
+
+    pthread_mutex_lock(&q->mu);
+    if (max > 0 && (h = atomic_exchange_explicit(hand, NULL, memory_order_acq_rel)))
+        out[n++] = h;
+    while (q->len > 0 && n < max) {
+        out[n++] = q->items[q->head];
+        q->head = (q->head + 1) % q->cap;
+        q->len--;
+    }
+    atomic_store_explicit(&q->depth, q->len, memory_order_relaxed);
+    pthread_mutex_unlock(&q->mu);
+    return n;
+}
+
+void *px_queue_find(px_queue_t *q, int (*match)(void *item, void *arg), void *arg)
+{
+    void *found = NULL;
+
+    pthread_mutex_lock(&q->mu);
+    for (uint32_t i = 0; i < q->len && !found; i++)
+        if (match(q->items[(q->head + i) % q->cap], arg))
+            found = q->items[(q->head + i) % q->cap];
+    pthread_mutex_unlock(&q->mu);
+    return found;
 }
 
 size_t px_queue_take_all(px_queue_t *q, void **out, size_t max)

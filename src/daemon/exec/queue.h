@@ -4,6 +4,7 @@
 #ifndef PX_QUEUE_H
 #define PX_QUEUE_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +23,16 @@ void px_queue_wake(px_queue_t *q);
 /* Waits up to timeout_ns for an item: 0 with *item set, -ETIMEDOUT, or -EPIPE when closed and
  * empty (a closed queue still hands out what it holds, so a drain finishes the work). */
 int px_queue_pop(px_queue_t *q, void **item, uint64_t timeout_ns);
+/* Like px_queue_pop, but the item goes into *hand, stored under the queue's lock: a worker's
+ * hand holds what it popped until it claims it, and px_queue_take_hand sees the item either in
+ * the queue or in the hand. */
+int px_queue_pop_hand(px_queue_t *q, _Atomic(void *) *hand, uint64_t timeout_ns);
+/* Takes what *hand holds (first) and then the queued items in FIFO order, up to max, under the
+ * queue's lock; *hand is left NULL. Returns how many. */
+size_t px_queue_take_hand(px_queue_t *q, _Atomic(void *) *hand, void **out, size_t max);
+/* The first queued item for which match(item, arg) is true (match runs under the lock and may
+ * change the item's own atomics), left in place; NULL when none. */
+void *px_queue_find(px_queue_t *q, int (*match)(void *item, void *arg), void *arg);
 /* Removes up to max queued items in FIFO order into out; returns how many. */
 size_t px_queue_take_all(px_queue_t *q, void **out, size_t max);
 /* Removes the first item for which match(item, arg) is true; returns it or NULL. */

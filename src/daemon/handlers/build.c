@@ -24,14 +24,16 @@ static int opt_int(const json_t *def, const char *where, const char *field, int6
     return 0;
 }
 
-static int policies(const json_t *def, const char *name, px_handler_ctl_t *ctl, char *err,
-                    size_t errlen)
+static int policies(const json_t *def, const char *name, int64_t default_timeout_ms,
+                    px_handler_ctl_t *ctl, char *err, size_t errlen)
 {
     json_t *retry = json_object_get(def, "retry"), *rate = json_object_get(def, "rate_limit");
     int64_t n;
     char where[128];
 
     snprintf(where, sizeof where, "handlers.%s", name);
+    /* A program that hangs must not hold its worker for ever: handler_timeout_ms unless set. */
+    ctl->timeout_ms = default_timeout_ms;
     if (opt_int(def, where, "timeout_ms", 1, 86400000, &ctl->timeout_ms, err, errlen))
         return -1;
     n = 0;
@@ -96,14 +98,15 @@ static const struct {
     {"plugin", px_plugin_make},
 };
 
-px_registry_t *px_handlers_build(const json_t *spec, char *err, size_t errlen)
+px_registry_t *px_handlers_build(const px_config_t *cfg, char *err, size_t errlen)
 {
     px_registry_t *reg = px_registry_new();
+    const json_t *spec = cfg->handlers;
     const char *name;
     json_t *def;
 
     err[0] = '\0';
-    if (!reg || px_builtin_register(reg)) {
+    if (!reg || px_builtin_register(reg, (int)cfg->builtin_test_ops)) {
         snprintf(err, errlen, "out of memory building handlers");
         goto fail;
     }
@@ -157,7 +160,8 @@ px_registry_t *px_handlers_build(const json_t *spec, char *err, size_t errlen)
             free((char *)h.name);
             goto oom;
         }
-        if (policies(def, name, h.ctl, err, errlen) || types[t].make(&h, def, err, errlen)) {
+        if (policies(def, name, cfg->handler_timeout_ms, h.ctl, err, errlen) ||
+            types[t].make(&h, def, err, errlen)) {
             px_handler_discard(&h);
             goto fail;
         }

@@ -86,7 +86,7 @@ static int exit_thread_run(const px_handler_t *h, const px_req_t *req, uint64_t 
     pthread_exit(NULL);
 }
 
-int px_builtin_register(px_registry_t *reg)
+int px_builtin_register(px_registry_t *reg, int test_ops)
 {
     static const px_handler_t fault = {
         .name = "fault_exit_thread", .type = "builtin", .run = exit_thread_run};
@@ -98,7 +98,7 @@ int px_builtin_register(px_registry_t *reg)
     };
     int rc;
 
-    for (size_t i = 0; i < sizeof builtins / sizeof builtins[0]; i++)
+    for (size_t i = 0; i < (test_ops ? sizeof builtins / sizeof builtins[0] : 1); i++)
         if ((rc = px_registry_add(reg, &builtins[i])))
             return rc;
     if (fi && strcmp(fi, "1") == 0)

@@ -1,9 +1,14 @@
 /* The exec handler: runs a program per request with posix_spawn (no shell), the request JSON on
  * stdin, the result from stdout. The child leads its own process group so a timeout can kill
- * everything it started; every pipe is close-on-exec so no daemon fd leaks into it. */
+ * everything it started, and gets exactly fds 0, 1 and 2 (closefrom 3 in the child), so neither
+ * a daemon socket nor anything parexd inherited leaks into it. The child is watched through a
+ * pidfd, so the deadline bounds the answer even when the program closes its output and lingers.
+ * What leaves the group (setsid) is reparented to parexd, a child subreaper, and reaped by
+ * px_exec_reap_orphans. */
 #include "daemon/handlers/handlers.h"
 
 #include "common/clock.h"
+#include "common/log.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/pidfd.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,6 +27,7 @@
 
 typedef struct exec_ctx {
     char **argv, **envp;
+    const char *path; /* the child's PATH (points into envp): where argv[0] is looked up */
     size_t max_output;
 } exec_ctx_t;
 
@@ -41,7 +49,8 @@ static void exec_destroy(px_handler_t *h)
     free(x);
 }
 
-/* Reaps the child, killing its group first when it overstays. Returns the wait status. */
+/* Reaps the child, killing its group first when it overstays. Returns the wait status. After a
+ * SIGKILL the wait is short: the kernel ends the process whatever it was doing. */
 static int reap(pid_t pid, int kill_group)
 {
     int st = 0;
@@ -51,6 +60,71 @@ static int reap(pid_t pid, int kill_group)
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
         ;
     return st;
+}
+
+/* execvp's search, but through the child's PATH rather than parexd's own (posix_spawnp reads
+ * the caller's environment): what the manual promises the program is what finds it. */
+static int spawn_in_path(const exec_ctx_t *x, const posix_spawn_file_actions_t *fa,
+                         const posix_spawnattr_t *at, pid_t *pid)
+{
+    const char *dir = x->path, *end;
+    char file[4096];
+    int rc, seen_eacces = 0;
+
+    if (strchr(x->argv[0], '/'))
+        return posix_spawn(pid, x->argv[0], fa, at, x->argv, x->envp);
+    for (; dir; dir = *end ? end + 1 : NULL) {
+        size_t n;
+        end = strchrnul(dir, ':');
+        n = (size_t)(end - dir);
+        /* An empty element is the working directory, as for execvp. */
+        if (snprintf(file, sizeof file, "%.*s%s%s", (int)n, dir, n ? "/" : "", x->argv[0]) >=
+            (int)sizeof file)
+            continue;
+        rc = posix_spawn(pid, file, fa, at, x->argv, x->envp);
+        if (rc == EACCES)
+            seen_eacces = 1;
+        else if (rc != ENOENT && rc != ENOTDIR)
+            return rc;
+    }
+    return seen_eacces ? EACCES : ENOENT;
+}
+
+void px_exec_become_subreaper(void)
+{
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
+        px_warn("exec: cannot become a child subreaper (%s): processes that leave an exec "
+                "program's group will not be reaped by parexd",
+                strerror(errno));
+}
+
+/* Loop thread, on SIGCHLD. Exec children are children of the worker threads that spawned and
+ * wait for them; only orphans (processes that left a program's group and outlived it) are
+ * reparented to the subreaper's main thread, so reaping the main thread's children never takes
+ * a status a worker is waiting for. */
+int px_exec_reap_orphans(void)
+{
+    char path[64], buf[4096];
+    int reaped = 0;
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return 0;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    for (char *p = buf, *end; *p; p = end) {
+        long pid = strtol(p, &end, 10);
+        if (end == p)
+            break;
+        if (pid > 0 && waitpid((pid_t)pid, NULL, WNOHANG) > 0)
+            reaped++;
+    }
+    return reaped;
 }
 
 static int spawn(const exec_ctx_t *x, int in[2], int out[2], int errp[2], pid_t *pid)
@@ -65,6 +139,8 @@ static int spawn(const exec_ctx_t *x, int in[2], int out[2], int errp[2], pid_t 
     posix_spawn_file_actions_adddup2(&fa, in[0], 0);
     posix_spawn_file_actions_adddup2(&fa, out[1], 1);
     posix_spawn_file_actions_adddup2(&fa, errp[1], 2);
+    /* Exactly 0, 1, 2: also libcurl's sockets and whatever parexd's launcher left open. */
+    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
     /* Worker threads block every signal and the daemon ignores SIGPIPE: undo both. */
     sigemptyset(&none);
     sigemptyset(&dfl);
@@ -74,7 +150,7 @@ static int spawn(const exec_ctx_t *x, int in[2], int out[2], int errp[2], pid_t 
     posix_spawnattr_setpgroup(&at, 0);
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
                                       POSIX_SPAWN_SETSIGDEF);
-    rc = posix_spawnp(pid, x->argv[0], &fa, &at, x->argv, x->envp);
+    rc = spawn_in_path(x, &fa, &at, pid);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&at);
     return rc;
@@ -89,7 +165,7 @@ static int exec_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout
     char tail[TAIL + 1];
     size_t tail_len = 0, written = 0;
     uint64_t deadline = timeout_ns ? px_now_ns() + timeout_ns : 0;
-    int timed_out = 0, too_big = 0;
+    int timed_out = 0, too_big = 0, exited = 0, pfd = -1;
     pid_t pid;
 
     if (px_request_json(req, &input) || px_buf_append(&input, "\n", 1)) {
@@ -109,11 +185,16 @@ static int exec_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout
     close(errp[1]);
     in[0] = out[1] = errp[1] = -1;
     fcntl(in[1], F_SETFL, O_NONBLOCK);
+    /* Without a pidfd (kernel < 5.3) the end of output stands for the end of the program. */
+    if ((pfd = pidfd_open(pid, 0)) < 0)
+        exited = 1;
 
-    while (out[0] >= 0 || errp[0] >= 0) {
-        struct pollfd p[3] = {{.fd = out[0], .events = POLLIN},
+    /* Until the output is read to its end and the program has exited, or the deadline. */
+    while (out[0] >= 0 || errp[0] >= 0 || !exited) {
+        struct pollfd p[4] = {{.fd = out[0], .events = POLLIN},
                               {.fd = errp[0], .events = POLLIN},
-                              {.fd = in[1], .events = POLLOUT}};
+                              {.fd = in[1], .events = POLLOUT},
+                              {.fd = exited ? -1 : pfd, .events = POLLIN}};
         int wait_ms = -1;
         char chunk[16384];
 
@@ -125,8 +206,10 @@ static int exec_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout
             }
             wait_ms = (int)((deadline - now + PX_MS - 1) / PX_MS);
         }
-        if (poll(p, 3, wait_ms) < 0 && errno != EINTR)
+        if (poll(p, 4, wait_ms) < 0 && errno != EINTR)
             break;
+        if (p[3].revents)
+            exited = 1;
         if (p[2].revents & (POLLOUT | POLLERR | POLLHUP)) {
             ssize_t n = write(in[1], input.data + written, input.len - written);
             if (n > 0)
@@ -169,6 +252,8 @@ static int exec_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout
             }
         }
     }
+    if (pfd >= 0)
+        close(pfd);
     st = reap(pid, timed_out || too_big);
     /* Also sweep anything the program left running in its group. */
     if (!timed_out && !too_big)
@@ -284,6 +369,9 @@ int px_exec_make(px_handler_t *h, const json_t *def, char *err, size_t errlen)
             goto oom;
         }
     }
+    for (char **e = x->envp; *e; e++)
+        if (strncmp(*e, "PATH=", 5) == 0)
+            x->path = *e + 5;
     return 0;
 bad_argv:
     snprintf(err, errlen,

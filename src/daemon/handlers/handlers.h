@@ -3,18 +3,27 @@
 #ifndef PX_HANDLER_TYPES_H
 #define PX_HANDLER_TYPES_H
 
+#include "daemon/core/config.h"
 #include "daemon/core/handler.h"
 
-/* The built-in ops: echo, sleep, fail. */
-int px_builtin_register(px_registry_t *reg);
+/* The built-in ops: echo always; the test aids sleep and fail only when test_ops is set (a
+ * client could otherwise hold workers for as long as it likes). */
+int px_builtin_register(px_registry_t *reg, int test_ops);
 
-/* Builds a registry from the built-ins and the config's "handlers" object (may be NULL).
- * Returns NULL with err naming the key ("key 'handlers.x.argv': ...") on a bad definition. */
-px_registry_t *px_handlers_build(const json_t *spec, char *err, size_t errlen);
+/* Builds a registry from the built-ins and cfg's "handlers" object (may be NULL), with
+ * builtin_test_ops and handler_timeout_ms. Returns NULL with err naming the key
+ * ("key 'handlers.x.argv': ...") on a bad definition. */
+px_registry_t *px_handlers_build(const px_config_t *cfg, char *err, size_t errlen);
 
 int px_exec_make(px_handler_t *h, const json_t *def, char *err, size_t errlen);
 int px_http_make(px_handler_t *h, const json_t *def, char *err, size_t errlen);
 int px_plugin_make(px_handler_t *h, const json_t *def, char *err, size_t errlen);
+
+/* Makes parexd the reaper of what exec programs leave behind (PR_SET_CHILD_SUBREAPER). Once,
+ * at start-up. */
+void px_exec_become_subreaper(void);
+/* Loop thread, on SIGCHLD: reaps orphans reparented to parexd. Returns how many. */
+int px_exec_reap_orphans(void);
 
 /* Helpers shared by the constructors. */
 int px_spec_only(const json_t *def, const char *where, const char *const *allowed, char *err,

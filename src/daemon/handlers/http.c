@@ -9,11 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define MAX_BODY (16u << 20)
 
 typedef struct http_ctx {
     char *url, *method;
+    char *shown; /* url without userinfo and query: what messages to clients may quote */
     struct curl_slist *headers;
     pthread_mutex_t mu;
     CURL **idle; /* under mu */
@@ -63,8 +65,38 @@ static void http_destroy(px_handler_t *h)
     curl_slist_free_all(x->headers);
     pthread_mutex_destroy(&x->mu);
     free(x->url);
+    free(x->shown);
     free(x->method);
     free(x);
+}
+
+/* Every socket libcurl opens is close-on-exec, so an exec program started meanwhile cannot
+ * inherit a keep-alive upstream connection (and write requests carrying its credentials). */
+static curl_socket_t open_cloexec(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    (void)arg;
+    (void)purpose;
+    return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
+/* The URL as clients may see it in messages: userinfo (user:password@) and the query (api_key=)
+ * are credentials as often as not. */
+static char *redact_url(const char *url)
+{
+    CURLU *u = curl_url();
+    char *got = NULL, *out = NULL;
+
+    if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_set(u, CURLUPART_USER, NULL, 0) == CURLUE_OK &&
+        curl_url_set(u, CURLUPART_PASSWORD, NULL, 0) == CURLUE_OK &&
+        curl_url_set(u, CURLUPART_OPTIONS, NULL, 0) == CURLUE_OK &&
+        curl_url_set(u, CURLUPART_QUERY, NULL, 0) == CURLUE_OK &&
+        curl_url_set(u, CURLUPART_FRAGMENT, NULL, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_URL, &got, 0) == CURLUE_OK)
+        out = strdup(got);
+    curl_free(got);
+    curl_url_cleanup(u);
+    return out;
 }
 
 static size_t on_body(char *p, size_t size, size_t n, void *arg)
@@ -126,15 +158,16 @@ static int http_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, open_cloexec);
     if (timeout_ns)
         curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)((timeout_ns + 999999) / 1000000));
     cc = curl_easy_perform(c);
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     if (cc == CURLE_OPERATION_TIMEDOUT) {
-        rc = px_fail(res, "timeout", "%s %s gave no answer within %.0f ms", x->method, x->url,
+        rc = px_fail(res, "timeout", "%s %s gave no answer within %.0f ms", x->method, x->shown,
                      (double)timeout_ns / 1e6);
     } else if (cc != CURLE_OK) {
-        rc = px_fail(res, "handler_error", "%s %s failed: %s", x->method, x->url,
+        rc = px_fail(res, "handler_error", "%s %s failed: %s", x->method, x->shown,
                      cerr[0] ? cerr : curl_easy_strerror(cc));
     } else if (status < 200 || status > 299) {
         /* The body is not NUL-terminated and may be binary: quote at most 200 bytes of it,
@@ -144,11 +177,11 @@ static int http_run(const px_handler_t *h, const px_req_t *req, uint64_t timeout
         for (size_t i = 0; i < n; i++)
             quote[i] = resp.data[i] >= 0x20 && resp.data[i] < 0x7f ? resp.data[i] : '?';
         quote[n] = '\0';
-        rc = px_fail(res, "handler_error", "%s %s answered HTTP %ld: %s", x->method, x->url, status,
-                     n ? quote : "(empty body)");
+        rc = px_fail(res, "handler_error", "%s %s answered HTTP %ld: %s", x->method, x->shown,
+                     status, n ? quote : "(empty body)");
     } else if (!(res->value = px_output_value(resp.data ? resp.data : "", resp.len))) {
         rc = px_fail(res, "handler_error", "%s %s answered a body that is neither JSON nor UTF-8",
-                     x->method, x->url);
+                     x->method, x->shown);
     } else {
         rc = 0;
     }
@@ -196,6 +229,10 @@ int px_http_make(px_handler_t *h, const json_t *def, char *err, size_t errlen)
     h->ctx = x;
     h->run = http_run;
     h->destroy = http_destroy;
+    if (!(x->shown = redact_url(url))) {
+        snprintf(err, errlen, "key '%s.url': libcurl cannot parse it as a URL", where);
+        return -1;
+    }
     if (!(x->url = strdup(url)) ||
         !(x->method = strdup(method ? json_string_value(method) : "POST")))
         goto oom;

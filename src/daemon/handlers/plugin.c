@@ -5,6 +5,8 @@
 
 #include <parex/plugin.h>
 
+#include "common/clock.h"
+
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +36,7 @@ static int plugin_run(const px_handler_t *h, const px_req_t *req, uint64_t timeo
     plugin_ctx_t *x = h->ctx;
     char *out = NULL, *perr = NULL, *payload;
     size_t out_len = 0;
+    uint64_t t0 = px_now_ns(), took;
     int rc;
 
     /* The ABI promises NUL-terminated text; the stored payload is not. */
@@ -42,7 +45,17 @@ static int plugin_run(const px_handler_t *h, const px_req_t *req, uint64_t timeo
     rc = x->p->process(x->state, px_req_key(req), req->key_len, payload, req->payload_len, &out,
                        &out_len, &perr);
     free(payload);
-    if (rc != 0) {
+    took = px_now_ns() - t0;
+    /* A call into a plugin cannot be cut off: past its time it has run, but its result is
+     * discarded and the request answered as any handler past its timeout (the caller turns it
+     * into deadline_exceeded when the request's deadline is what ran out). */
+    if (timeout_ns && took > timeout_ns) {
+        rc = px_fail(res, "timeout",
+                     "the plugin ran %.0f ms, past its %.0f ms limit (timeout_ms or what was left "
+                     "of deadline_ms); a plugin call cannot be interrupted, so its result was "
+                     "discarded",
+                     (double)took / 1e6, (double)timeout_ns / 1e6);
+    } else if (rc != 0) {
         px_fail(res, "handler_error", "%s", perr ? perr : "the plugin failed without a message");
     } else if (!out || !(res->value = json_loadb(out, out_len, JSON_DECODE_ANY, NULL))) {
         rc = px_fail(res, "handler_error", "the plugin returned a result that is not JSON text");

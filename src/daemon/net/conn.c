@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "daemon/net/dispatch.h"
 #include "daemon/net/framer.h"
+#include "daemon/net/ledger.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -22,6 +23,9 @@
  * not reading its answers) and resume below LOW. */
 #define OUT_HIGH (1u << 20)
 #define OUT_LOW (256u << 10)
+/* How long a closing connection may wait for its client's TCP to acknowledge the last answers
+ * (or reset) before those still unacknowledged are counted as dropped. */
+#define LINGER_MAX_MS 2000
 
 struct px_conn {
     union {
@@ -36,7 +40,12 @@ struct px_conn {
     uint64_t next_id;
     uint64_t batch_ns; /* receive time of the lines of the current read */
     uint32_t refs, inflight, writes;
+    size_t partial_acct;       /* bytes of framer.partial counted in net->partial_bytes */
+    uint64_t partial_since_ns; /* when the current partial line began (0: none) */
     unsigned in_dirty : 1, closing : 1, eof : 1, throttled : 1, close_when_flushed : 1;
+    px_ledger_t ledger; /* which answers the client has received */
+    uv_timer_t *linger; /* while waiting for the client's TCP to settle the last answers */
+    uint32_t linger_ms;
 };
 
 typedef struct wreq {
@@ -48,12 +57,53 @@ typedef struct wreq {
 static void conn_on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
+static int may_read(const px_conn_t *c)
+{
+    return !c->closing && !c->eof && !c->close_when_flushed && !c->throttled;
+}
+
+static void mark_dirty(px_conn_t *c);
+static void conn_close(px_conn_t *c);
+
+/* Brings net->partial_bytes up to date with this connection's partial line. Past the budget
+ * the line that pushed it over is dropped and answered rejected/overloaded (the rest of it is
+ * skipped up to its newline): many clients each holding a long partial line cannot grow memory
+ * beyond max_partial_bytes, and nobody waits on anybody (pausing reads could deadlock). */
+static void account_partial(px_conn_t *c, uint64_t now)
+{
+    px_net_t *n = c->net;
+    size_t cap = c->closing ? 0 : c->framer.partial.cap;
+
+    n->partial_bytes = n->partial_bytes + cap - c->partial_acct;
+    c->partial_acct = cap;
+    if (!c->closing && c->framer.partial.len > 0 &&
+        n->partial_bytes > (uint64_t)n->cfg->max_partial_bytes) {
+        px_line_ctx_t x = {.net = n, .origin = c, .out = &c->out, .recv_ns = now};
+        size_t had = c->framer.partial.len;
+        unsigned r;
+
+        px_framer_drop(&c->framer);
+        n->partial_bytes -= c->partial_acct;
+        c->partial_acct = 0;
+        r = px_dispatch_overloaded(&x, had);
+        if (r & PX_DISPATCH_OUTPUT)
+            mark_dirty(c);
+        if (r & PX_DISPATCH_CLOSE)
+            conn_close(c);
+    }
+    if (c->closing || c->framer.partial.len == 0)
+        c->partial_since_ns = 0;
+    else if (!c->partial_since_ns)
+        c->partial_since_ns = now;
+}
+
 static void conn_unref(px_conn_t *c)
 {
     if (--c->refs > 0)
         return;
     px_framer_free(&c->framer);
     px_buf_free(&c->out);
+    px_ledger_free(&c->ledger);
     free(c);
 }
 
@@ -76,20 +126,70 @@ static void conn_on_close(uv_handle_t *h)
     n->ev.closed(n->ev.arg);
 }
 
+static void linger_closed(uv_handle_t *h)
+{
+    px_conn_t *c = h->data;
+
+    free(h);
+    conn_unref(c);
+}
+
+/* Every close goes through here: what the client did not receive (queued, written but not
+ * acknowledged) is counted as dropped now; what finishes later is counted on delivery. */
 static void conn_close(px_conn_t *c)
 {
+    uint64_t lost;
+
     if (c->closing)
         return;
     c->closing = 1;
+    account_partial(c, 0); /* its partial line no longer counts */
+    /* Closing with requests in flight: their answers can reach nobody (a client that is only
+     * done sending keeps its connection until it is answered). */
+    if (c->inflight && !c->close_when_flushed && c->net->cfg->cancel_on_disconnect)
+        px_engine_cancel_origin(c->net->eng, c);
+    if (c->linger) {
+        uv_close((uv_handle_t *)c->linger, linger_closed);
+        c->linger = NULL;
+    }
+    if ((lost = px_ledger_undelivered(&c->ledger))) {
+        px_stats_begin(c->net->stats);
+        px_stats_add(&c->net->stats->c.dropped, (int64_t)lost);
+        px_stats_end(c->net->stats);
+    }
     uv_close((uv_handle_t *)&c->h, conn_on_close);
 }
 
+/* Closing: waits until the client's TCP has acknowledged the last answers, or reset the
+ * connection (a client that closed before reading them does), so that conn_close counts
+ * exactly what was lost. Polled with a doubling interval; loopback settles on the first. */
+static void on_linger(uv_timer_t *t)
+{
+    px_conn_t *c = t->data;
+
+    if (px_ledger_settled(&c->ledger) || c->linger_ms >= LINGER_MAX_MS) {
+        conn_close(c);
+        return;
+    }
+    uv_timer_start(t, on_linger, c->linger_ms, 0);
+    c->linger_ms *= 2;
+}
+
 /* Closes a connection whose client is done (EOF) or that the drain is finishing, once every
- * answer it is owed has been written. */
+ * answer it is owed has been written and settled. */
 static void conn_maybe_close(px_conn_t *c)
 {
-    if ((c->eof || c->close_when_flushed) && c->inflight == 0 && c->out.len == 0 && c->writes == 0)
+    if (!(c->eof || c->close_when_flushed) || c->inflight || c->out.len || c->writes || c->linger)
+        return;
+    if (px_ledger_settled(&c->ledger) || !(c->linger = malloc(sizeof *c->linger))) {
         conn_close(c);
+        return;
+    }
+    uv_timer_init(c->net->loop, c->linger);
+    c->linger->data = c;
+    c->refs++;
+    c->linger_ms = 1;
+    on_linger(c->linger);
 }
 
 static void mark_dirty(px_conn_t *c)
@@ -107,6 +207,8 @@ static void on_write(uv_write_t *w, int status)
     wreq_t *wr = (wreq_t *)w;
     px_conn_t *c = wr->c;
 
+    if (status == 0)
+        px_ledger_written(&c->ledger, wr->buf.len);
     px_buf_free(&wr->buf);
     free(wr);
     c->writes--;
@@ -114,10 +216,10 @@ static void on_write(uv_write_t *w, int status)
         px_debug("connection: write failed: %s", uv_strerror(status));
         conn_close(c);
     } else if (!c->closing) {
-        if (c->throttled && uv_stream_get_write_queue_size((uv_stream_t *)&c->h) < OUT_LOW &&
-            !c->eof && !c->close_when_flushed) {
+        if (c->throttled && uv_stream_get_write_queue_size((uv_stream_t *)&c->h) < OUT_LOW) {
             c->throttled = 0;
-            uv_read_start((uv_stream_t *)&c->h, conn_on_alloc, conn_on_read);
+            if (may_read(c))
+                uv_read_start((uv_stream_t *)&c->h, conn_on_alloc, conn_on_read);
         }
         conn_maybe_close(c);
     }
@@ -141,6 +243,7 @@ static void flush_one(px_conn_t *c)
             conn_close(c);
             return;
         }
+        px_ledger_written(&c->ledger, (size_t)n);
         if ((size_t)n == c->out.len) {
             c->out.len = 0;
             if (c->out.cap > 65536)
@@ -187,13 +290,22 @@ void px_conn_flush_all(px_net_t *n)
 static void on_line(void *arg, const char *text, size_t len, int too_long)
 {
     px_conn_t *c = arg;
-    px_line_ctx_t x = {
-        .net = c->net, .origin = c, .out = &c->out, .next_id = &c->next_id, .recv_ns = c->batch_ns};
+    px_line_ctx_t x = {.net = c->net,
+                       .origin = c,
+                       .out = &c->out,
+                       .next_id = &c->next_id,
+                       .recv_ns = c->batch_ns,
+                       .inflight = c->inflight};
+    size_t before = c->out.len;
     unsigned r;
 
     if (c->closing)
         return;
     r = px_dispatch(&x, text, len, too_long);
+    /* Answers given on the spot are answers the client is owed too. */
+    if (c->out.len > before &&
+        px_ledger_queued(&c->ledger, c->out.data + before, c->out.len - before))
+        r |= PX_DISPATCH_CLOSE;
     if (r & PX_DISPATCH_ACCEPTED) {
         c->refs++;
         c->inflight++;
@@ -234,6 +346,8 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         px_debug("connection: read failed: %s", uv_strerror((int)nread));
         conn_close(c);
     }
+    if (!c->closing)
+        account_partial(c, c->batch_ns);
     px_stats_end(n->stats);
     /* Workers are woken and answers written in the server's check callback, once per poll. */
     if (!c->closing)
@@ -247,7 +361,7 @@ void px_conn_deliver(void *origin, const char *line, size_t len)
     c->inflight--;
     if (c->closing) {
         px_stats_add(&c->net->stats->c.dropped, 1);
-    } else if (px_buf_append(&c->out, line, len)) {
+    } else if (px_buf_append(&c->out, line, len) || px_ledger_queued(&c->ledger, line, len)) {
         px_err("connection: out of memory queueing a response; closing the connection");
         conn_close(c);
     } else {
@@ -271,6 +385,7 @@ void px_conn_accept(px_net_t *n, uv_stream_t *listener)
     }
     c->net = n;
     c->refs = 1;
+    px_ledger_init(&c->ledger, -1);
     px_framer_init(&c->framer, (size_t)n->cfg->max_line_bytes);
     if (listener->type == UV_NAMED_PIPE)
         uv_pipe_init(n->loop, &c->h.pipe, 0);
@@ -300,12 +415,35 @@ void px_conn_accept(px_net_t *n, uv_stream_t *listener)
         conn_close(c);
         return;
     }
-    if (listener->type == UV_TCP)
+    if (listener->type == UV_TCP) {
+        uv_os_fd_t fd;
         uv_tcp_nodelay(&c->h.tcp, 1);
+        if (uv_fileno((uv_handle_t *)&c->h, &fd) == 0)
+            px_ledger_init(&c->ledger, fd);
+    }
     if ((rc = uv_read_start((uv_stream_t *)&c->h, conn_on_alloc, conn_on_read))) {
         conn_close(c);
         return;
     }
+}
+
+void px_conn_sweep_slow(px_net_t *n, uint64_t now)
+{
+    uint64_t limit = (uint64_t)n->cfg->partial_line_timeout_ms * 1000000ull;
+    unsigned closed = 0;
+
+    px_stats_begin(n->stats);
+    for (px_conn_t *c = n->conns; c; c = c->next)
+        if (!c->closing && c->partial_since_ns && now - c->partial_since_ns > limit) {
+            px_stats_add(&n->stats->c.closed[PX_CLOSE_SLOW_LINE], 1);
+            conn_close(c);
+            closed++;
+        }
+    px_stats_end(n->stats);
+    if (closed)
+        px_notice("connection: closed %u connection(s) whose partial line was older than "
+                  "partial_line_timeout_ms (%lld)",
+                  closed, (long long)n->cfg->partial_line_timeout_ms);
 }
 
 void px_conn_close_all(px_net_t *n, int now)

@@ -38,9 +38,10 @@ typedef struct px_net {
     px_conn_t *conns; /* every open connection, doubly linked */
     px_conn_t *dirty; /* connections with output to flush, singly linked */
     uint32_t nconns;
-    char readbuf[65536]; /* shared by every connection: lines are consumed within the read */
-    px_buf_t scratch;    /* reused while building each request (its payload) */
-    px_buf_t idtext;     /* reused for each line's id as JSON text */
+    uint64_t partial_bytes; /* buffers of partial lines, all connections (max_partial_bytes) */
+    char readbuf[65536];    /* shared by every connection: lines are consumed within the read */
+    px_buf_t scratch;       /* reused while building each request (its payload) */
+    px_buf_t idtext;        /* reused for each line's id as JSON text */
 } px_net_t;
 
 void px_net_init(px_net_t *n, uv_loop_t *loop, const px_config_t *cfg, px_stats_t *stats,
@@ -55,6 +56,9 @@ void px_conn_deliver(void *origin, const char *line, size_t len);
 /* Writes out everything queued. Called once per loop iteration, and after answers given
  * outside a read. */
 void px_conn_flush_all(px_net_t *n);
+/* Closes connections whose partial line is older than partial_line_timeout_ms (slowloris).
+ * Called by a timer of the server, about once a second. */
+void px_conn_sweep_slow(px_net_t *n, uint64_t now_ns);
 /* Drain has finished: close each connection once its output is written (now: at once). */
 void px_conn_close_all(px_net_t *n, int now);
 

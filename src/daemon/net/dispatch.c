@@ -5,9 +5,11 @@
 #include "daemon/net/dispatch.h"
 
 #include "common/log.h"
+#include "common/secret.h"
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 /* Answers a line on the spot (invalid, rejected, control): never held behind running work. */
 static void answer(px_line_ctx_t *x, const px_resp_t *r)
@@ -96,18 +98,57 @@ static void handle_cancel(px_line_ctx_t *x, px_line_t *line, const char *id, siz
     px_buf_free(&target);
 }
 
-/* Compares in time that depends only on the lengths, never on where the bytes differ. */
 static int token_ok(const json_t *token, const char *want)
 {
     const char *got = json_string_value(token);
-    size_t glen = got ? json_string_length(token) : 0, wlen = strlen(want);
-    unsigned char diff = (unsigned char)(glen != wlen);
 
-    if (!got)
+    return got && px_secret_equal(got, json_string_length(token), want);
+}
+
+/* An HTTP request line ("POST / HTTP/1.1") or a header line every browser sends ("Host: ...",
+ * "Origin: ..."): what a web page's fetch() or form sends when it is pointed at the line port.
+ * No request line starts so, and random bytes almost never do (so garbage still gets answers). */
+static int looks_like_http(const char *p, size_t n)
+{
+    static const char *const headers[] = {
+        "host:",   "origin:",         "referer:",         "user-agent:",
+        "accept:", "content-type:",   "content-length:",  "connection:",
+        "cookie:", "sec-fetch-mode:", "accept-language:", NULL};
+    size_t i = 0;
+
+    while (i < n && p[i] >= 'A' && p[i] <= 'Z')
+        i++;
+    if (i > 0 && i < n && p[i] == ' ') {
+        for (size_t j = i + 1; j + 6 <= n; j++)
+            if (memcmp(p + j, " HTTP/", 6) == 0)
+                return 1;
         return 0;
-    for (size_t i = 0; i < wlen; i++)
-        diff |= (unsigned char)(want[i] ^ (i < glen ? got[i] : 0));
-    return diff == 0;
+    }
+    for (const char *const *h = headers; *h; h++)
+        if (n >= strlen(*h) && strncasecmp(p, *h, strlen(*h)) == 0)
+            return 1;
+    return 0;
+}
+
+/* Closes the connection of an HTTP client at once, running nothing it sent: a web page could
+ * otherwise smuggle request lines in a POST body (cross-protocol scripting). Logged at most once
+ * a minute, with the count since the last line, so a hostile page cannot flood the log. */
+static void refuse_http(px_line_ctx_t *x)
+{
+    static uint64_t last_log_ns, unlogged;
+    uint64_t now = x->recv_ns;
+
+    px_stats_add(&x->net->stats->c.closed[PX_CLOSE_HTTP], 1);
+    unlogged++;
+    if (last_log_ns == 0 || now - last_log_ns >= 60 * (uint64_t)1000000000) {
+        px_warn("connection: %llu HTTP request(s) sent to the request port were refused and their "
+                "connections closed (a web page or a misdirected HTTP client); nothing they sent "
+                "ran",
+                (unsigned long long)unlogged);
+        last_log_ns = now;
+        unlogged = 0;
+    }
+    x->flags |= PX_DISPATCH_CLOSE;
 }
 
 /* Cluster mode's "idem": the message id JetStream deduplicates retried submits by. */
@@ -135,6 +176,26 @@ static int blank(const char *p, size_t n)
     return 1;
 }
 
+unsigned px_dispatch_overloaded(px_line_ctx_t *x, size_t len)
+{
+    px_net_t *net = x->net;
+    char msg[300];
+    static uint64_t last_log_ns;
+
+    px_stats_add(&net->stats->c.received, 1);
+    px_stats_add(&net->stats->c.rejected[PX_REJ_OVERLOADED], 1);
+    snprintf(msg, sizeof msg,
+             "partial lines of all connections hold max_partial_bytes (%lld); this line (%zu bytes "
+             "so far) was dropped up to its newline; send it again",
+             (long long)net->cfg->max_partial_bytes, len);
+    answer_rejected(x, NULL, 0, -1, PX_REJ_OVERLOADED, msg, 1000);
+    if (!last_log_ns || x->recv_ns - last_log_ns > 60 * (uint64_t)1000000000) {
+        px_warn("connection: %s", msg);
+        last_log_ns = x->recv_ns;
+    }
+    return x->flags;
+}
+
 /* One line from the client. Runs inside the px_stats_begin/end of the read. */
 unsigned px_dispatch(px_line_ctx_t *x, const char *text, size_t len, int too_long)
 {
@@ -159,6 +220,10 @@ unsigned px_dispatch(px_line_ctx_t *x, const char *text, size_t len, int too_lon
     }
     if (blank(text, len))
         return x->flags; /* an empty line carries no request and gets no answer */
+    if (looks_like_http(text, len)) {
+        refuse_http(x);
+        return x->flags;
+    }
 
     px_line_parse(&line, text, len);
     if (line.id) {
@@ -192,8 +257,11 @@ unsigned px_dispatch(px_line_ctx_t *x, const char *text, size_t len, int too_lon
     }
     if (!(h = px_engine_find(net->eng, line.op))) {
         char names[256];
+        int test_op = strcmp(line.op, "sleep") == 0 || strcmp(line.op, "fail") == 0;
         px_engine_names(net->eng, names, sizeof names);
-        snprintf(msg, sizeof msg, "op '%.64s' is not a handler here; available: %s", line.op,
+        snprintf(msg, sizeof msg, "op '%.64s' is not a handler here%s; available: %s", line.op,
+                 test_op ? " (the built-in test ops sleep and fail need builtin_test_ops: true)"
+                         : "",
                  names);
         answer_invalid(x, id, id_len, PX_INV_UNKNOWN_OP, msg);
         goto out;
@@ -209,6 +277,17 @@ unsigned px_dispatch(px_line_ctx_t *x, const char *text, size_t len, int too_lon
     if (!id) {
         id_len = (size_t)snprintf(idnum, sizeof idnum, "%llu", (unsigned long long)++*x->next_id);
         id = idnum;
+    }
+    /* One connection may hold only so much of the queues: others must still get in. */
+    if (x->inflight >= (uint64_t)net->cfg->max_in_flight_per_connection) {
+        px_stats_add(&net->stats->c.received, 1);
+        px_stats_add(&net->stats->c.rejected[PX_REJ_CONNECTION_BUSY], 1);
+        snprintf(msg, sizeof msg,
+                 "this connection has %u requests queued or running, the "
+                 "max_in_flight_per_connection (%lld); wait for answers before sending more",
+                 x->inflight, (long long)net->cfg->max_in_flight_per_connection);
+        answer_rejected(x, id, id_len, -1, PX_REJ_CONNECTION_BUSY, msg, 0);
+        goto out;
     }
     /* The payload travels as compact text, dumped into a buffer the loop reuses. */
     net->scratch.len = 0;

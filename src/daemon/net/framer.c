@@ -52,10 +52,9 @@ int px_framer_feed(px_framer_t *f, const char *data, size_t len, px_line_cb cb, 
                     return -ENOMEM;
                 emit(f, f->partial.data, f->partial.len, cb, arg);
             }
-            f->partial.len = 0;
-            /* Do not keep a huge line's buffer for the life of an idle connection. */
-            if (f->partial.cap > 65536)
-                px_buf_free(&f->partial);
+            /* No buffer kept between lines: partial lines of every connection count against
+             * one budget (max_partial_bytes), and an idle connection should hold none. */
+            px_buf_free(&f->partial);
         } else {
             emit(f, p, (size_t)(nl - p), cb, arg);
         }
@@ -68,8 +67,14 @@ void px_framer_finish(px_framer_t *f, px_line_cb cb, void *arg)
 {
     if (!f->skipping && f->partial.len > 0)
         emit(f, f->partial.data, f->partial.len, cb, arg);
-    f->partial.len = 0;
+    px_buf_free(&f->partial);
     f->skipping = 0;
+}
+
+void px_framer_drop(px_framer_t *f)
+{
+    px_buf_free(&f->partial);
+    f->skipping = 1;
 }
 
 void px_framer_free(px_framer_t *f)

@@ -22,6 +22,8 @@ void px_framer_init(px_framer_t *f, size_t max);
 int px_framer_feed(px_framer_t *f, const char *data, size_t len, px_line_cb cb, void *arg);
 /* End of stream: an unterminated last line is delivered as if it had its '\n'. */
 void px_framer_finish(px_framer_t *f, px_line_cb cb, void *arg);
+/* Drops the partial line and skips the rest of it up to its newline. */
+void px_framer_drop(px_framer_t *f);
 void px_framer_free(px_framer_t *f);
 
 #endif

@@ -71,7 +71,10 @@ static int add_tcp(px_listeners_t *ls, uv_loop_t *loop, const char *listen, int 
         if (fd >= 0)
             snprintf(err, errlen, "inherited socket (fd %d): %s", fd, uv_strerror(rc));
         else
-            snprintf(err, errlen, "listen %s: %s (is another parexd running? change 'listen')",
+            /* Like any other value the config names that cannot be used: a config error. */
+            snprintf(err, errlen,
+                     "key 'listen': cannot listen on %s: %s (another parexd running? change "
+                     "'listen' or free the port)",
                      listen, uv_strerror(rc));
         return -1;
     }
@@ -87,8 +90,18 @@ static int add_unix(px_listeners_t *ls, uv_loop_t *loop, const px_config_t *cfg,
     uv_pipe_t *p = &ls->l[ls->n].pipe;
     const char *path = cfg->listen_unix;
     struct stat st;
+    char dir[sizeof cfg->listen_unix];
     int rc;
 
+    /* In a directory every user may write to (/tmp), anyone can take the path while parexd is
+     * down and collect what clients send: say so once. */
+    snprintf(dir, sizeof dir, "%s", path);
+    *strrchr(dir, '/') = '\0';
+    if (stat(dir[0] ? dir : "/", &st) == 0 && (st.st_mode & S_IWOTH))
+        px_warn("listener: listen_unix %s is in a directory any user can write to; another user "
+                "could take the path while parexd is down (use a private directory, e.g. "
+                "RuntimeDirectory=)",
+                path);
     /* A socket left by a previous run would make bind fail: replace it, but only when nothing
      * answers on it (a running parexd's socket is not ours to take) and only if it is a
      * socket at all (anything else at that path is not ours to delete). */

@@ -60,8 +60,7 @@ json_t *px_control_run(px_snapshot_src_t *src, const px_line_t *line, char *msg,
         return r;
     }
     if (strcmp(line->control, "parked") == 0) {
-        px_keys_sweep(&e->keys);
-        return json_pack("{so}", "parked", px_keys_parked(&e->keys));
+        return json_pack("{so}", "parked", px_keys_parked_now(&e->keys));
     }
     if (strcmp(line->control, "top") == 0)
         return px_hot_top(e->hot, 10, px_now_ns());

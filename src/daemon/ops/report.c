@@ -2,6 +2,7 @@
  * verdict. Pure functions of the snapshot, so a unit test can drive them with a hand-built one. */
 #include "daemon/ops/report.h"
 
+#include "common/log.h"
 #include "common/protocol.h"
 
 #include <math.h>
@@ -98,6 +99,12 @@ json_t *px_report_stats(const px_snapshot_t *s)
         json_object_set_new(o, "scheduling", json_string("partitioned"));
     }
     json_object_set_new(o, "handlers", handlers_json(s));
+    {
+        json_t *cl = json_object();
+        for (int i = 0; i < PX_CLOSE_COUNT; i++)
+            json_object_set_new(cl, px_close_reason(i), json_integer((json_int_t)n->closed[i]));
+        json_object_set_new(o, "connections_closed_by_reason", cl);
+    }
     json_object_set_new(o, "parked", s->parked ? json_deep_copy(s->parked) : json_array());
     json_object_set_new(o, "keys_parked", json_integer((json_int_t)n->keys_parked));
     json_object_set_new(o, "key_parks", json_integer((json_int_t)n->key_parks));
@@ -280,6 +287,11 @@ int px_report_prometheus(const px_snapshot_t *s, px_buf_t *b)
     px_buf_printf(b, "parexd_backpressure %d\n", px_snapshot_backpressure(s));
     help_type(b, "parexd_connections", "gauge", "Open client connections.");
     px_buf_printf(b, "parexd_connections %llu\n", (unsigned long long)n->connections);
+    help_type(b, "parexd_connections_closed_total", "counter",
+              "Client connections parexd closed itself, by reason.");
+    for (int i = 0; i < PX_CLOSE_COUNT; i++)
+        px_buf_printf(b, "parexd_connections_closed_total{reason=\"%s\"} %llu\n",
+                      px_close_reason(i), (unsigned long long)n->closed[i]);
     histogram(b, "parexd_request_queue_seconds", "Time from receipt until a worker started.",
               s->queue_us);
     histogram(b, "parexd_request_run_seconds", "Time a handler ran.", s->run_us);
@@ -322,8 +334,11 @@ int px_report_health(const px_snapshot_t *s, char *reason, size_t len)
     for (uint32_t i = 0; i < s->nworkers; i++) {
         const px_worker_info_t *w = &s->workers[i];
         if (w->state == PX_WS_STALLED) {
+            char key[4 * sizeof w->current_key];
+            /* The key is a client's text: /healthz is read by people and terminals. */
+            px_escape_ctl(key, sizeof key, w->current_key, strlen(w->current_key));
             snprintf(reason, len, "worker %u stalled: busy %.0f ms on key '%s' op '%s'", i,
-                     (double)w->busy_for_ns / 1e6, w->current_key, w->current_op);
+                     (double)w->busy_for_ns / 1e6, key, w->current_op);
             return -1;
         }
         if (w->state == PX_WS_DEAD) {

@@ -38,6 +38,19 @@ static void expect_rejected(const char *text, const char *key, const char *also)
     assert_null(strchr(err, '\n'));
 }
 
+/* Two configurations hold the same values (where they came from may differ). */
+static void assert_same_config(const px_config_t *a, const px_config_t *b)
+{
+    json_t *ja = px_config_to_json(a), *jb = px_config_to_json(b);
+    char *ta = json_dumps(ja, JSON_SORT_KEYS), *tb = json_dumps(jb, JSON_SORT_KEYS);
+
+    assert_string_equal(ta, tb);
+    free(ta);
+    free(tb);
+    json_decref(ja);
+    json_decref(jb);
+}
+
 static void test_defaults(void **state)
 {
     px_config_t c;
@@ -51,6 +64,17 @@ static void test_defaults(void **state)
     assert_int_equal(c.max_connections, 10000);
     assert_int_equal(c.drain_timeout_ms, 30000);
     assert_int_equal(c.log_level, PX_LOG_INFO);
+    /* The limits against hostile clients are on by default (README, Security). */
+    assert_int_equal(c.builtin_test_ops, 0);
+    assert_int_equal(c.max_in_flight_per_connection, 1024);
+    assert_int_equal(c.handler_timeout_ms, 30000);
+    assert_int_equal(c.max_partial_bytes, 64 << 20);
+    assert_int_equal(c.max_queued_payload_bytes, 256 << 20);
+    assert_int_equal(c.partial_line_timeout_ms, 30000);
+    assert_int_equal(c.metrics_max_connections, 256);
+    assert_int_equal(c.metrics_timeout_ms, 10000);
+    assert_int_equal(c.max_abandoned_threads, 16);
+    assert_int_equal(c.cancel_on_disconnect, 0);
 }
 
 static void test_empty_object_keeps_defaults(void **state)
@@ -60,7 +84,7 @@ static void test_empty_object_keeps_defaults(void **state)
     px_config_defaults(&c);
     px_config_defaults(&d);
     assert_int_equal(load(&c, "{}"), 0);
-    assert_memory_equal(&c, &d, sizeof c);
+    assert_same_config(&c, &d);
 }
 
 static void test_good_file_text(void **state)
@@ -122,7 +146,7 @@ static void test_shipped_default_file(void **state)
     px_config_defaults(&d);
     if (px_config_load_file(&c, PX_SOURCE_DIR "/config/parexd.json", err, sizeof err))
         fail_msg("%s", err);
-    assert_memory_equal(&c, &d, sizeof c);
+    assert_same_config(&c, &d);
 }
 
 /* The cluster section: the shipped samples load, and each key is checked like a top-level one. */
@@ -146,6 +170,8 @@ static void test_cluster_section(void **state)
     }
     px_config_defaults(&c);
     assert_false(c.cluster.on); /* single node unless the section is there */
+    assert_int_equal(load(&c, "{\"cluster\": null}"), 0); /* as --print-config shows it */
+    assert_false(c.cluster.on);
     expect_rejected("{\"cluster\": {\"partitions\": 8}}", "cluster.nats", NULL);
     expect_rejected("{\"cluster\": {\"nats\": [\"127.0.0.1:4222\"]}}", "cluster.nats", NULL);
     expect_rejected("{\"cluster\": {\"nats\": [\"nats://h:1\"], \"partitions\": 0}}",
@@ -302,6 +328,113 @@ static void test_finish(void **state)
     assert_int_equal(load(&c, "{\"supervise_interval_ms\": 500, \"dead_after_ms\": 500}"), 0);
     assert_int_equal(px_config_finish(&c, err, sizeof err), -1);
     assert_non_null(strstr(err, "'dead_after_ms'"));
+
+    /* Keyed scheduling's shared bound is counted in 32 bits: 256 x 16777216 (each allowed)
+     * would wrap to 0 and refuse every request; it is a config error instead. */
+    px_config_defaults(&c);
+    assert_int_equal(load(&c, "{\"scheduling\": \"keyed\", \"workers\": 256, "
+                              "\"queue_capacity\": 16777216}"),
+                     0);
+    assert_int_equal(px_config_finish(&c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "'queue_capacity'"));
+    assert_non_null(strstr(err, "4294967296"));
+    c.queue_capacity = 16777215;
+    assert_int_equal(px_config_finish(&c, err, sizeof err), 0);
+    /* Partitioned queues are bounded one by one: no shared count to overflow. */
+    c.scheduling = PX_SCHED_PARTITIONED;
+    c.queue_capacity = 16777216;
+    assert_int_equal(px_config_finish(&c, err, sizeof err), 0);
+}
+
+/* issue 18 item 6: a rule between two keys blames the key the user set, names the file and
+ * says what to change, in the one-line format of every other config error. */
+static void test_cross_key_blames_the_key_set(void **state)
+{
+    px_config_t c;
+
+    px_config_defaults(&c);
+    assert_int_equal(load(&c, "{\"supervise_interval_ms\": 60000}"), 0);
+    assert_int_equal(px_config_finish(&c, err, sizeof err), -1);
+    assert_string_equal(err, "config test.json: key 'supervise_interval_ms': 60000 must be less "
+                             "than dead_after_ms (10000, its default); lower "
+                             "supervise_interval_ms or raise dead_after_ms");
+
+    px_config_defaults(&c);
+    assert_int_equal(load(&c, "{\"dead_after_ms\": 100}"), 0);
+    assert_int_equal(px_config_finish(&c, err, sizeof err), -1);
+    assert_string_equal(err, "config test.json: key 'dead_after_ms': 100 must be greater than "
+                             "supervise_interval_ms (250, its default); raise dead_after_ms or "
+                             "lower supervise_interval_ms");
+}
+
+/* Every default in the table passes its own key's checks, and --print-config's JSON loads back
+ * into the same configuration (the token aside, which it does not print). */
+static void test_print_config_round_trip(void **state)
+{
+    px_config_t c, d;
+    json_t *j;
+    char *text;
+
+    px_config_defaults(&c);
+    assert_int_equal(load(&c, "{\"workers\": 3, \"quarantine\": {\"after_failures\": 2, "
+                              "\"for_ms\": 50}, \"listen_unix_mode\": \"0600\", "
+                              "\"handlers\": {\"x\": {\"type\": \"exec\"}}, "
+                              "\"scheduling\": \"keyed\", \"backpressure_threshold\": 0.5, "
+                              "\"cluster\": {\"nats\": [\"nats://h:1\", \"nats://h:2\"], "
+                              "\"partitions\": 8}}"),
+                     0);
+    j = px_config_to_json(&c);
+    assert_non_null(j);
+    assert_int_equal(json_object_size(j), px_config_nkeys);
+    text = json_dumps(j, 0);
+    px_config_defaults(&d);
+    if (load(&d, text))
+        fail_msg("%s: %s", text, err);
+    assert_same_config(&c, &d);
+    /* The cluster section is printed whole (defaults and the host-name instance included). */
+    assert_true(d.cluster.on);
+    assert_memory_equal(&c.cluster, &d.cluster, sizeof c.cluster);
+    free(text);
+    json_decref(j);
+    px_config_clear(&c);
+    px_config_clear(&d);
+}
+
+/* One source for config facts: the README's configuration table and its SIGHUP row are what
+ * the table renders (parexd --print-manual), byte for byte. */
+static void test_readme_matches_table(void **state)
+{
+    FILE *f = fopen(PX_SOURCE_DIR "/README.md", "rb");
+    char *readme, *manual = px_config_manual(), *cut;
+    long n;
+
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    n = ftell(f);
+    rewind(f);
+    readme = calloc(1, (size_t)n + 1);
+    assert_int_equal(fread(readme, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    assert_non_null(manual);
+    cut = strstr(manual, "\n\n");
+    assert_non_null(cut);
+    cut[1] = '\0'; /* the key table, ending with its last row's newline */
+    if (!strstr(readme, manual))
+        fail_msg("README.md's configuration table differs from the key table in config.c; "
+                 "replace it with the output of `parexd --print-manual`:\n%s",
+                 manual);
+    if (!strstr(readme, cut + 2))
+        fail_msg("README.md's SIGHUP row differs from the key table's reload rules; replace it "
+                 "with:\n%s",
+                 cut + 2);
+    /* Every key the loader knows is in the README's table: no key is undocumented. */
+    for (size_t i = 0; i < px_config_nkeys; i++) {
+        char row[96];
+        snprintf(row, sizeof row, "\n| `%s` |", px_config_keys[i].name);
+        assert_non_null(strstr(readme, row));
+    }
+    free(manual);
+    free(readme);
 }
 
 int main(void)
@@ -320,6 +453,9 @@ int main(void)
         cmocka_unit_test(test_cluster_section),
         cmocka_unit_test(test_set_from_strings),
         cmocka_unit_test(test_finish),
+        cmocka_unit_test(test_cross_key_blames_the_key_set),
+        cmocka_unit_test(test_print_config_round_trip),
+        cmocka_unit_test(test_readme_matches_table),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
