@@ -13,20 +13,20 @@
 
 int px_ctl_cluster(const char *const *maddrs, int n)
 {
-    char owner[MAX_PARTS][65] = {{0}}, err[256];
+    char owner[MAX_PARTS][65] = {{0}};
     long long epoch[MAX_PARTS] = {0}, backlog[MAX_PARTS] = {0};
     int parts = 0, rc = 0, unowned = 0;
 
     for (int i = 0; i < n; i++) {
-        px_buf_t body = {0};
         json_t *o = NULL, *c, *list, *p;
         size_t k;
-        long st = px_http_get(maddrs[i], "/stats", &body, err, sizeof err);
 
-        if (st != 200 || !(o = json_loadb(body.data, body.len, 0, NULL)) ||
-            !(c = json_object_get(o, "cluster"))) {
-            fprintf(stderr, "parexctl: %s: %s\n", maddrs[i],
-                    st < 0 ? err : "no cluster section in /stats (not in cluster mode?)");
+        if (!(o = px_ctl_get_stats(maddrs[i])) || !(c = json_object_get(o, "cluster"))) {
+            if (o)
+                fprintf(stderr,
+                        "parexctl: %s: no cluster section in /stats (not in cluster "
+                        "mode?)\n",
+                        maddrs[i]);
             rc = 1;
             goto next;
         }
@@ -53,7 +53,6 @@ int px_ctl_cluster(const char *const *maddrs, int n)
         }
     next:
         json_decref(o);
-        px_buf_free(&body);
     }
     if (!parts)
         return rc ? rc : 1;

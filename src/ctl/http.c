@@ -58,7 +58,7 @@ long px_http_get(const char *addr, const char *path, px_buf_t *body, char *err, 
     return status;
 }
 
-static json_t *get_stats(const char *maddr)
+json_t *px_ctl_get_stats(const char *maddr)
 {
     px_buf_t b = {0};
     char err[512];
@@ -179,7 +179,7 @@ static void print_hot(json_t *s)
 
 int px_ctl_stats(const char *maddr)
 {
-    json_t *s = get_stats(maddr);
+    json_t *s = px_ctl_get_stats(maddr);
 
     if (!s)
         return 2;
@@ -235,7 +235,7 @@ int px_ctl_top(const char *maddr, double interval_s, int once)
     double last_t = 0;
 
     for (;;) {
-        json_t *s = get_stats(maddr);
+        json_t *s = px_ctl_get_stats(maddr);
         double t = now_s();
         long long done, rej, recv;
         time_t wall = time(NULL);

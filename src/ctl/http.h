@@ -12,6 +12,8 @@ void px_http_set_token(const char *token);
 /* GET http://ADDR/PATH into body. Returns the HTTP status, or -1 with err set. */
 long px_http_get(const char *addr, const char *path, px_buf_t *body, char *err, size_t errlen);
 
+/* /stats as JSON, or NULL after one line on stderr saying why (401: the token is missing). */
+json_t *px_ctl_get_stats(const char *maddr);
 int px_ctl_stats(const char *maddr);
 int px_ctl_health(const char *maddr);
 int px_ctl_metrics(const char *maddr);
