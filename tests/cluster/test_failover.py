@@ -17,7 +17,7 @@ from natscluster import NatsCluster, wait_for  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--node", required=True)
-ap.add_argument("--only", default="")
+ap.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
 args = ap.parse_args()
 
 PARTS = 8
@@ -129,7 +129,7 @@ class Run:
 
 
 def scenario(fn):
-    if args.only and args.only not in fn.__name__:
+    if args.only and fn.__name__ not in args.only.split(","):
         return
     r = Run(fn.__name__)
     t0 = time.monotonic()
