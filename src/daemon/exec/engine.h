@@ -40,7 +40,7 @@ typedef struct px_engine {
     px_keys_t keys;
     px_hot_t *hot; /* arrivals by the loop, time by workers */
     px_sink_t sink;
-    px_expiry_t expiry; /* queued requests by deadline */
+    px_expiry_t expiry;   /* queued requests by deadline */
     _Atomic int draining; /* no new requests; read by the metrics thread */
     pthread_mutex_t reg_mu;
     px_registry_t *reg; /* written by the loop under reg_mu; the loop reads it without */

@@ -152,7 +152,7 @@ size_t px_queue_take_hand(px_queue_t *q, _Atomic(void *) *hand, void **out, size
     void *h;
 
     pthread_mutex_lock(&q->mu);
-    if (max > 0 && (h = atomic_exchange_explicit(hand, NULL, memory_order_acq_rel)))
+    if (hand && max > 0 && (h = atomic_exchange_explicit(hand, NULL, memory_order_acq_rel)))
         out[n++] = h;
     while (q->len > 0 && n < max) {
         out[n++] = q->items[q->head];
@@ -164,49 +164,46 @@ size_t px_queue_take_hand(px_queue_t *q, _Atomic(void *) *hand, void **out, size
     return n;
 }
 
+/* Under mu: the position of the first queued item match accepts, or q->len when none. */
+static uint32_t find_at(px_queue_t *q, int (*match)(void *item, void *arg), void *arg)
+{
+    uint32_t i = 0;
+
+    while (i < q->len && !match(q->items[(q->head + i) % q->cap], arg))
+        i++;
+    return i;
+}
+
 void *px_queue_find(px_queue_t *q, int (*match)(void *item, void *arg), void *arg)
 {
     void *found = NULL;
+    uint32_t i;
 
     pthread_mutex_lock(&q->mu);
-    for (uint32_t i = 0; i < q->len && !found; i++)
-        if (match(q->items[(q->head + i) % q->cap], arg))
-            found = q->items[(q->head + i) % q->cap];
+    if ((i = find_at(q, match, arg)) < q->len)
+        found = q->items[(q->head + i) % q->cap];
     pthread_mutex_unlock(&q->mu);
     return found;
 }
 
 size_t px_queue_take_all(px_queue_t *q, void **out, size_t max)
 {
-    size_t n = 0;
-
-    pthread_mutex_lock(&q->mu);
-    while (q->len > 0 && n < max) {
-        out[n++] = q->items[q->head];
-        q->head = (q->head + 1) % q->cap;
-        q->len--;
-    }
-    atomic_store_explicit(&q->depth, q->len, memory_order_relaxed);
-    pthread_mutex_unlock(&q->mu);
-    return n;
+    return px_queue_take_hand(q, NULL, out, max);
 }
 
 void *px_queue_remove_if(px_queue_t *q, int (*match)(void *item, void *arg), void *arg)
 {
     void *found = NULL;
+    uint32_t i;
 
     pthread_mutex_lock(&q->mu);
-    for (uint32_t i = 0; i < q->len; i++) {
-        void *it = q->items[(q->head + i) % q->cap];
-        if (!match(it, arg))
-            continue;
-        found = it;
+    if ((i = find_at(q, match, arg)) < q->len) {
+        found = q->items[(q->head + i) % q->cap];
         /* Close the gap by shifting the later items forward: FIFO order is kept. */
         for (uint32_t j = i; j + 1 < q->len; j++)
             q->items[(q->head + j) % q->cap] = q->items[(q->head + j + 1) % q->cap];
         q->len--;
         atomic_store_explicit(&q->depth, q->len, memory_order_relaxed);
-        break;
     }
     pthread_mutex_unlock(&q->mu);
     return found;

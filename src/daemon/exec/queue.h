@@ -28,7 +28,7 @@ int px_queue_pop(px_queue_t *q, void **item, uint64_t timeout_ns);
  * the queue or in the hand. */
 int px_queue_pop_hand(px_queue_t *q, _Atomic(void *) *hand, uint64_t timeout_ns);
 /* Takes what *hand holds (first) and then the queued items in FIFO order, up to max, under the
- * queue's lock; *hand is left NULL. Returns how many. */
+ * queue's lock; *hand is left NULL (hand may be NULL: the queued items only). Returns how many. */
 size_t px_queue_take_hand(px_queue_t *q, _Atomic(void *) *hand, void **out, size_t max);
 /* The first queued item for which match(item, arg) is true (match runs under the lock and may
  * change the item's own atomics), left in place; NULL when none. */
