@@ -1,7 +1,7 @@
 /* Admission and the end of every request. A request ends in exactly one of these places: on_done
- * (its worker finished it, or skipped it because its key was parked), px_engine_fail (cancelled,
- * dropped, stalled, forced stop), or never admitted (a refusal). Each counts it once, releases its
- * key and delivers one answer to its origin. */
+ * (its worker finished it, skipped it because its key was parked, or answered it cancelled or
+ * dropped), fail() (expired in its queue, stalled, forced stop), or never admitted (a refusal).
+ * Each counts it once, releases its key and delivers one answer to its origin. */
 #include "daemon/exec/engine.h"
 
 #include "common/clock.h"
@@ -64,6 +64,29 @@ static void end_req(px_engine_t *e, px_req_t *r)
     px_req_free(r);
 }
 
+/* Answers a request that will not run to completion (expired, stalled, forced stop) as
+ * failed/code and counts it; the request itself is not freed. */
+static void fail(px_engine_t *e, px_req_t *r, const char *code, const char *message)
+{
+    uint64_t now = px_now_ns();
+    uint64_t started = atomic_load(&r->state) == PX_REQ_ABANDONED ? r->start_ns : 0;
+    px_resp_t resp = {.id = px_req_id(r),
+                      .id_len = r->id_len,
+                      .status = "failed",
+                      .worker = (int)r->worker,
+                      .code = code,
+                      .message = message,
+                      .queue_ms = ns_ms((started ? started : now) - r->recv_ns),
+                      .run_ms = started ? ns_ms(now - started) : 0};
+
+    px_stats_begin(e->stats);
+    px_stats_add(&e->stats->c.failed, 1);
+    px_stats_add(&e->stats->c.in_flight, -1);
+    px_keys_done(&e->keys, r);
+    px_stats_end(e->stats);
+    deliver_resp(e, r, &resp);
+}
+
 /* A queued request whose deadline_ms passed: taken out of its queue (its place is free again)
  * and answered now, without waiting for its worker. One a worker has already taken is left to
  * it: the handler is cut off at the deadline, or never started past it. */
@@ -80,7 +103,7 @@ static void on_expired(px_req_t *r, void *arg)
              "not run; send a later deadline or fewer requests for this key",
              ns_ms(px_now_ns() - r->recv_ns));
     px_handler_count_unrun(r->handler, "deadline_exceeded");
-    px_engine_fail(e, r, "deadline_exceeded", msg);
+    fail(e, r, "deadline_exceeded", msg);
     px_req_free(r);
     e->sink.flush(e->sink.arg);
 }
@@ -343,27 +366,6 @@ int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
     return 0;
 }
 
-void px_engine_fail(px_engine_t *e, px_req_t *r, const char *code, const char *message)
-{
-    uint64_t now = px_now_ns();
-    uint64_t started = atomic_load(&r->state) == PX_REQ_ABANDONED ? r->start_ns : 0;
-    px_resp_t resp = {.id = px_req_id(r),
-                      .id_len = r->id_len,
-                      .status = "failed",
-                      .worker = (int)r->worker,
-                      .code = code,
-                      .message = message,
-                      .queue_ms = ns_ms((started ? started : now) - r->recv_ns),
-                      .run_ms = started ? ns_ms(now - started) : 0};
-
-    px_stats_begin(e->stats);
-    px_stats_add(&e->stats->c.failed, 1);
-    px_stats_add(&e->stats->c.in_flight, -1);
-    px_keys_done(&e->keys, r);
-    px_stats_end(e->stats);
-    deliver_resp(e, r, &resp);
-}
-
 void px_engine_replace(px_engine_t *e, uint32_t worker, const px_worker_info_t *w)
 {
     char msg[512];
@@ -393,7 +395,7 @@ void px_engine_replace(px_engine_t *e, uint32_t worker, const px_worker_info_t *
              "worker %u was stuck on this request for %.0f ms (stall_after_ms %lld); it was "
              "abandoned and the partition moved on",
              worker, (double)w->busy_for_ns / 1e6, (long long)e->cfg->stall_after_ms);
-    px_engine_fail(e, r, "worker_stalled", msg);
+    fail(e, r, "worker_stalled", msg);
     e->sink.flush(e->sink.arg);
     /* r stays valid until the loop frees it: it is the old thread's to hand back, and late
      * holds it only if it came back already. */
@@ -426,9 +428,9 @@ size_t px_engine_cancel_all(px_engine_t *e)
     for (size_t i = 0; i < n; i++) {
         px_req_t *r = v[i].r;
 
-        px_engine_fail(e, r, "cancelled",
-                       v[i].returns ? "parexd stopped before this request finished running"
-                                    : "parexd stopped before this request could run");
+        fail(e, r, "cancelled",
+             v[i].returns ? "parexd stopped before this request finished running"
+                          : "parexd stopped before this request could run");
         /* A running one still belongs to its thread until it comes back. */
         if (!v[i].returns)
             end_req(e, r);

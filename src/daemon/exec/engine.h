@@ -97,9 +97,6 @@ const char *px_engine_cancel(px_engine_t *e, void *origin, const char *id, size_
 int px_engine_cancel_origin(px_engine_t *e, void *origin);
 int px_engine_drop(px_engine_t *e, const char *key, size_t len);
 
-/* Answers a request that will not run to completion (cancelled, stalled) as failed/code and
- * counts it; the request itself is not freed. */
-void px_engine_fail(px_engine_t *e, px_req_t *r, const char *code, const char *message);
 /* on_stall=replace: abandons worker's stuck thread, answers its request worker_stalled and
  * starts a fresh thread. w is what the supervisor saw. */
 void px_engine_replace(px_engine_t *e, uint32_t worker, const px_worker_info_t *w);
