@@ -361,20 +361,25 @@ json_t *px_keys_parked_now(px_keys_t *ks)
     return parked_json(ks, px_now_ns(), 1);
 }
 
-int px_keys_is_parked(px_keys_t *ks, const char *key, size_t len)
+/* The entry of key when it is parked now, else NULL. */
+static px_key_t *parked_entry(px_keys_t *ks, const char *key, size_t len)
 {
     px_key_t *k = ks->on ? px_keytab_get(&ks->tab, key, len, 0) : NULL;
 
-    return k && px_key_parked(k, px_now_ns());
+    return k && px_key_parked(k, px_now_ns()) ? k : NULL;
+}
+
+int px_keys_is_parked(px_keys_t *ks, const char *key, size_t len)
+{
+    return parked_entry(ks, key, len) != NULL;
 }
 
 int px_keys_unpark(px_keys_t *ks, const char *key, size_t len)
 {
-    px_key_t *k;
+    px_key_t *k = parked_entry(ks, key, len);
 
-    if (!px_keys_is_parked(ks, key, len))
+    if (!k)
         return -ENOENT;
-    k = px_keytab_get(&ks->tab, key, len, 0);
     atomic_store(&k->parked_until_ns, 0);
     atomic_store(&k->failures, 0);
     px_notice("quarantine: key '%.*s' unparked by an operator", (int)len, key);
