@@ -362,7 +362,7 @@ json_t *px_keys_parked_now(px_keys_t *ks)
 }
 
 /* The entry of key when it is parked now, else NULL. */
-static px_key_t *parked_entry(px_keys_t *ks, const char *key, size_t len)
+static px_key_t *find_parked(px_keys_t *ks, const char *key, size_t len)
 {
     px_key_t *k = ks->on ? px_keytab_get(&ks->tab, key, len, 0) : NULL;
 
@@ -371,12 +371,12 @@ static px_key_t *parked_entry(px_keys_t *ks, const char *key, size_t len)
 
 int px_keys_is_parked(px_keys_t *ks, const char *key, size_t len)
 {
-    return parked_entry(ks, key, len) != NULL;
+    return find_parked(ks, key, len) != NULL;
 }
 
 int px_keys_unpark(px_keys_t *ks, const char *key, size_t len)
 {
-    px_key_t *k = parked_entry(ks, key, len);
+    px_key_t *k = find_parked(ks, key, len);
 
     if (!k)
         return -ENOENT;
