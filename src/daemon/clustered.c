@@ -277,7 +277,7 @@ int px_clustered_start(px_clustered_t **out, uv_loop_t *loop, const px_config_t 
     o.result_ttl_ms = (uint64_t)c->result_ttl_ms;
     o.batch = (uint32_t)c->batch;
     if (px_cluster_start(&cx->cl, loop, &o, &cbs, err, errlen)) {
-        uv_close((uv_handle_t *)&cx->xasync, NULL);
+        px_clustered_exec_close(cx, NULL);
         json_decref(cx->pending);
         /* cx stays allocated until the loop closes its handle: left for the process exit. */
         return -1;
@@ -286,9 +286,8 @@ int px_clustered_start(px_clustered_t **out, uv_loop_t *loop, const px_config_t 
     return 0;
 }
 
-static void on_xasync_closed(uv_handle_t *h)
+static void on_exec_closed(px_clustered_t *cx)
 {
-    px_clustered_t *cx = h->data;
     const char *k;
     json_t *v;
 
@@ -304,7 +303,7 @@ void px_clustered_stop(px_clustered_t *cx)
 {
     px_clustered_exec_release(cx);
     px_cluster_stop(cx->cl);
-    uv_close((uv_handle_t *)&cx->xasync, on_xasync_closed);
+    px_clustered_exec_close(cx, on_exec_closed);
 }
 
 json_t *px_clustered_report(px_clustered_t *cx)

@@ -75,8 +75,11 @@ static void job_answer(xjob_t *x, const char *id, size_t id_len, const char *sta
     job_done(x);
 }
 
-static void submit_job(px_clustered_t *cx, xjob_t *x, json_t *req, px_buf_t *scratch)
+/* Loop: submits one job. 0 when it is submitted or answered, 1 when its worker's queue is full
+ * (nothing done: the job waits and is submitted again, still ahead of everything after it). */
+static int submit_job(px_clustered_t *cx, xjob_t *x, px_buf_t *scratch)
 {
+    json_t *req = json_loadb(x->j->data, x->j->len, 0, NULL);
     const char *key = json_string_value(json_object_get(req, "key"));
     const char *op = json_string_value(json_object_get(req, "op"));
     json_t *id = json_object_get(req, "id"), *payload = json_object_get(req, "payload");
@@ -85,7 +88,7 @@ static void submit_job(px_clustered_t *cx, xjob_t *x, json_t *req, px_buf_t *scr
     px_submit_t s;
     px_verdict_t v;
     char msg[512];
-    int rc;
+    int rc, full = 0;
 
     if (!key || !op || !id || px_json_append(&idtext, id)) {
         job_answer(x, "null", 4, "invalid", "bad_json", "the stored request could not be read");
@@ -123,23 +126,75 @@ static void submit_job(px_clustered_t *cx, xjob_t *x, json_t *req, px_buf_t *scr
     rc = px_engine_submit(cx->eng, &s, &v);
     if (rc == 0)
         goto out; /* answered through px_clustered_deliver */
-    if (rc > 0 && v.why != PX_REJ_QUEUE_FULL && v.why != PX_REJ_SHUTTING_DOWN) {
+    if (rc > 0 && v.why == PX_REJ_QUEUE_FULL) {
+        /* The request is stored in the cluster already: it waits here for room rather than
+         * being refused, and so does everything fetched after it. */
+        full = 1;
+        goto out;
+    }
+    if (rc > 0 && v.why != PX_REJ_SHUTTING_DOWN) {
         job_answer(x, idtext.data, idtext.len, "rejected", px_reject_code(v.why), v.message);
         goto out;
     }
 out_nomem:
-    /* Not run here (full, stopping, out of memory): the next consumer runs it again. */
+    /* Not run here (stopping, out of memory): the next consumer runs it again. */
     x->j->run = 0;
     job_done(x);
 out:
     px_buf_free(&idtext);
+    json_decref(req);
+    return full;
+}
+
+static void pump_later(uv_timer_t *t);
+
+/* Loop: submits the waiting batches' jobs in arrival order. At a full worker queue everything
+ * waits (a later job may be of the same key) and the timer tries again shortly: the batches were
+ * fetched from the cluster, where backpressure already happened, so they are not refused. */
+static void pump(px_clustered_t *cx)
+{
+    px_buf_t scratch = {0};
+    xrun_t *r;
+
+    while ((r = cx->runs)) {
+        while (r->i < r->n) {
+            xbatch_t *b = r->b; /* gone once its last job is done: read before */
+            xjob_t *x = &b->x[r->i];
+
+            x->b = b;
+            x->j = &b->jobs[r->i];
+            if (!px_cluster_fence_ok(b->fence)) {
+                r->i++;
+                x->j->run = 0; /* the lease is gone: leave it to the next owner */
+                job_done(x);
+                continue;
+            }
+            if (submit_job(cx, x, &scratch)) {
+                if (!uv_is_active((uv_handle_t *)&cx->xretry))
+                    uv_timer_start(&cx->xretry, pump_later, 2, 2);
+                goto out;
+            }
+            r->i++;
+        }
+        cx->runs = r->next;
+        if (!cx->runs)
+            cx->runs_tail = NULL;
+        free(r);
+    }
+    uv_timer_stop(&cx->xretry);
+out:
+    px_buf_free(&scratch);
+}
+
+static void pump_later(uv_timer_t *t)
+{
+    pump(t->data);
 }
 
 static void on_xasync(uv_async_t *a)
 {
     px_clustered_t *cx = a->data;
     xbatch_t *q, *rev = NULL;
-    px_buf_t scratch = {0};
 
     pthread_mutex_lock(&cx->xmu);
     q = cx->xq;
@@ -152,24 +207,28 @@ static void on_xasync(uv_async_t *a)
         rev = b;
     }
     for (xbatch_t *b = rev, *next; b; b = next) {
-        next = b->next; /* b may be gone once its last job is done */
-        for (size_t i = 0, n = b->n; i < n; i++) {
-            xjob_t *x = &b->x[i];
-            json_t *req;
+        xrun_t *r = malloc(sizeof *r);
 
-            x->b = b;
-            x->j = &b->jobs[i];
-            if (!px_cluster_fence_ok(b->fence)) {
-                x->j->run = 0; /* the lease is gone: leave it to the next owner */
-                job_done(x);
-                continue;
-            }
-            req = json_loadb(x->j->data, x->j->len, 0, NULL);
-            submit_job(cx, x, req, &scratch);
-            json_decref(req);
+        next = b->next;
+        if (!r) {
+            /* Nothing of it submitted: it runs again after a consumer restart. */
+            for (size_t i = 0; i < b->n; i++)
+                b->jobs[i].run = 0;
+            pthread_mutex_lock(&b->mu);
+            b->left = 0;
+            pthread_cond_signal(&b->cv);
+            pthread_mutex_unlock(&b->mu);
+            continue;
         }
+        *r = (xrun_t){.b = b, .n = b->n};
+        if (cx->runs_tail)
+            cx->runs_tail->next = r;
+        else
+            cx->runs = r;
+        cx->runs_tail = r;
     }
-    px_buf_free(&scratch);
+    if (!uv_is_active((uv_handle_t *)&cx->xretry))
+        pump(cx);
 }
 
 int px_clustered_deliver(void *origin, const char *line, size_t len)
@@ -192,14 +251,31 @@ void px_clustered_exec_init(px_clustered_t *cx)
     pthread_mutex_init(&cx->xmu, NULL);
     uv_async_init(cx->loop, &cx->xasync, on_xasync);
     cx->xasync.data = cx;
+    uv_timer_init(cx->loop, &cx->xretry);
+    cx->xretry.data = cx;
 }
 
 void px_clustered_exec_release(px_clustered_t *cx)
 {
     xbatch_t *b;
+    xrun_t *r;
 
     /* Partition threads still waiting for the loop (a forced stop) get their batch back unrun
-     * before the cluster joins them. */
+     * before the cluster joins them: what the loop had not submitted yet is not run; what the
+     * engine holds comes back through px_clustered_deliver (cancelled). */
+    uv_timer_stop(&cx->xretry);
+    while ((r = cx->runs)) {
+        cx->runs = r->next;
+        for (size_t i = r->i, n = r->n; i < n; i++) {
+            xjob_t *x = &r->b->x[i]; /* b is alive while a job of it is not done */
+            x->b = r->b;
+            x->j = &r->b->jobs[i];
+            x->j->run = 0;
+            job_done(x);
+        }
+        free(r);
+    }
+    cx->runs_tail = NULL;
     pthread_mutex_lock(&cx->xmu);
     b = cx->xq;
     cx->xq = NULL;
@@ -211,4 +287,20 @@ void px_clustered_exec_release(px_clustered_t *cx)
         pthread_cond_signal(&b->cv);
         pthread_mutex_unlock(&b->mu);
     }
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    px_clustered_t *cx = h->data;
+
+    if (--cx->closing == 0 && cx->xclosed)
+        cx->xclosed(cx);
+}
+
+void px_clustered_exec_close(px_clustered_t *cx, void (*closed)(px_clustered_t *cx))
+{
+    cx->xclosed = closed;
+    cx->closing = 2;
+    uv_close((uv_handle_t *)&cx->xretry, on_closed);
+    uv_close((uv_handle_t *)&cx->xasync, on_closed);
 }

@@ -13,6 +13,14 @@ typedef struct xjob {
     px_cluster_job_t *j;
 } xjob_t;
 
+/* Loop only: a batch the loop is still submitting, from job i on (a full worker queue makes it
+ * wait; see pump in clustered_exec.c). */
+typedef struct xrun {
+    struct xrun *next;
+    xbatch_t *b;
+    size_t i, n;
+} xrun_t;
+
 struct xbatch {
     xbatch_t *next;
     px_cluster_job_t *jobs;
@@ -41,6 +49,12 @@ struct px_clustered {
     uv_async_t xasync;
     pthread_mutex_t xmu; /* covers xq */
     xbatch_t *xq;
+    /* Loop only: batches being submitted, in arrival order, and the timer that retries them
+     * while a worker queue is full. */
+    xrun_t *runs, *runs_tail;
+    uv_timer_t xretry;
+    int closing; /* handles still to close before xclosed runs */
+    void (*xclosed)(px_clustered_t *cx);
 
     /* Ingress counters: loop writes, /stats reads. */
     _Atomic uint64_t received, accepted, refused, answered, late_answers;
@@ -52,5 +66,7 @@ void px_clustered_run_batch(px_cluster_job_t *jobs, size_t n, const px_cluster_f
 void px_clustered_exec_init(px_clustered_t *cx);
 /* Gives batches still waiting for the loop back to their threads unrun (a forced stop). */
 void px_clustered_exec_release(px_clustered_t *cx);
+/* Closes the executor's handles; closed(cx) runs once both are closed. */
+void px_clustered_exec_close(px_clustered_t *cx, void (*closed)(px_clustered_t *cx));
 
 #endif

@@ -21,6 +21,24 @@ def free_port():
         return s.getsockname()[1]
 
 
+def stop_process(pid):
+    """SIGSTOP pid and return once every one of its threads is stopped: kill() returns before a
+    thread running on another CPU has stopped, and what it does in between is not "after the
+    pause"."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped():
+        for t in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/stat" % (pid, t)) as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] not in "Tt":
+                        return False
+            except FileNotFoundError:
+                pass  # a thread that ended
+        return True
+    wait_for(stopped, 10, "process %d to stop" % pid)
+
+
 def wait_for(cond, timeout, what):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

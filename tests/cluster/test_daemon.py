@@ -24,7 +24,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 import history  # noqa: E402
 import pxharness  # noqa: E402
-from natscluster import NatsCluster  # noqa: E402
+from natscluster import NatsCluster, stop_process  # noqa: E402
 
 PARTS = 8
 TTL = 2000
@@ -218,7 +218,7 @@ class ClusterTest(unittest.TestCase):
             self.assertTrue(old, "b holds no partition")
             load = Load(cl.d["a"])
             time.sleep(3)
-            b.signal(signal.SIGSTOP)
+            stop_process(b.proc.pid)
             with open(cl.hist) as f:
                 at_pause = sum(1 for _ in f)
             try:

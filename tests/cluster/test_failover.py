@@ -13,7 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import history  # noqa: E402
-from natscluster import NatsCluster, wait_for  # noqa: E402
+from natscluster import NatsCluster, stop_process, wait_for  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--node", required=True)
@@ -202,7 +202,7 @@ def sigstop_owner(r):
     r.start_load("load", seconds=14, ms=5)
     time.sleep(3)
     b = r.execs["b"]
-    b.send_signal(signal.SIGSTOP)
+    stop_process(b.pid)
     t_stop = time.monotonic_ns()
     r.wait_owners("ac", timeout=TTL / 1000 * 2 + 10)
     b.send_signal(signal.SIGCONT)

@@ -1,8 +1,11 @@
 /* The ingress side: publishing threads store submitted requests in JetStream, and answers for
- * this instance arrive on a core subscription; both reach the loop through one uv_async_t.
+ * this instance arrive on a subscription; both reach the loop through one uv_async_t.
  *
  * Order: every partition is published by one thread, one message at a time (a synchronous
- * publish), so the decisions for a partition are taken in submit order. A refusal also refuses
+ * publish), so the decisions for a partition are taken in submit order. What the loop submitted
+ * for a partition while its previous message was being stored goes into the next message,
+ * together (records.c): stored all at once or not at all, so the decisions stay in submit order
+ * while one JetStream write serves many requests. A refusal also refuses
  * whatever of that partition was submitted before the loop saw it (the refusal generation in
  * internal.h): a client that pipelines requests of one key never gets a later one accepted behind
  * an earlier one that was refused. Pipelining several publishes of one partition would lose that
@@ -53,41 +56,53 @@ void cl_post_done(struct px_cluster *cl, cl_pub_t *p)
         cl_wake_loop(cl);
 }
 
-/* nats.c's subscription thread: an answer for a request this instance accepted. */
+/* nats.c's subscription thread: the answers of one stored message, all for requests this
+ * instance accepted. */
 void cl_on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     struct px_cluster *cl = closure;
-    const char *id = NULL;
-    int len = natsMsg_GetDataLength(msg), was_empty;
+    const char *pos = natsMsg_GetData(msg), *end = pos + natsMsg_GetDataLength(msg);
+    cl_res_t *head = NULL, **tail = &head, *last = NULL;
     jsMsgMetaData *md = NULL;
-    cl_res_t *r;
+    cl_rec_t rec;
+    uint64_t n = 0;
+    int rc, was_empty;
 
     if (natsMsg_GetMetaData(&md, msg) == NATS_OK) {
         if (md->Sequence.Stream > atomic_load(&cl->res_last_seq))
             atomic_store(&cl->res_last_seq, md->Sequence.Stream);
         jsMsgMetaData_Destroy(md);
     }
+    while ((rc = cl_rec_next(&pos, end, &rec)) > 0) {
+        cl_res_t *r = malloc(sizeof *r + rec.len);
 
-    if (natsMsgHeader_Get(msg, CL_HDR_ID, &id) != NATS_OK || !id || len < 0 ||
-        !(r = malloc(sizeof *r + (size_t)len))) {
-        px_warn("cluster: dropped an answer without a %s header or out of memory", CL_HDR_ID);
-        natsMsg_Destroy(msg);
-        return;
+        if (!r) {
+            px_warn("cluster: out of memory for an answer (message id %s)", rec.msgid);
+            continue;
+        }
+        memcpy(r->msgid, rec.msgid, sizeof r->msgid);
+        memcpy(r->line, rec.data, rec.len);
+        r->len = rec.len;
+        r->missing = 0;
+        r->next = NULL;
+        *tail = last = r;
+        tail = &r->next;
+        n++;
     }
-    snprintf(r->msgid, sizeof r->msgid, "%s", id);
-    memcpy(r->line, natsMsg_GetData(msg), (size_t)len);
-    r->len = (size_t)len;
-    r->missing = 0;
-    r->next = NULL;
+    if (rc < 0)
+        px_warn("cluster: dropped the rest of a malformed answer message on %s",
+                natsMsg_GetSubject(msg));
     natsMsg_Destroy(msg);
-    atomic_fetch_add(&cl->results_in, 1);
+    if (!head)
+        return;
+    atomic_fetch_add(&cl->results_in, n);
     pthread_mutex_lock(&cl->done_mu);
     was_empty = !cl->done && !cl->results;
     if (cl->results_tail)
-        cl->results_tail->next = r;
+        cl->results_tail->next = head;
     else
-        cl->results = r;
-    cl->results_tail = r;
+        cl->results = head;
+    cl->results_tail = last;
     pthread_mutex_unlock(&cl->done_mu);
     if (was_empty)
         cl_wake_loop(cl);
@@ -99,34 +114,33 @@ static void refuse(cl_pub_t *p, enum px_cluster_status st, const char *why)
     snprintf(p->why, sizeof p->why, "%s", why);
 }
 
-/* Publisher thread: stores one request, or says why not. */
-static void publish_one(struct px_cluster *cl, cl_pub_t *p)
+/* Publisher thread: a refusal also refuses what of its partition the loop sent before seeing it.
+ * Monotonic max: only this partition's publisher writes it. */
+static void refused_up_to(struct px_cluster *cl, uint32_t partition, uint64_t gen)
 {
-    cl_part_t *part = &cl->parts[p->partition];
-    char subj[64];
-    natsMsg *m = NULL;
-    jsPubAck *pa = NULL;
-    jsPubOptions po;
-    jsErrCode jerr = 0;
-    natsStatus s;
-    uint64_t until = p->deadline;
+    if (atomic_load(&cl->refused_gen[partition]) < gen)
+        atomic_store(&cl->refused_gen[partition], gen);
+}
 
-    /* Connecting happens on the lease thread; wait for it no longer than a publish may take. */
-    while (!atomic_load(&cl->ready) && px_now_ns() < until && !atomic_load(&cl->stopping)) {
-        struct timespec ts = {0, 10 * 1000000};
-        nanosleep(&ts, NULL);
+/* Publisher thread: 1 if p can go into a message (else it is refused and done), in submit order
+ * of its partition. */
+static int admit(struct px_cluster *cl, cl_pub_t *p)
+{
+    if (atomic_load(&cl->stopping)) {
+        refuse(p, PX_CL_STOPPING, "parexd is shutting down");
+        goto done;
     }
     if (p->gen <= atomic_load(&cl->refused_gen[p->partition])) {
         refuse(p, PX_CL_UNAVAILABLE,
                "an earlier request of this key's partition was just refused; retry");
-        return;
+        goto done;
     }
-    if (!atomic_load(&cl->ready) || atomic_load(&cl->stopping)) {
+    if (!atomic_load(&cl->ready)) {
         refuse(p, PX_CL_UNAVAILABLE,
                "not connected to NATS JetStream yet; retry on another instance or later");
         goto refused;
     }
-    if ((int64_t)(p->len + strlen(p->msgid) + 128) > cl->max_payload) {
+    if ((int64_t)(p->len + 2 * strlen(p->msgid) + 256) > cl->max_payload) {
         p->st = PX_CL_TOO_LARGE;
         snprintf(p->why, sizeof p->why,
                  "request of %zu bytes is over the NATS servers' max_payload (%lld bytes with "
@@ -134,15 +148,7 @@ static void publish_one(struct px_cluster *cl, cl_pub_t *p)
                  p->len, (long long)cl->max_payload);
         goto refused;
     }
-    if (atomic_load(&part->backlog) >= cl->o.max_backlog) {
-        p->st = PX_CL_FULL;
-        snprintf(p->why, sizeof p->why,
-                 "partition %u holds %llu waiting requests (max_backlog_per_partition %llu)",
-                 p->partition, (unsigned long long)atomic_load(&part->backlog),
-                 (unsigned long long)cl->o.max_backlog);
-        goto refused;
-    }
-    if (px_now_ns() >= until) {
+    if (px_now_ns() >= p->deadline) {
         /* Waited its whole time behind other partitions' publishes: never sent. */
         p->st = PX_CL_UNAVAILABLE;
         snprintf(p->why, sizeof p->why,
@@ -151,17 +157,101 @@ static void publish_one(struct px_cluster *cl, cl_pub_t *p)
                  (unsigned long long)cl->o.publish_timeout_ms);
         goto refused;
     }
-    snprintf(subj, sizeof subj, CL_REQ_SUBJ "%u", p->partition);
+    return 1;
+refused:
+    refused_up_to(cl, p->partition, p->gen);
+done:
+    cl_post_done(cl, p);
+    return 0;
+}
+
+static int is_idem(const cl_pub_t *p)
+{
+    return strncmp(p->msgid, "i.", 2) == 0;
+}
+
+/* Publisher thread: moves into c the first partition's requests of list, in order, up to the
+ * message's limits; an idem request goes alone (its id is the message's, for JetStream's dedup).
+ * Returns the rest of list, in order. */
+static cl_pub_t *take_chunk(struct px_cluster *cl, cl_pub_t *list, cl_chunk_t *c)
+{
+    cl_pub_t *rest = NULL, **rest_tail = &rest;
+    size_t bytes = 0, room = (size_t)cl->max_payload - 1024;
+    int closed = 0;
+
+    c->n = 0;
+    c->partition = list->partition;
+    for (cl_pub_t *p = list, *next; p; p = next) {
+        size_t sz = p->len + strlen(p->msgid) + 24;
+
+        next = p->next;
+        p->next = NULL;
+        if (p->partition != c->partition || closed) {
+            *rest_tail = p;
+            rest_tail = &p->next;
+            continue;
+        }
+        if (c->n &&
+            (is_idem(p) || is_idem(c->it[0]) || c->n == CL_CHUNK_MAX || bytes + sz > room)) {
+            closed = 1; /* the partition's next message starts here */
+            *rest_tail = p;
+            rest_tail = &p->next;
+            continue;
+        }
+        if (!admit(cl, p))
+            continue;
+        c->it[c->n++] = p;
+        bytes += sz;
+    }
+    return rest;
+}
+
+static void chunk_refuse(cl_chunk_t *c, enum px_cluster_status st, const char *why)
+{
+    for (unsigned i = 0; i < c->n; i++)
+        refuse(c->it[i], st, why);
+}
+
+/* Publisher thread: stores the chunk's requests as one message (all of them or none), or says
+ * why not. */
+static void publish_chunk(struct px_cluster *cl, cl_publisher_t *pb, cl_chunk_t *c)
+{
+    cl_part_t *part = &cl->parts[c->partition];
+    cl_pub_t *first = c->it[0];
+    char subj[64], why[256];
+    natsMsg *m = NULL;
+    jsPubAck *pa = NULL;
+    jsPubOptions po;
+    jsErrCode jerr = 0;
+    natsStatus s;
+    uint64_t until = first->deadline; /* the earliest of the chunk */
+
+    if (atomic_load(&part->backlog) >= cl->o.max_backlog) {
+        snprintf(why, sizeof why,
+                 "partition %u holds %llu waiting request messages (max_backlog_per_partition "
+                 "%llu)",
+                 c->partition, (unsigned long long)atomic_load(&part->backlog),
+                 (unsigned long long)cl->o.max_backlog);
+        chunk_refuse(c, PX_CL_FULL, why);
+        goto refused;
+    }
+    pb->body.len = 0;
+    for (unsigned i = 0; i < c->n; i++)
+        if (cl_rec_append(&pb->body, c->it[i]->msgid, c->it[i]->data, c->it[i]->len)) {
+            chunk_refuse(c, PX_CL_UNAVAILABLE, "out of memory");
+            goto refused;
+        }
+    snprintf(subj, sizeof subj, CL_REQ_SUBJ "%u", c->partition);
     /* Retried with the same message id until stored or out of time: JetStream's dedup makes
      * the retries one message, and a leader election (a few seconds) ends in an accept. */
     for (;;) {
         uint64_t now = px_now_ns();
 
         jsPubOptions_Init(&po);
-        po.MsgId = p->msgid;
+        po.MsgId = first->msgid;
         po.MaxWait = now < until ? (int64_t)((until - now) / PX_MS) + 1 : 1;
         jerr = 0;
-        s = natsMsg_Create(&m, subj, NULL, p->data, (int)p->len);
+        s = natsMsg_Create(&m, subj, NULL, pb->body.data, (int)pb->body.len);
         if (s == NATS_OK)
             s = natsMsgHeader_Set(m, CL_HDR_REPLY, cl->instance);
         if (s == NATS_OK)
@@ -174,34 +264,31 @@ static void publish_one(struct px_cluster *cl, cl_pub_t *p)
         nanosleep(&ts, NULL);
     }
     if (s == NATS_OK) {
-        p->st = PX_CL_ACCEPTED;
         atomic_fetch_add(&part->backlog, 1); /* until the next refresh says better */
-        if (pa->Duplicate) {
-            atomic_fetch_add(&cl->duplicates_stored, 1);
-            p->dup = 1;
+        for (unsigned i = 0; i < c->n; i++) {
+            c->it[i]->st = PX_CL_ACCEPTED;
+            c->it[i]->dup = pa->Duplicate;
         }
+        if (pa->Duplicate)
+            atomic_fetch_add(&cl->duplicates_stored, c->n);
         jsPubAck_Destroy(pa);
         return;
     }
     if (jerr == JSStreamStoreFailedErr || strstr(nats_GetLastError(NULL), "maximum messages")) {
-        p->st = PX_CL_FULL;
-        snprintf(p->why, sizeof p->why, "the request stream is full: %.100s",
-                 nats_GetLastError(NULL));
+        snprintf(why, sizeof why, "the request stream is full: %.100s", nats_GetLastError(NULL));
+        chunk_refuse(c, PX_CL_FULL, why);
     } else if (jerr) {
-        p->st = PX_CL_UNAVAILABLE;
-        snprintf(p->why, sizeof p->why, "NATS JetStream refused it: %.150s",
-                 nats_GetLastError(NULL));
+        snprintf(why, sizeof why, "NATS JetStream refused it: %.150s", nats_GetLastError(NULL));
+        chunk_refuse(c, PX_CL_UNAVAILABLE, why);
     } else {
-        p->st = PX_CL_UNCERTAIN;
-        snprintf(p->why, sizeof p->why,
+        snprintf(why, sizeof why,
                  "NATS JetStream did not confirm storing it within publish_timeout_ms (%llu); it "
                  "may still run: resubmit with the same idem to be sure it runs once",
                  (unsigned long long)cl->o.publish_timeout_ms);
+        chunk_refuse(c, PX_CL_UNCERTAIN, why);
     }
 refused:
-    /* Monotonic max: only this partition's publisher writes it. */
-    if (atomic_load(&cl->refused_gen[p->partition]) < p->gen)
-        atomic_store(&cl->refused_gen[p->partition], p->gen);
+    refused_up_to(cl, c->partition, c->it[c->n - 1]->gen);
 }
 
 static void post_result(struct px_cluster *cl, const char *msgid, const void *data, int len)
@@ -259,42 +346,58 @@ static void *pub_main(void *arg)
 {
     cl_publisher_t *pb = arg;
     struct px_cluster *cl = pb->cl;
+    cl_chunk_t *c = malloc(sizeof *c);
     sigset_t all;
 
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     pthread_setname_np(pthread_self(), "px-cl-pub");
     for (;;) {
-        cl_pub_t *p;
+        cl_pub_t *list;
 
         pthread_mutex_lock(&pb->mu);
         while (!pb->head && !atomic_load(&cl->stopping))
             pthread_cond_wait(&pb->cv, &pb->mu);
-        p = pb->head;
-        if (p) {
-            pb->head = p->next;
-            if (!pb->head)
-                pb->tail = NULL;
-            pb->n--;
-        }
+        list = pb->head; /* everything queued: one message per partition and round */
+        pb->head = pb->tail = NULL;
+        pb->n = 0;
         pthread_mutex_unlock(&pb->mu);
-        if (!p)
+        if (!list)
             break;
-        if (atomic_load(&cl->stopping))
-            refuse(p, PX_CL_STOPPING, "parexd is shutting down");
-        else
-            publish_one(cl, p);
-        if (p->dup && strncmp(p->msgid, "i.", 2) == 0) {
-            char msgid[sizeof p->msgid];
-            uint64_t until = p->deadline;
-
-            memcpy(msgid, p->msgid, sizeof msgid);
-            cl_post_done(cl, p); /* the loop frees p */
-            find_answer(cl, msgid, until);
-            continue;
+        /* Connecting happens on the lease thread; wait for it no longer than a publish may
+         * take. */
+        while (!atomic_load(&cl->ready) && px_now_ns() < list->deadline &&
+               !atomic_load(&cl->stopping)) {
+            struct timespec ts = {0, 10 * 1000000};
+            nanosleep(&ts, NULL);
         }
-        cl_post_done(cl, p);
+        while (list) {
+            if (!c) { /* out of memory: one at a time */
+                cl_pub_t *p = list;
+                list = p->next;
+                refuse(p, PX_CL_UNAVAILABLE, "out of memory");
+                refused_up_to(cl, p->partition, p->gen);
+                cl_post_done(cl, p);
+                continue;
+            }
+            list = take_chunk(cl, list, c);
+            if (!c->n)
+                continue;
+            publish_chunk(cl, pb, c);
+            if (c->it[0]->dup && is_idem(c->it[0])) {
+                char msgid[sizeof c->it[0]->msgid];
+                uint64_t until = c->it[0]->deadline;
+
+                memcpy(msgid, c->it[0]->msgid, sizeof msgid);
+                cl_post_done(cl, c->it[0]); /* the loop frees it */
+                find_answer(cl, msgid, until);
+                continue;
+            }
+            for (unsigned i = 0; i < c->n; i++)
+                cl_post_done(cl, c->it[i]);
+        }
     }
+    free(c);
     return NULL;
 }
 
@@ -365,6 +468,7 @@ void cl_ingress_stop(struct px_cluster *cl)
     }
     for (uint32_t i = 0; i < cl->o.publishers; i++) {
         pthread_join(cl->pubs[i].th, NULL);
+        px_buf_free(&cl->pubs[i].body);
         pthread_mutex_destroy(&cl->pubs[i].mu);
         pthread_cond_destroy(&cl->pubs[i].cv);
     }

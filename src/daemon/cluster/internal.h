@@ -84,6 +84,14 @@ typedef struct cl_res {
     char line[];
 } cl_res_t;
 
+/* Publisher thread: the requests of one partition going into one message. */
+#define CL_CHUNK_MAX 64
+typedef struct cl_chunk {
+    cl_pub_t *it[CL_CHUNK_MAX];
+    unsigned n;
+    uint32_t partition;
+} cl_chunk_t;
+
 typedef struct cl_publisher {
     struct px_cluster *cl;
     pthread_t th;
@@ -91,6 +99,7 @@ typedef struct cl_publisher {
     pthread_cond_t cv;
     cl_pub_t *head, *tail;
     uint32_t n;
+    px_buf_t body; /* publisher thread: the message being stored */
 } cl_publisher_t;
 
 struct px_cluster {
@@ -141,6 +150,17 @@ struct px_cluster {
     cl_part_t *parts;
     _Atomic uint64_t members_n, submitted, accepted, refused, results_in, duplicates_stored;
 };
+
+/* records.c: the requests of one stored message, or their answers. */
+typedef struct cl_rec {
+    char msgid[200];
+    const char *data; /* inside the message */
+    size_t len;
+} cl_rec_t;
+/* 0 or -1 (out of memory). */
+int cl_rec_append(px_buf_t *b, const char *msgid, const char *data, size_t len);
+/* 1 with r filled and *pos moved past it, 0 at the end, -1 on a malformed record. */
+int cl_rec_next(const char **pos, const char *end, cl_rec_t *r);
 
 /* lease.c */
 void *cl_lease_main(void *arg);
