@@ -58,3 +58,27 @@ double px_bhist_mean(const px_bhist_t *h)
 {
     return h->count ? h->sum / (double)h->count : 0.0;
 }
+
+static double ms(uint64_t ns)
+{
+    return (double)ns / 1e6;
+}
+
+void px_bhist_print_json(FILE *f, const px_bhist_t *h)
+{
+    fprintf(f,
+            "\"p50_ms\":%.4f,\"p90_ms\":%.4f,\"p99_ms\":%.4f,\"p999_ms\":%.4f,\"max_ms\":%.4f,"
+            "\"mean_ms\":%.4f",
+            ms(px_bhist_quantile(h, 0.50)), ms(px_bhist_quantile(h, 0.90)),
+            ms(px_bhist_quantile(h, 0.99)), ms(px_bhist_quantile(h, 0.999)), ms(h->max),
+            px_bhist_mean(h) / 1e6);
+}
+
+void px_bhist_print_text(FILE *f, const px_bhist_t *h)
+{
+    fprintf(f, "p50_ms            %.3f\n", ms(px_bhist_quantile(h, 0.50)));
+    fprintf(f, "p90_ms            %.3f\n", ms(px_bhist_quantile(h, 0.90)));
+    fprintf(f, "p99_ms            %.3f\n", ms(px_bhist_quantile(h, 0.99)));
+    fprintf(f, "p99.9_ms          %.3f\n", ms(px_bhist_quantile(h, 0.999)));
+    fprintf(f, "max_ms            %.3f\n", ms(h->max));
+}

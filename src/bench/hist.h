@@ -7,6 +7,7 @@
 #define PX_BENCH_HIST_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #define PX_BHIST_SUB_BITS 8 /* values < 2^8 exact; then 2^(8-1) = 128 buckets per octave */
 #define PX_BHIST_MAX_BITS                                                                          \
@@ -25,6 +26,11 @@ void px_bhist_record(px_bhist_t *h, uint64_t v);
 /* Value at quantile q (0..1): the upper bound of its bucket, capped at the largest recorded. */
 uint64_t px_bhist_quantile(const px_bhist_t *h, double q);
 double px_bhist_mean(const px_bhist_t *h);
+/* The latency report both bench programs print, in milliseconds (h holds nanoseconds): JSON
+ * members without braces ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms"), or
+ * one text line each (p50 to max). */
+void px_bhist_print_json(FILE *f, const px_bhist_t *h);
+void px_bhist_print_text(FILE *f, const px_bhist_t *h);
 
 /* For tests: the bucket of v and the largest value that bucket holds. */
 uint32_t px_bhist_index(uint64_t v);

@@ -5,18 +5,15 @@
  * Exit status: 0 when every request was answered in order with no protocol error, 1 otherwise
  * (errors are printed on stderr and counted in the report), 2 when the run could not start,
  * 64 on a usage mistake. */
+#include "bench/args.h"
 #include "bench/run.h"
 #include "common/clock.h"
 #include "common/hostport.h"
 #include "common/protocol.h"
 
-#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
-#include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
-#include <sysexits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,45 +61,7 @@ static void usage(FILE *f)
         "start, 64 usage.\n");
 }
 
-static int die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int die_usage(const char *fmt, ...)
-{
-    va_list ap;
-
-    fputs("parex-bench: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputs(" (see --help)\n", stderr);
-    return EX_USAGE;
-}
-
-static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
-{
-    char *end;
-    unsigned long long v;
-
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_pos_double(const char *s, double *out)
-{
-    char *end;
-    double v;
-
-    errno = 0;
-    v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v) || v < 0)
-        return -1;
-    *out = v;
-    return 0;
-}
+#define die_usage(...) px_arg_usage_error("parex-bench", __VA_ARGS__)
 
 static double ms(uint64_t ns)
 {
@@ -120,20 +79,19 @@ static void report(const px_bench_opts_t *o, const px_bench_result_t *r, int as_
     const px_bhist_t *h = &r->lat;
 
     if (as_json) {
-        printf("{\"requests\":%llu,\"ok\":%llu,\"failed\":%llu,\"rejected\":%llu,"
-               "\"invalid\":%llu,\"seconds\":%.6f,\"rps\":%.1f,\"ok_rps\":%.1f,\"steady_rps\":%.1f,"
-               "\"p50_ms\":%.4f,\"p90_ms\":%.4f,\"p99_ms\":%.4f,\"p999_ms\":%.4f,"
-               "\"max_ms\":%.4f,\"mean_ms\":%.4f,\"order_violations\":%llu,\"errors\":%llu,"
+        printf(
+            "{\"requests\":%llu,\"ok\":%llu,\"failed\":%llu,\"rejected\":%llu,"
+            "\"invalid\":%llu,\"seconds\":%.6f,\"rps\":%.1f,\"ok_rps\":%.1f,\"steady_rps\":%.1f,",
+            (unsigned long long)r->sent, (unsigned long long)r->ok, (unsigned long long)r->failed,
+            (unsigned long long)r->rejected, (unsigned long long)r->invalid, r->seconds, rps,
+            ok_rps, steady_rps);
+        px_bhist_print_json(stdout, h);
+        printf(",\"order_violations\":%llu,\"errors\":%llu,"
                "\"unanswered\":%llu,\"server_queue_ms_mean\":%.4f,\"server_run_ms_mean\":%.4f,"
                "\"connections\":%u,\"pipeline\":%u,\"keys\":%u,"
                "\"zipf\":%g,\"op\":",
-               (unsigned long long)r->sent, (unsigned long long)r->ok,
-               (unsigned long long)r->failed, (unsigned long long)r->rejected,
-               (unsigned long long)r->invalid, r->seconds, rps, ok_rps, steady_rps,
-               ms(px_bhist_quantile(h, 0.50)), ms(px_bhist_quantile(h, 0.90)),
-               ms(px_bhist_quantile(h, 0.99)), ms(px_bhist_quantile(h, 0.999)), ms(h->max),
-               px_bhist_mean(h) / 1e6, (unsigned long long)r->order_violations,
-               (unsigned long long)r->errors, (unsigned long long)r->unanswered,
+               (unsigned long long)r->order_violations, (unsigned long long)r->errors,
+               (unsigned long long)r->unanswered,
                r->server_timed ? r->server_queue_ms / (double)r->server_timed : 0.0,
                r->server_timed ? r->server_run_ms / (double)r->server_timed : 0.0, o->connections,
                o->pipeline, o->keys, o->zipf);
@@ -164,11 +122,7 @@ static void report(const px_bench_opts_t *o, const px_bench_result_t *r, int as_
     printf("rps               %.1f\n", rps);
     if (o->duration > 0)
         printf("steady_rps        %.1f   (answers while sending / --duration)\n", steady_rps);
-    printf("p50_ms            %.3f\n", ms(px_bhist_quantile(h, 0.50)));
-    printf("p90_ms            %.3f\n", ms(px_bhist_quantile(h, 0.90)));
-    printf("p99_ms            %.3f\n", ms(px_bhist_quantile(h, 0.99)));
-    printf("p99.9_ms          %.3f\n", ms(px_bhist_quantile(h, 0.999)));
-    printf("max_ms            %.3f\n", ms(h->max));
+    px_bhist_print_text(stdout, h);
     if (r->server_timed)
         printf("server mean       queue_ms %.3f  run_ms %.3f  (from the answers)\n",
                r->server_queue_ms / (double)r->server_timed,
@@ -313,43 +267,43 @@ int main(int argc, char **argv)
             addr = optarg;
             break;
         case 'c':
-            if (parse_u64(optarg, 1, 1000000, &v))
+            if (px_arg_u64(optarg, 1, 1000000, &v))
                 return die_usage("--connections '%s' is not an integer 1..1000000", optarg);
             o.connections = (uint32_t)v;
             break;
         case 'P':
-            if (parse_u64(optarg, 1, 1u << 20, &v))
+            if (px_arg_u64(optarg, 1, 1u << 20, &v))
                 return die_usage("--pipeline '%s' is not an integer 1..1048576", optarg);
             o.pipeline = (uint32_t)v;
             break;
         case 'n':
-            if (parse_u64(optarg, 1, UINT64_MAX >> 24, &o.requests))
+            if (px_arg_u64(optarg, 1, UINT64_MAX >> 24, &o.requests))
                 return die_usage("--requests '%s' is not a positive integer", optarg);
             have_requests = 1;
             break;
         case 'd':
-            if (parse_pos_double(optarg, &o.duration) || o.duration <= 0 || o.duration > 1e6)
+            if (px_arg_nonneg(optarg, &o.duration) || o.duration <= 0 || o.duration > 1e6)
                 return die_usage("--duration '%s' is not a number of seconds > 0", optarg);
             break;
         case 'k':
-            if (parse_u64(optarg, 1, 100000000, &v))
+            if (px_arg_u64(optarg, 1, 100000000, &v))
                 return die_usage("--keys '%s' is not an integer 1..100000000", optarg);
             o.keys = (uint32_t)v;
             break;
         case 'K':
-            if (parse_u64(optarg, 1, 100000000, &v))
+            if (px_arg_u64(optarg, 1, 100000000, &v))
                 return die_usage("--hot-keys '%s' is not an integer 1..100000000", optarg);
             o.hot_keys = (uint32_t)v;
             break;
         case 'z':
-            if (parse_pos_double(optarg, &o.zipf) || o.zipf > 100)
+            if (px_arg_nonneg(optarg, &o.zipf) || o.zipf > 100)
                 return die_usage("--zipf '%s' is not an exponent 0..100", optarg);
             break;
         case 'o':
             o.op = optarg;
             break;
         case 'B':
-            if (parse_u64(optarg, 0, 64u << 20, &payload_bytes))
+            if (px_arg_u64(optarg, 0, 64u << 20, &payload_bytes))
                 return die_usage("--payload-bytes '%s' is not an integer 0..67108864", optarg);
             have_bytes = 1;
             break;
@@ -357,38 +311,31 @@ int main(int argc, char **argv)
             payload_json = optarg;
             break;
         case 's':
-            if (parse_u64(optarg, 0, UINT64_MAX, &o.seed))
+            if (px_arg_u64(optarg, 0, UINT64_MAX, &o.seed))
                 return die_usage("--seed '%s' is not an integer", optarg);
             break;
         case 't':
-            if (parse_pos_double(optarg, &o.timeout) || o.timeout <= 0)
+            if (px_arg_nonneg(optarg, &o.timeout) || o.timeout <= 0)
                 return die_usage("--timeout '%s' is not a number of seconds > 0", optarg);
             break;
         case 'j':
             as_json = 1;
             break;
         case 'I':
-            if (parse_u64(optarg, 1, 1000000, &v))
+            if (px_arg_u64(optarg, 1, 1000000, &v))
                 return die_usage("--idle-connections '%s' is not an integer 1..1000000", optarg);
             o.idle_connections = (uint32_t)v;
             break;
         case 'J':
-            if (parse_u64(optarg, 1, 100000000, &json_cost))
+            if (px_arg_u64(optarg, 1, 100000000, &json_cost))
                 return die_usage("--json-cost '%s' is not an integer 1..100000000", optarg);
             break;
         case 'H':
-            if (parse_pos_double(optarg, &o.hold))
+            if (px_arg_nonneg(optarg, &o.hold))
                 return die_usage("--hold '%s' is not a number of seconds", optarg);
             break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        case 'V':
-            printf("parex-bench %s\n", PX_VERSION);
-            return 0;
         default:
-            usage(stderr);
-            return EX_USAGE;
+            return px_arg_common(opt, "parex-bench", usage);
         }
     }
     if (optind < argc)
