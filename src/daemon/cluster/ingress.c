@@ -265,6 +265,7 @@ static void publish_chunk(struct px_cluster *cl, cl_publisher_t *pb, cl_chunk_t 
     }
     if (s == NATS_OK) {
         atomic_fetch_add(&part->backlog, 1); /* until the next refresh says better */
+        atomic_fetch_add(&cl->stored_messages, 1);
         for (unsigned i = 0; i < c->n; i++) {
             c->it[i]->st = PX_CL_ACCEPTED;
             c->it[i]->dup = pa->Duplicate;

@@ -149,6 +149,7 @@ struct px_cluster {
     _Atomic int res_broken;        /* follow the answers again (the lease thread does) */
     cl_part_t *parts;
     _Atomic uint64_t members_n, submitted, accepted, refused, results_in, duplicates_stored;
+    _Atomic uint64_t stored_messages; /* request messages the publishers stored */
 };
 
 /* records.c: the requests of one stored message, or their answers. */

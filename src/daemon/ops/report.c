@@ -191,6 +191,9 @@ static void cluster_metrics(json_t *c, px_buf_t *b)
          "Partitions lost (lease expired or taken over)."},
         {"redeliveries", "parexd_cluster_redeliveries_total", "counter",
          "Requests delivered to this instance more than once."},
+        {"stored_messages", "parexd_cluster_stored_messages_total", "counter",
+         "Request messages this instance stored (each holds the requests of one partition "
+         "received while the previous one was being stored)."},
         {"duplicates_stored", "parexd_cluster_duplicate_submits_total", "counter",
          "Submits JetStream recognised as duplicates (same message id or idem)."},
     };
