@@ -5,13 +5,16 @@ request to one shared file, so the file's order is the execution order across in
 history checker (history.py) then finds per-key reorderings, lost accepted requests (an ok
 answer is an accepted request) and duplicates, through kill -9 and SIGTERM of an instance that
 holds partitions. Also: bad input gets the same answers as single-node mode, an oversize request
-is refused at ingress, idem deduplicates, and cluster config mistakes stop start-up (exit 78).
+is refused at ingress, idem deduplicates, an idem request's answer can be read from another
+instance ({"control":"result"}), and cluster config mistakes stop start-up (exit 78).
 
     python3 test_daemon.py --parexd PATH --parexctl PATH
 """
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -286,6 +289,72 @@ class ClusterTest(unittest.TestCase):
                 st = d.stats()["cluster"]
                 self.assertEqual(st["duplicates_stored"], 1, st)
                 self.assertTrue(st["connected"])
+        finally:
+            cl.close()
+
+    def test_result_lookup(self):
+        """{"control":"result"} reads the answer of an idem request from any instance; an idem
+        never submitted is not_found, a missing or bad idem invalid; parexctl result prints it;
+        a client that resets its connection with lookups outstanding harms nothing."""
+        with pxharness.Daemon() as single:
+            with single.connect() as c:
+                r = c.request({"control": "result", "idem": "x", "id": 1})
+            self.assertEqual((r["status"], r["error"]["code"]), ("invalid", "bad_field"), r)
+            self.assertIn("need cluster mode", r["error"]["message"])
+        cl = Cluster("ab")
+        try:
+            cl.wait_spread("ab")
+            a, b = cl.d["a"], cl.d["b"]
+            with a.connect() as c:
+                ans = c.request({"key": "rk", "op": "rec", "idem": "lookup-1", "id": "sub",
+                                 "payload": {"seq": 1}}, timeout=30)
+            self.assertEqual(ans["status"], "ok", ans)
+            with b.connect() as c:
+                # Stored right after the answer went out: a server may lag a moment behind.
+                def fetch():
+                    r = c.request({"control": "result", "idem": "lookup-1", "id": "r1"}, 30)
+                    if r["status"] != "ok":
+                        self.assertEqual(r["error"]["code"], "not_found", r)
+                        return None
+                    return r
+                r = pxharness.wait_for(fetch, 10, "the answer retained for lookup-1", 0.05)
+                self.assertEqual(r["id"], "r1", r)
+                self.assertEqual(r["result"], {"idem": "lookup-1", "answer": ans}, r)
+                r = c.request({"control": "result", "idem": "never-submitted", "id": "r2"}, 30)
+                self.assertEqual((r["id"], r["status"], r["error"]["code"]),
+                                 ("r2", "rejected", "not_found"), r)
+                self.assertIn("result_ttl_ms", r["error"]["message"])
+                for bad in ({}, {"idem": "has space"}, {"idem": 7}, {"idem": "x" * 129}):
+                    r = c.request(dict(bad, control="result", id="r3"))
+                    self.assertEqual((r["id"], r["status"], r["error"]["code"]),
+                                     ("r3", "invalid", "bad_field"), (bad, r))
+                    self.assertIn("idem", r["error"]["message"])
+                # Without an id the answer, given out of line, is numbered like a request's.
+                r = c.request({"control": "result", "idem": "lookup-1"}, 30)
+                self.assertEqual(r["status"], "ok", r)
+                self.assertIsNotNone(r["id"], r)
+            rc, out, err = pxharness.run_parexctl("result", "--idem", "lookup-1", "--addr", b.addr,
+                                                  timeout=30)
+            self.assertEqual(rc, 0, out + err)
+            self.assertEqual(json.loads(out)["result"]["answer"], ans, out)
+            rc, out, err = pxharness.run_parexctl("result", "--idem", "never-submitted",
+                                                  "--addr", b.addr, timeout=30)
+            self.assertEqual(rc, 1, out + err)
+            self.assertIn("not_found", out)
+            # Lookups outstanding when the client resets: answered to nobody, counted dropped
+            # (those the daemon read before it saw the reset).
+            before = b.stats()["responses_dropped"]
+            for _ in range(3):
+                c = b.connect()
+                c.send(*[{"control": "result", "idem": "lookup-1", "id": i} for i in range(20)])
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.sock.close()
+            with b.connect() as c:
+                r = c.request({"control": "result", "idem": "lookup-1", "id": "after"}, 30)
+            self.assertEqual((r["id"], r["status"]), ("after", "ok"), r)
+            self.assertIsNone(b.proc.poll())
+            dropped = b.stats()["responses_dropped"] - before
+            self.assertTrue(0 < dropped <= 60, dropped)
         finally:
             cl.close()
 
