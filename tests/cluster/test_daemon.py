@@ -6,10 +6,12 @@ history checker (history.py) then finds per-key reorderings, lost accepted reque
 answer is an accepted request) and duplicates, through kill -9 and SIGTERM of an instance that
 holds partitions. Also: bad input gets the same answers as single-node mode, an oversize request
 is refused at ingress, idem deduplicates, an idem request's answer can be read from another
-instance ({"control":"result"}), and cluster config mistakes stop start-up (exit 78).
+instance ({"control":"result"}), a plugin is given the delivery count and epoch, and cluster
+config mistakes stop start-up (exit 78).
 
-    python3 test_daemon.py --parexd PATH --parexctl PATH
+    python3 test_daemon.py --parexd PATH --parexctl PATH --example-plugin PATH
 """
+import argparse
 import json
 import os
 import signal
@@ -31,6 +33,7 @@ from natscluster import NatsCluster, stop_process  # noqa: E402
 
 PARTS = 8
 TTL = 2000
+EXAMPLE_PLUGIN = None  # src/plugins/example.c, built
 
 
 class Cluster:
@@ -55,7 +58,8 @@ class Cluster:
         c.update(cluster)
         return {"workers": 4, "drain_timeout_ms": 20000, "max_line_bytes": 4 << 20,
                 "handlers": {"rec": {"type": "exec", "argv": ["/bin/sh", "-c",
-                                                              "cat >> " + self.hist]}},
+                                                              "cat >> " + self.hist]},
+                             "count": {"type": "plugin", "path": EXAMPLE_PLUGIN}},
                 "cluster": c}
 
     def start(self, name):
@@ -358,6 +362,30 @@ class ClusterTest(unittest.TestCase):
         finally:
             cl.close()
 
+    def test_plugin_context(self):
+        """An ABI 2 plugin (the example) is given the request's id, its delivery count and the
+        epoch of the lease its partition runs under."""
+        cl = Cluster("ab")
+        try:
+            cl.wait_spread("ab")
+            with cl.d["a"].connect() as c:
+                rs = [c.request({"key": "pk%d" % i, "op": "count", "id": "p%d" % i}, 30)
+                      for i in range(4)]
+            epochs = {}
+            for n in "ab":
+                for p in cl.d[n].stats()["cluster"]["partition_list"]:
+                    if p["held"]:
+                        epochs[p["partition"]] = p["epoch"]
+            for i, r in enumerate(rs):
+                self.assertEqual(r["status"], "ok", r)
+                rc, out, err = pxharness.run_parexctl("route", "pk%d" % i, "--partitions", PARTS)
+                self.assertEqual(rc, 0, err)
+                self.assertEqual((r["result"]["id"], r["result"]["delivery"]), ("p%d" % i, 1), r)
+                self.assertGreater(r["result"]["epoch"], 0, r)
+                self.assertEqual(r["result"]["epoch"], epochs[int(out)], (r, epochs))
+        finally:
+            cl.close()
+
     def test_config_mistakes_exit_78(self):
         for cluster, want in (({"nats": []}, "cluster.nats"),
                               ({"nats": ["nats://127.0.0.1:1"], "partitions": 0},
@@ -376,4 +404,9 @@ class ClusterTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--example-plugin", required=True)
+    args, rest = ap.parse_known_args()
+    EXAMPLE_PLUGIN = os.path.abspath(args.example_plugin)
+    sys.argv = [sys.argv[0]] + rest
     pxharness.main()
