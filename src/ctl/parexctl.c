@@ -36,6 +36,7 @@ static void usage(FILE *f)
             "  parexctl route KEY --workers N | --partitions N\n"
             "  parexctl control NAME [--addr HOST:PORT]            (e.g. control stats)\n"
             "  parexctl parked | unpark KEY | drop KEY [--addr HOST:PORT]   (quarantine)\n"
+            "  parexctl result --idem IDEM [--addr HOST:PORT]   (cluster mode: a stored answer)\n"
             "  parexctl stats|health|metrics [--metrics-addr HOST:PORT] [--token-file F]\n"
             "  parexctl top [--metrics-addr HOST:PORT] [--interval SECONDS] [--once]\n"
             "  parexctl cluster [--metrics-addr HOST:PORT]...   (once per instance)\n"
@@ -325,14 +326,16 @@ static int cmd_control(int argc, char **argv)
     return rc;
 }
 
-/* parked, unpark KEY, drop KEY: control lines on the request socket. */
-static int cmd_quarantine(const char *cmd, int argc, char **argv)
+/* parked, unpark KEY, drop KEY, result --idem IDEM: control lines on the request socket. */
+static int cmd_keyed_control(const char *cmd, int argc, char **argv)
 {
     static const struct option opts[] = {{"addr", required_argument, NULL, 'a'},
                                          {"token", required_argument, NULL, 't'},
+                                         {"idem", required_argument, NULL, 'i'},
                                          {NULL, 0, NULL, 0}};
-    int need_key = strcmp(cmd, "parked") != 0, ch, rc;
-    const char *key = NULL;
+    int result = strcmp(cmd, "result") == 0, ch, rc;
+    int need_key = !result && strcmp(cmd, "parked") != 0;
+    const char *key = NULL, *idem = NULL;
     json_t *req;
 
     while ((ch = getopt_long(argc, argv, "-a:t:", opts, NULL)) != -1) {
@@ -342,15 +345,18 @@ static int cmd_quarantine(const char *cmd, int argc, char **argv)
             token = optarg;
         else if (ch == 1 && need_key && !key)
             key = optarg;
+        else if (ch == 'i' && result)
+            idem = optarg;
         else
-            return die_usage(need_key ? "unpark/drop: take KEY [--addr HOST:PORT]"
-                                      : "parked: takes [--addr HOST:PORT]");
+            return die_usage(result     ? "result: takes --idem IDEM [--addr HOST:PORT]"
+                             : need_key ? "unpark/drop: take KEY [--addr HOST:PORT]"
+                                        : "parked: takes [--addr HOST:PORT]");
     }
-    if (need_key && !key)
-        return die_usage("unpark/drop: take KEY");
+    if ((need_key && !key) || (result && !idem))
+        return die_usage(result ? "result: takes --idem IDEM" : "unpark/drop: take KEY");
     req = json_pack("{ss}", "control", cmd);
-    if (key)
-        json_object_set_new(req, "key", json_string(key));
+    if (key || idem)
+        json_object_set_new(req, key ? "key" : "idem", json_string(key ? key : idem));
     rc = roundtrip(req);
     json_decref(req);
     return rc;
@@ -480,8 +486,8 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "cluster") == 0)
         return cmd_cluster(argc - 1, argv + 1);
     if (strcmp(argv[1], "parked") == 0 || strcmp(argv[1], "unpark") == 0 ||
-        strcmp(argv[1], "drop") == 0)
-        return cmd_quarantine(argv[1], argc - 1, argv + 1);
+        strcmp(argv[1], "drop") == 0 || strcmp(argv[1], "result") == 0)
+        return cmd_keyed_control(argv[1], argc - 1, argv + 1);
     if (strcmp(argv[1], "stats") == 0 || strcmp(argv[1], "health") == 0 ||
         strcmp(argv[1], "metrics") == 0 || strcmp(argv[1], "top") == 0)
         return cmd_observe(argv[1], argc - 1, argv + 1);

@@ -49,27 +49,8 @@ static pend_t *pend_find(px_clustered_t *cx, const char *msgid)
 static void refuse(px_clustered_t *cx, pend_t *p, const char *code, const char *message,
                    uint64_t retry_after_ms)
 {
-    px_buf_t line = {0};
-    char extra[48];
-    px_resp_t r = {.id = p->id,
-                   .id_len = p->id_len,
-                   .status = "rejected",
-                   .worker = -1,
-                   .code = code,
-                   .message = message,
-                   .queue_ms = -1};
-
-    if (retry_after_ms) {
-        snprintf(extra, sizeof extra, ",\"retry_after_ms\":%llu",
-                 (unsigned long long)retry_after_ms);
-        r.extra = extra;
-    }
     atomic_fetch_add(&cx->refused, 1);
-    if (px_resp_format(&line, &r) == 0)
-        cx->deliver(p->origin, line.data, line.len);
-    else
-        cx->deliver(p->origin, "", 0);
-    px_buf_free(&line);
+    px_clustered_reject(cx, p->origin, p->id, p->id_len, code, message, retry_after_ms);
 }
 
 static void on_accepted(void *cookie, enum px_cluster_status st, const char *why, void *arg)
@@ -211,7 +192,7 @@ void px_clustered_drain(px_clustered_t *cx)
 
 int px_clustered_idle(px_clustered_t *cx)
 {
-    return cx->released && json_object_size(cx->pending) == 0;
+    return cx->released && json_object_size(cx->pending) == 0 && cx->open_lookups == 0;
 }
 
 void px_clustered_cancel(px_clustered_t *cx)
@@ -234,6 +215,7 @@ void px_clustered_cancel(px_clustered_t *cx)
         if (p->accepted)
             pend_remove(cx, p);
     }
+    px_clustered_lookups_cancel(cx);
     cx->released = 1;
 }
 
@@ -244,8 +226,11 @@ int px_clustered_start(px_clustered_t **out, uv_loop_t *loop, const px_config_t 
     px_clustered_t *cx = calloc(1, sizeof *cx);
     const px_cluster_cfg_t *c = &cfg->cluster;
     px_cluster_opts_t o;
-    px_cluster_cbs_t cbs = {
-        .run = px_clustered_run_batch, .accepted = on_accepted, .result = on_result, .arg = cx};
+    px_cluster_cbs_t cbs = {.run = px_clustered_run_batch,
+                            .accepted = on_accepted,
+                            .result = on_result,
+                            .looked_up = px_clustered_looked_up,
+                            .arg = cx};
     struct timespec ts;
 
     if (!cx || !(cx->pending = json_object())) {
@@ -303,6 +288,7 @@ void px_clustered_stop(px_clustered_t *cx)
 {
     px_clustered_exec_release(cx);
     px_cluster_stop(cx->cl);
+    px_clustered_lookups_free(cx); /* the cluster hands back no more outcomes */
     px_clustered_exec_close(cx, on_exec_closed);
 }
 

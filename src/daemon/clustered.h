@@ -23,6 +23,10 @@ int px_clustered_start(px_clustered_t **out, uv_loop_t *loop, const px_config_t 
 /* The net layer's submit event. */
 int px_clustered_submit(px_clustered_t *cx, const px_submit_t *s, const px_line_t *line,
                         px_verdict_t *v);
+/* The net layer's lookup event: {"control":"result"} for a checked idem; 0 when it holds
+ * origin until its answer is delivered, 1 refused (v), -ENOMEM. */
+int px_clustered_lookup(px_clustered_t *cx, const char *idem, const char *id, size_t id_len,
+                        void *origin, px_verdict_t *v);
 /* The engine's sink, for origins that are executor jobs: 1 when it took the answer, 0 when the
  * origin is a connection. */
 int px_clustered_deliver(void *origin, const char *line, size_t len);

@@ -32,6 +32,8 @@ struct xbatch {
     size_t left;
 };
 
+typedef struct look look_t; /* clustered_result.c */
+
 struct px_clustered {
     uv_loop_t *loop;
     const px_config_t *cfg;
@@ -45,6 +47,8 @@ struct px_clustered {
     char prefix[128];
     int draining, released;
     px_buf_t body;
+    look_t *lookups;       /* result lookups waiting for the cluster, open or answered */
+    uint32_t open_lookups; /* of them not answered yet */
 
     uv_async_t xasync;
     pthread_mutex_t xmu; /* covers xq */
@@ -68,5 +72,16 @@ void px_clustered_exec_init(px_clustered_t *cx);
 void px_clustered_exec_release(px_clustered_t *cx);
 /* Closes the executor's handles; closed(cx) runs once both are closed. */
 void px_clustered_exec_close(px_clustered_t *cx, void (*closed)(px_clustered_t *cx));
+
+/* clustered_result.c: answers made here, and {"control":"result"}. */
+/* Answers origin rejected/code (with retry_after_ms when non-zero); id is JSON text. */
+void px_clustered_reject(px_clustered_t *cx, void *origin, const char *id, size_t id_len,
+                         const char *code, const char *message, uint64_t retry_after_ms);
+void px_clustered_looked_up(void *cookie, enum px_cluster_lookup st, const char *line, size_t len,
+                            const char *why, void *arg);
+/* Forced stop: answers the open lookups shutting_down (their records wait for the cluster). */
+void px_clustered_lookups_cancel(px_clustered_t *cx);
+/* After px_cluster_stop: answers what is still open and frees every record. */
+void px_clustered_lookups_free(px_clustered_t *cx);
 
 #endif

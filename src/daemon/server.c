@@ -70,6 +70,14 @@ static int net_submit(void *arg, const px_submit_t *s, const px_line_t *line, px
     return px_clustered_submit(srv->cx, s, line, v);
 }
 
+static int net_lookup(void *arg, const char *idem, const char *id, size_t id_len, void *origin,
+                      px_verdict_t *v)
+{
+    px_server_t *srv = arg;
+
+    return px_clustered_lookup(srv->cx, idem, id, id_len, origin, v);
+}
+
 static void cluster_changed(void *arg)
 {
     px_server_t *srv = arg;
@@ -336,6 +344,7 @@ int px_server_init(px_server_t *srv, uv_loop_t *loop, const px_config_t *cfg,
     const px_net_events_t ev = {.closed = net_closed,
                                 .control = net_control,
                                 .submit = cfg->cluster.on ? net_submit : NULL,
+                                .lookup = cfg->cluster.on ? net_lookup : NULL,
                                 .arg = srv};
     px_registry_t *reg;
 

@@ -174,7 +174,7 @@ int pxl_line_control(px_buf_t *out, long long id, const char *name, const char *
     json_t *o;
 
     if (!name || !*name) {
-        snprintf(err, errlen, "control needs a name (stats, parked, unpark, drop, top)");
+        snprintf(err, errlen, "control needs a name (stats, parked, unpark, drop, top, result)");
         return -1;
     }
     if (fields_json) {

@@ -1,7 +1,10 @@
 /* Example parexd plugin: a per-key counter. For each request it answers
- * {"key": K, "count": N, "payload_bytes": B, "greeting": G} where N counts this key's requests
- * since start-up and G comes from the handler's config {"greeting": "..."}. It shows the ABI:
- * state from init, thread safety in process, buffers released through free_buf.
+ * {"key": K, "count": N, "payload_bytes": B, "greeting": G, "id": I, "delivery": D, "epoch": E}
+ * where N counts this key's requests since start-up, G comes from the handler's config
+ * {"greeting": "..."}, and I, D and E are the request's context (ABI 2): its id, its delivery
+ * count and its epoch (in cluster mode a delivery above 1 is a re-run; single-node mode says 1
+ * and 0). It shows the ABI: state from init, thread safety in process_ctx, buffers released
+ * through free_buf.
  *
  * Build: cc -shared -fPIC -I include -o example.so src/plugins/example.c */
 #include <parex/plugin.h>
@@ -54,13 +57,15 @@ static int ex_init(const char *config, size_t len, void **out, char **err)
     return 0;
 }
 
-static int ex_process(void *st, const char *key, size_t key_len, const char *payload,
-                      size_t payload_len, char **out, size_t *out_len, char **err)
+static int ex_process(void *st, const parex_plugin_ctx_t *ctx, const char *key, size_t key_len,
+                      const char *payload, size_t payload_len, char **out, size_t *out_len,
+                      char **err)
 {
+    static const char fmt[] = "{\"key\":\"%.*s\",\"count\":%lu,\"payload_bytes\":%zu,"
+                              "\"greeting\":\"%s\",\"id\":%s,\"delivery\":%llu,\"epoch\":%llu}";
     state_t *s = st;
     unsigned long count = 0;
     size_t h = 5381;
-    char buf[512];
     int n;
 
     (void)payload;
@@ -83,14 +88,15 @@ static int ex_process(void *st, const char *key, size_t key_len, const char *pay
         }
     }
     pthread_mutex_unlock(&s->mu);
-    n = snprintf(buf, sizeof buf,
-                 "{\"key\":\"%.*s\",\"count\":%lu,\"payload_bytes\":%zu,\"greeting\":\"%s\"}",
-                 (int)key_len, key, count, payload_len, s->greeting);
-    if (!(*out = malloc((size_t)n + 1))) {
+    /* The id is JSON text already: it goes in as it is. */
+    n = snprintf(NULL, 0, fmt, (int)key_len, key, count, payload_len, s->greeting, ctx->id,
+                 (unsigned long long)ctx->delivery, (unsigned long long)ctx->epoch);
+    if (n < 0 || !(*out = malloc((size_t)n + 1))) {
         *err = dup_str("out of memory");
         return 1;
     }
-    memcpy(*out, buf, (size_t)n + 1);
+    snprintf(*out, (size_t)n + 1, fmt, (int)key_len, key, count, payload_len, s->greeting, ctx->id,
+             (unsigned long long)ctx->delivery, (unsigned long long)ctx->epoch);
     *out_len = (size_t)n;
     return 0;
 }
@@ -113,7 +119,7 @@ static const parex_plugin_t plugin = {
     .abi_version = PAREX_PLUGIN_ABI_VERSION,
     .name = "example",
     .init = ex_init,
-    .process = ex_process,
+    .process_ctx = ex_process,
     .free_buf = ex_free,
     .fini = ex_fini,
 };

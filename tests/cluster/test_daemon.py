@@ -5,13 +5,18 @@ request to one shared file, so the file's order is the execution order across in
 history checker (history.py) then finds per-key reorderings, lost accepted requests (an ok
 answer is an accepted request) and duplicates, through kill -9 and SIGTERM of an instance that
 holds partitions. Also: bad input gets the same answers as single-node mode, an oversize request
-is refused at ingress, idem deduplicates, and cluster config mistakes stop start-up (exit 78).
+is refused at ingress, idem deduplicates, an idem request's answer can be read from another
+instance ({"control":"result"}), a plugin is given the delivery count and epoch, and cluster
+config mistakes stop start-up (exit 78).
 
-    python3 test_daemon.py --parexd PATH --parexctl PATH
+    python3 test_daemon.py --parexd PATH --parexctl PATH --example-plugin PATH
 """
+import argparse
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -28,6 +33,7 @@ from natscluster import NatsCluster, stop_process  # noqa: E402
 
 PARTS = 8
 TTL = 2000
+EXAMPLE_PLUGIN = None  # src/plugins/example.c, built
 
 
 class Cluster:
@@ -52,7 +58,8 @@ class Cluster:
         c.update(cluster)
         return {"workers": 4, "drain_timeout_ms": 20000, "max_line_bytes": 4 << 20,
                 "handlers": {"rec": {"type": "exec", "argv": ["/bin/sh", "-c",
-                                                              "cat >> " + self.hist]}},
+                                                              "cat >> " + self.hist]},
+                             "count": {"type": "plugin", "path": EXAMPLE_PLUGIN}},
                 "cluster": c}
 
     def start(self, name):
@@ -289,6 +296,96 @@ class ClusterTest(unittest.TestCase):
         finally:
             cl.close()
 
+    def test_result_lookup(self):
+        """{"control":"result"} reads the answer of an idem request from any instance; an idem
+        never submitted is not_found, a missing or bad idem invalid; parexctl result prints it;
+        a client that resets its connection with lookups outstanding harms nothing."""
+        with pxharness.Daemon() as single:
+            with single.connect() as c:
+                r = c.request({"control": "result", "idem": "x", "id": 1})
+            self.assertEqual((r["status"], r["error"]["code"]), ("invalid", "bad_field"), r)
+            self.assertIn("need cluster mode", r["error"]["message"])
+        cl = Cluster("ab")
+        try:
+            cl.wait_spread("ab")
+            a, b = cl.d["a"], cl.d["b"]
+            with a.connect() as c:
+                ans = c.request({"key": "rk", "op": "rec", "idem": "lookup-1", "id": "sub",
+                                 "payload": {"seq": 1}}, timeout=30)
+            self.assertEqual(ans["status"], "ok", ans)
+            with b.connect() as c:
+                # Stored right after the answer went out: a server may lag a moment behind.
+                def fetch():
+                    r = c.request({"control": "result", "idem": "lookup-1", "id": "r1"}, 30)
+                    if r["status"] != "ok":
+                        self.assertEqual(r["error"]["code"], "not_found", r)
+                        return None
+                    return r
+                r = pxharness.wait_for(fetch, 10, "the answer retained for lookup-1", 0.05)
+                self.assertEqual(r["id"], "r1", r)
+                self.assertEqual(r["result"], {"idem": "lookup-1", "answer": ans}, r)
+                r = c.request({"control": "result", "idem": "never-submitted", "id": "r2"}, 30)
+                self.assertEqual((r["id"], r["status"], r["error"]["code"]),
+                                 ("r2", "rejected", "not_found"), r)
+                self.assertIn("result_ttl_ms", r["error"]["message"])
+                for bad in ({}, {"idem": "has space"}, {"idem": 7}, {"idem": "x" * 129}):
+                    r = c.request(dict(bad, control="result", id="r3"))
+                    self.assertEqual((r["id"], r["status"], r["error"]["code"]),
+                                     ("r3", "invalid", "bad_field"), (bad, r))
+                    self.assertIn("idem", r["error"]["message"])
+                # Without an id the answer, given out of line, is numbered like a request's.
+                r = c.request({"control": "result", "idem": "lookup-1"}, 30)
+                self.assertEqual(r["status"], "ok", r)
+                self.assertIsNotNone(r["id"], r)
+            rc, out, err = pxharness.run_parexctl("result", "--idem", "lookup-1", "--addr", b.addr,
+                                                  timeout=30)
+            self.assertEqual(rc, 0, out + err)
+            self.assertEqual(json.loads(out)["result"]["answer"], ans, out)
+            rc, out, err = pxharness.run_parexctl("result", "--idem", "never-submitted",
+                                                  "--addr", b.addr, timeout=30)
+            self.assertEqual(rc, 1, out + err)
+            self.assertIn("not_found", out)
+            # Lookups outstanding when the client resets: answered to nobody, counted dropped
+            # (those the daemon read before it saw the reset).
+            before = b.stats()["responses_dropped"]
+            for _ in range(3):
+                c = b.connect()
+                c.send(*[{"control": "result", "idem": "lookup-1", "id": i} for i in range(20)])
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.sock.close()
+            with b.connect() as c:
+                r = c.request({"control": "result", "idem": "lookup-1", "id": "after"}, 30)
+            self.assertEqual((r["id"], r["status"]), ("after", "ok"), r)
+            self.assertIsNone(b.proc.poll())
+            dropped = b.stats()["responses_dropped"] - before
+            self.assertTrue(0 < dropped <= 60, dropped)
+        finally:
+            cl.close()
+
+    def test_plugin_context(self):
+        """An ABI 2 plugin (the example) is given the request's id, its delivery count and the
+        epoch of the lease its partition runs under."""
+        cl = Cluster("ab")
+        try:
+            cl.wait_spread("ab")
+            with cl.d["a"].connect() as c:
+                rs = [c.request({"key": "pk%d" % i, "op": "count", "id": "p%d" % i}, 30)
+                      for i in range(4)]
+            epochs = {}
+            for n in "ab":
+                for p in cl.d[n].stats()["cluster"]["partition_list"]:
+                    if p["held"]:
+                        epochs[p["partition"]] = p["epoch"]
+            for i, r in enumerate(rs):
+                self.assertEqual(r["status"], "ok", r)
+                rc, out, err = pxharness.run_parexctl("route", "pk%d" % i, "--partitions", PARTS)
+                self.assertEqual(rc, 0, err)
+                self.assertEqual((r["result"]["id"], r["result"]["delivery"]), ("p%d" % i, 1), r)
+                self.assertGreater(r["result"]["epoch"], 0, r)
+                self.assertEqual(r["result"]["epoch"], epochs[int(out)], (r, epochs))
+        finally:
+            cl.close()
+
     def test_config_mistakes_exit_78(self):
         for cluster, want in (({"nats": []}, "cluster.nats"),
                               ({"nats": ["nats://127.0.0.1:1"], "partitions": 0},
@@ -307,4 +404,9 @@ class ClusterTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--example-plugin", required=True)
+    args, rest = ap.parse_known_args()
+    EXAMPLE_PLUGIN = os.path.abspath(args.example_plugin)
+    sys.argv = [sys.argv[0]] + rest
     pxharness.main()

@@ -535,13 +535,15 @@ class PluginTest(HandlerTestCase):
         with d.connect() as c:
             answers, a = self.exchange(c, reqs)
         self.assertKeyOrder(reqs, answers)
+        # ABI 2: the plugin sees each request's id; single-node mode is delivery 1, epoch 0.
         for i in range(5):
             self.assertEqual(self.assertOk(a["a%d" % i]),
                              {"key": "pa", "count": i + 1, "payload_bytes": len(compact(payload)),
-                              "greeting": "hi"})
+                              "greeting": "hi", "id": "a%d" % i, "delivery": 1, "epoch": 0})
         for i in range(2):
             self.assertEqual(self.assertOk(a["b%d" % i]),
-                             {"key": "pb", "count": i + 1, "payload_bytes": 4, "greeting": "hi"})
+                             {"key": "pb", "count": i + 1, "payload_bytes": 4, "greeting": "hi",
+                              "id": "b%d" % i, "delivery": 1, "epoch": 0})
         self.assertHandler(d, "count", 7, 7, htype="plugin")
         d.stop()
 
@@ -571,7 +573,7 @@ class PluginTest(HandlerTestCase):
     def test_wrong_abi_or_missing_entry_symbol_stops_startup(self):
         line = self.assertStartupRefused(
             {"p": {"type": "plugin", "path": PLUGINS["bad_abi"]}},
-            "handlers.p.path", PLUGINS["bad_abi"], "ABI 2", "speaks 1")
+            "handlers.p.path", PLUGINS["bad_abi"], "ABI 3", "speaks 1 to 2")
         print("\nwrong ABI: " + line, file=sys.stderr)
         line = self.assertStartupRefused(
             {"p": {"type": "plugin", "path": PLUGINS["no_entry"]}},

@@ -1,6 +1,7 @@
-/* A plugin built for a parexd plugin ABI this daemon does not speak (version 1 + 1). Everything
- * else is well-formed, so the only reason to refuse it is the version: parexd must stop start-up
- * with a message naming the ABI versions. Used by tests/integration/test_handlers.py. */
+/* A plugin built for a parexd plugin ABI this daemon does not speak (one past the newest).
+ * Everything else is well-formed, so the only reason to refuse it is the version: parexd must
+ * stop start-up with a message naming the ABI versions. Used by tests/integration/test_handlers.py.
+ */
 #include <parex/plugin.h>
 
 #include <stdlib.h>

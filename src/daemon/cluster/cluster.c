@@ -32,13 +32,16 @@ static void on_async(uv_async_t *a)
     struct px_cluster *cl = a->data;
     cl_pub_t *done;
     cl_res_t *res;
+    cl_look_t *looked;
     int released;
 
     pthread_mutex_lock(&cl->done_mu);
     done = cl->done;
     res = cl->results;
+    looked = cl->looked;
     cl->done = cl->done_tail = NULL;
     cl->results = cl->results_tail = NULL;
+    cl->looked = cl->looked_tail = NULL;
     released = cl->release_done;
     cl->release_done = 0;
     pthread_mutex_unlock(&cl->done_mu);
@@ -61,6 +64,12 @@ static void on_async(uv_async_t *a)
         res = r->next;
         cl->cbs.result(r->msgid, r->missing ? NULL : r->line, r->len, cl->cbs.arg);
         free(r);
+    }
+    while (looked) {
+        cl_look_t *l = looked;
+        looked = l->next;
+        cl->cbs.looked_up(l->cookie, l->st, l->line, l->len, l->why, cl->cbs.arg);
+        free(l);
     }
     if (released && cl->release_cb)
         cl->release_cb(cl->release_arg);
@@ -126,9 +135,11 @@ int px_cluster_start(px_cluster_t **out, uv_loop_t *loop, const px_cluster_opts_
     pthread_mutex_init(&cl->done_mu, NULL);
     pthread_mutex_init(&cl->lease_mu, NULL);
     pthread_cond_init(&cl->lease_cv, NULL);
+    pthread_mutex_init(&cl->look_mu, NULL);
+    pthread_cond_init(&cl->look_cv, NULL);
     uv_async_init(loop, &cl->async, on_async);
     cl->async.data = cl;
-    if (cl_ingress_start(cl, err, errlen))
+    if (cl_ingress_start(cl, err, errlen) || cl_lookup_start(cl, err, errlen))
         goto fail_threads;
     if ((rc = pthread_create(&cl->lease_th, NULL, cl_lease_main, cl))) {
         snprintf(err, errlen, "cannot start the lease thread: %s", strerror(rc));
@@ -140,6 +151,7 @@ int px_cluster_start(px_cluster_t **out, uv_loop_t *loop, const px_cluster_opts_
 fail_threads:
     atomic_store(&cl->stopping, 1);
     cl_ingress_stop(cl);
+    cl_lookup_stop(cl);
     uv_close((uv_handle_t *)&cl->async, NULL);
     /* The caller runs the loop to close the handle; cl is leaked with it (start-up failure). */
     return -1;
@@ -180,12 +192,14 @@ void px_cluster_stop(px_cluster_t *cl)
 {
     cl_pub_t *p;
     cl_res_t *r;
+    cl_look_t *l;
 
     atomic_store(&cl->stopping, 1);
     pthread_mutex_lock(&cl->lease_mu);
     pthread_cond_signal(&cl->lease_cv);
     pthread_mutex_unlock(&cl->lease_mu);
     cl_ingress_stop(cl);
+    cl_lookup_stop(cl);
     pthread_join(cl->lease_th, NULL); /* it joins the partition threads */
     if (cl->res_sub)
         natsSubscription_Destroy(cl->res_sub);
@@ -211,9 +225,15 @@ void px_cluster_stop(px_cluster_t *cl)
         cl->results = r->next;
         free(r);
     }
+    while ((l = cl->looked)) {
+        cl->looked = l->next;
+        free(l);
+    }
     pthread_mutex_destroy(&cl->done_mu);
     pthread_mutex_destroy(&cl->lease_mu);
     pthread_cond_destroy(&cl->lease_cv);
+    pthread_mutex_destroy(&cl->look_mu);
+    pthread_cond_destroy(&cl->look_cv);
     uv_close((uv_handle_t *)&cl->async, on_async_closed);
 }
 

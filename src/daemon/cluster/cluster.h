@@ -4,6 +4,8 @@
  *   ingress  - px_cluster_submit() publishes a request for partition P with a message id
  *              (JetStream dedup); whether it was stored on a quorum comes back on the loop
  *              thread through accept_cb, and its answer later through result_cb.
+ *   results  - px_cluster_lookup() reads the retained answer of an idem request, whichever
+ *              instance ran it; the outcome comes back on the loop thread through looked_up.
  *   executor - for each partition this instance holds a lease on, one thread fetches batches
  *              from the partition's consumer and hands them to run_cb; their answers go back to
  *              the instance that accepted them, then the messages are acknowledged.
@@ -83,10 +85,22 @@ typedef void (*px_cluster_accept_cb)(void *cookie, enum px_cluster_status st, co
  * first submit has not been answered within publish_timeout_ms. */
 typedef void (*px_cluster_result_cb)(const char *msgid, const char *line, size_t len, void *arg);
 
+/* What a lookup of a retained answer found. */
+enum px_cluster_lookup {
+    PX_CL_LOOKUP_FOUND,  /* line is the answer as its worker gave it */
+    PX_CL_LOOKUP_NONE,   /* nothing stored: never ran yet, not an idem, or past result_ttl_ms */
+    PX_CL_LOOKUP_FAILED, /* could not ask (no NATS, shutting down): why says so */
+};
+/* Loop thread: the outcome of px_cluster_lookup for cookie. line/len: the answer when FOUND;
+ * why: the reason when FAILED. */
+typedef void (*px_cluster_lookup_cb)(void *cookie, enum px_cluster_lookup st, const char *line,
+                                     size_t len, const char *why, void *arg);
+
 typedef struct px_cluster_cbs {
     px_cluster_run_cb run;
     px_cluster_accept_cb accepted;
     px_cluster_result_cb result;
+    px_cluster_lookup_cb looked_up;
     void *arg;
 } px_cluster_cbs_t;
 
@@ -98,6 +112,11 @@ int px_cluster_start(px_cluster_t **out, uv_loop_t *loop, const px_cluster_opts_
  * msgid: unique per request ([!-~], no spaces); data is copied. */
 void px_cluster_submit(px_cluster_t *c, uint32_t partition, const char *msgid, const char *data,
                        size_t len, void *cookie);
+/* Loop thread: queue a lookup of the answer stored for an idem request's message id (asked
+ * once: an answer not stored yet is NONE). The outcome arrives through looked_up(cookie), unless
+ * px_cluster_stop comes first: then never (the caller answers for its cookies). 0, or -EBUSY
+ * when too many lookups wait already, -EINVAL for an over-long msgid, -ENOMEM. */
+int px_cluster_lookup(px_cluster_t *c, const char *msgid, void *cookie);
 /* Loop thread: hand every held partition over (each finishes its running batch first), refuse
  * further submits, and call done on the loop once nothing is held. */
 void px_cluster_release(px_cluster_t *c, void (*done)(void *arg), void *arg);

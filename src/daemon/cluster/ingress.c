@@ -21,24 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Message ids as subject tokens: any byte, two hex digits each. */
-void cl_hex(char *out, const char *in, size_t max)
-{
-    static const char d[] = "0123456789abcdef";
-    size_t i = 0;
-
-    for (; *in && i + 3 <= max; in++) {
-        out[i++] = d[(unsigned char)*in >> 4];
-        out[i++] = d[(unsigned char)*in & 15];
-    }
-    out[i] = 0;
-}
-
-void cl_wake_loop(struct px_cluster *cl)
-{
-    uv_async_send(&cl->async);
-}
-
 void cl_post_done(struct px_cluster *cl, cl_pub_t *p)
 {
     int was_empty;
@@ -292,57 +274,6 @@ refused:
     refused_up_to(cl, c->partition, c->it[c->n - 1]->gen);
 }
 
-static void post_result(struct px_cluster *cl, const char *msgid, const void *data, int len)
-{
-    cl_res_t *r = malloc(sizeof *r + (size_t)(len > 0 ? len : 0));
-    int was_empty;
-
-    if (!r)
-        return;
-    snprintf(r->msgid, sizeof r->msgid, "%s", msgid);
-    r->len = len > 0 ? (size_t)len : 0;
-    r->missing = len < 0;
-    if (len > 0)
-        memcpy(r->line, data, (size_t)len);
-    r->next = NULL;
-    pthread_mutex_lock(&cl->done_mu);
-    was_empty = !cl->done && !cl->results;
-    if (cl->results_tail)
-        cl->results_tail->next = r;
-    else
-        cl->results = r;
-    cl->results_tail = r;
-    pthread_mutex_unlock(&cl->done_mu);
-    if (was_empty)
-        cl_wake_loop(cl);
-}
-
-/* Publisher thread: a resubmitted idem request is stored once, and its answer may have gone to
- * another instance long ago. Read it from the results stream (waiting a while for a request
- * still running), or say it is not there yet. */
-static void find_answer(struct px_cluster *cl, const char *msgid, uint64_t until)
-{
-    char hex[420], subj[512];
-
-    cl_hex(hex, msgid, sizeof hex);
-    snprintf(subj, sizeof subj, CL_IDEM_SUBJ "%s", hex);
-    for (;;) {
-        natsMsg *m = NULL;
-        jsErrCode jerr = 0;
-
-        if (js_GetLastMsg(&m, cl->js, CL_RES_STREAM, subj, NULL, &jerr) == NATS_OK) {
-            post_result(cl, msgid, natsMsg_GetData(m), natsMsg_GetDataLength(m));
-            natsMsg_Destroy(m);
-            return;
-        }
-        if (px_now_ns() + 100 * PX_MS >= until || atomic_load(&cl->stopping))
-            break;
-        struct timespec ts = {0, 100 * 1000000};
-        nanosleep(&ts, NULL);
-    }
-    post_result(cl, msgid, NULL, -1);
-}
-
 static void *pub_main(void *arg)
 {
     cl_publisher_t *pb = arg;
@@ -391,7 +322,7 @@ static void *pub_main(void *arg)
 
                 memcpy(msgid, c->it[0]->msgid, sizeof msgid);
                 cl_post_done(cl, c->it[0]); /* the loop frees it */
-                find_answer(cl, msgid, until);
+                cl_find_answer(cl, msgid, until);
                 continue;
             }
             for (unsigned i = 0; i < c->n; i++)

@@ -1,8 +1,8 @@
 /* Private to src/daemon/cluster/: the cluster's shared state and the names of its NATS objects.
  *
- * Threads: the loop (submit, callbacks), the publishers (ingress.c), the lease thread
- * (lease.c), one thread per held partition (part.c), and nats.c's own threads (the results
- * subscription). Who writes what is said beside each field. */
+ * Threads: the loop (submit, callbacks), the publishers (ingress.c), the lookup thread
+ * (result.c), the lease thread (lease.c), one thread per held partition (part.c), and nats.c's
+ * own threads (the results subscription). Who writes what is said beside each field. */
 #ifndef PX_CLUSTER_INTERNAL_H
 #define PX_CLUSTER_INTERNAL_H
 
@@ -92,6 +92,18 @@ typedef struct cl_chunk {
     uint32_t partition;
 } cl_chunk_t;
 
+/* A {"control":"result"} lookup: queued for the lookup thread (look_q), then handed to the loop
+ * (looked) with its outcome. */
+typedef struct cl_look {
+    struct cl_look *next;
+    void *cookie;
+    enum px_cluster_lookup st;
+    char why[256]; /* PX_CL_LOOKUP_FAILED: what went wrong */
+    char msgid[200];
+    size_t len;
+    char line[]; /* PX_CL_LOOKUP_FOUND: the stored answer line */
+} cl_look_t;
+
 typedef struct cl_publisher {
     struct px_cluster *cl;
     pthread_t th;
@@ -131,12 +143,22 @@ struct px_cluster {
     /* Publishers write, loop reads: the generation that was refused (all at or below are). */
     _Atomic uint64_t *refused_gen;
 
-    pthread_mutex_t done_mu; /* covers done, results, release_done */
+    /* Covers done, results, looked, release_done. A thread that makes them non-empty wakes the
+     * loop; one that finds only another list non-empty may wake it again (harmless). */
+    pthread_mutex_t done_mu;
     cl_pub_t *done, *done_tail;
     cl_res_t *results, *results_tail;
+    cl_look_t *looked, *looked_tail;
     int release_done;
     void (*release_cb)(void *);
     void *release_arg;
+
+    pthread_t look_th; /* result.c: {"control":"result"} lookups */
+    int look_live;
+    pthread_mutex_t look_mu; /* with look_cv: covers look_q, look_tail, look_n */
+    pthread_cond_t look_cv;
+    cl_look_t *look_q, *look_tail;
+    uint32_t look_n;
 
     pthread_t lease_th;
     pthread_mutex_t lease_mu; /* with lease_cv: wakes the lease thread early (stop, release) */
@@ -163,6 +185,27 @@ int cl_rec_append(px_buf_t *b, const char *msgid, const char *data, size_t len);
 /* 1 with r filled and *pos moved past it, 0 at the end, -1 on a malformed record. */
 int cl_rec_next(const char **pos, const char *end, cl_rec_t *r);
 
+/* Any thread: the loop takes what the lists hold (uv_async_send is the one libuv call other
+ * threads may make). Inline, like cl_hex, so that every file may use them without calling
+ * into another. */
+static inline void cl_wake_loop(struct px_cluster *cl)
+{
+    uv_async_send(&cl->async);
+}
+
+/* Message ids as subject tokens: any byte, two hex digits each. */
+static inline void cl_hex(char *out, const char *in, size_t max)
+{
+    static const char d[] = "0123456789abcdef";
+    size_t i = 0;
+
+    for (; *in && i + 3 <= max; in++) {
+        out[i++] = d[(unsigned char)*in >> 4];
+        out[i++] = d[(unsigned char)*in & 15];
+    }
+    out[i] = 0;
+}
+
 /* lease.c */
 void *cl_lease_main(void *arg);
 /* part.c */
@@ -172,8 +215,12 @@ int cl_ingress_start(struct px_cluster *cl, char *err, size_t errlen);
 void cl_ingress_stop(struct px_cluster *cl);
 void cl_on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
 void cl_post_done(struct px_cluster *cl, cl_pub_t *p);
-void cl_wake_loop(struct px_cluster *cl);
-void cl_hex(char *out, const char *in, size_t max);
+/* result.c */
+/* Publisher thread: posts the stored answer of an idem's message id to the results list,
+ * asking again until `until` (monotonic ns) while none is stored; then posts it missing. */
+void cl_find_answer(struct px_cluster *cl, const char *msgid, uint64_t until);
+int cl_lookup_start(struct px_cluster *cl, char *err, size_t errlen);
+void cl_lookup_stop(struct px_cluster *cl);
 /* connect.c */
 /* Lease thread: connects and makes sure the streams and buckets exist. 0 or -1 with err. */
 int cl_connect(struct px_cluster *cl, char *err, size_t errlen);

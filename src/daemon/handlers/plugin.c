@@ -1,6 +1,7 @@
 /* The plugin handler: a shared object behind the versioned ABI of <parex/plugin.h>, loaded with
  * dlopen once per definition. JSON crosses the boundary as text, so the plugin and the daemon
- * never share a jansson. */
+ * never share a jansson. ABI 1 and 2 plugins both load: the fields ABI 2 appended are read only
+ * from a plugin that says 2 (an ABI 1 object's struct ends before them). */
 #include "daemon/handlers/handlers.h"
 
 #include <parex/plugin.h>
@@ -16,6 +17,7 @@ typedef struct plugin_ctx {
     void *dl;
     const parex_plugin_t *p;
     void *state;
+    int with_ctx; /* ABI 2 with process_ctx: called instead of process */
 } plugin_ctx_t;
 
 static void plugin_destroy(px_handler_t *h)
@@ -34,17 +36,32 @@ static int plugin_run(const px_handler_t *h, const px_req_t *req, uint64_t timeo
                       px_result_t *res)
 {
     plugin_ctx_t *x = h->ctx;
-    char *out = NULL, *perr = NULL, *payload;
+    char *out = NULL, *perr = NULL, *payload, *id = NULL;
     size_t out_len = 0;
     uint64_t t0 = px_now_ns(), took;
+    parex_plugin_ctx_t pc;
     int rc;
 
-    /* The ABI promises NUL-terminated text; the stored payload is not. */
-    if (!(payload = strndup(px_req_payload(req), req->payload_len)))
+    /* The ABI promises NUL-terminated text; the stored payload and id are not. */
+    if (!(payload = strndup(px_req_payload(req), req->payload_len)) ||
+        (x->with_ctx && !(id = strndup(px_req_id(req), req->id_len)))) {
+        free(payload);
         return px_fail(res, "handler_error", "out of memory copying the payload");
-    rc = x->p->process(x->state, px_req_key(req), req->key_len, payload, req->payload_len, &out,
-                       &out_len, &perr);
+    }
+    if (x->with_ctx) {
+        /* Single-node mode runs each request once: its one delivery, under no lease. */
+        pc = (parex_plugin_ctx_t){.delivery = req->delivery ? req->delivery : 1,
+                                  .epoch = req->epoch,
+                                  .id = id,
+                                  .id_len = req->id_len};
+        rc = x->p->process_ctx(x->state, &pc, px_req_key(req), req->key_len, payload,
+                               req->payload_len, &out, &out_len, &perr);
+    } else {
+        rc = x->p->process(x->state, px_req_key(req), req->key_len, payload, req->payload_len, &out,
+                           &out_len, &perr);
+    }
     free(payload);
+    free(id);
     took = px_now_ns() - t0;
     /* A call into a plugin cannot be cut off: past its time it has run, but its result is
      * discarded and the request answered as any handler past its timeout (the caller turns it
@@ -105,17 +122,22 @@ int px_plugin_make(px_handler_t *h, const json_t *def, char *err, size_t errlen)
         return -1;
     }
     x->p = entry();
-    if (!x->p || x->p->abi_version != PAREX_PLUGIN_ABI_VERSION) {
+    if (!x->p || x->p->abi_version < PAREX_PLUGIN_ABI_MIN_VERSION ||
+        x->p->abi_version > PAREX_PLUGIN_ABI_VERSION) {
         snprintf(err, errlen,
-                 "key '%s.path': %s speaks plugin ABI %u, parexd speaks %u; "
+                 "key '%s.path': %s speaks plugin ABI %u, parexd speaks %u to %u; "
                  "rebuild it against this parexd's <parex/plugin.h>",
-                 where, path, x->p ? x->p->abi_version : 0, PAREX_PLUGIN_ABI_VERSION);
+                 where, path, x->p ? x->p->abi_version : 0, PAREX_PLUGIN_ABI_MIN_VERSION,
+                 PAREX_PLUGIN_ABI_VERSION);
         x->p = NULL;
         return -1;
     }
-    if (!x->p->init || !x->p->process || !x->p->free_buf) {
-        snprintf(err, errlen, "key '%s.path': %s leaves init, process or free_buf unset", where,
-                 path);
+    x->with_ctx = x->p->abi_version >= 2 && x->p->process_ctx;
+    if (!x->p->init || !(x->p->process || x->with_ctx) || !x->p->free_buf) {
+        snprintf(err, errlen,
+                 "key '%s.path': %s leaves init, free_buf or both process and process_ctx (ABI "
+                 "2) unset",
+                 where, path);
         x->p = NULL;
         return -1;
     }

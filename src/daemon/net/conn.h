@@ -26,6 +26,11 @@ typedef struct px_net_events {
      * px_engine_submit: 0 when the request now holds its origin until an answer is delivered
      * for it, 1 refused (v says why), -ENOMEM. */
     int (*submit)(void *arg, const px_submit_t *s, const px_line_t *line, px_verdict_t *v);
+    /* Optional (cluster mode): {"control":"result"} for a checked idem, answered later with the
+     * answer id (JSON text). Returns like submit: 0 when it now holds origin until an answer is
+     * delivered for it, 1 refused (v says why), -ENOMEM. NULL: answered invalid. */
+    int (*lookup)(void *arg, const char *idem, const char *id, size_t id_len, void *origin,
+                  px_verdict_t *v);
     void *arg;
 } px_net_events_t;
 

@@ -62,11 +62,99 @@ static void answer_rejected(px_line_ctx_t *x, const char *id, size_t id_len, int
     answer(x, &r);
 }
 
+/* Cluster mode's "idem": the message id JetStream deduplicates retried submits by. */
+static int bad_idem(const json_t *idem, char *msg, size_t msglen)
+{
+    const char *s = json_string_value(idem);
+    size_t n = s ? json_string_length(idem) : 0;
+    int ok = n >= 1 && n <= 128;
+
+    if (!idem)
+        return 0;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = s[i] > ' ' && s[i] <= '~';
+    if (!ok)
+        snprintf(msg, msglen,
+                 "'idem' must be a string of 1 to 128 printable ASCII characters without spaces");
+    return !ok;
+}
+
+/* One connection may hold only so much of the queues: others must still get in. Answers
+ * rejected/connection_busy when it holds its share; count says whether that counts as a
+ * received and rejected request. */
+static int conn_busy(px_line_ctx_t *x, const char *id, size_t id_len, int count)
+{
+    px_net_t *net = x->net;
+    char msg[300];
+
+    if (x->inflight < (uint64_t)net->cfg->max_in_flight_per_connection)
+        return 0;
+    if (count) {
+        px_stats_add(&net->stats->c.received, 1);
+        px_stats_add(&net->stats->c.rejected[PX_REJ_CONNECTION_BUSY], 1);
+    }
+    snprintf(msg, sizeof msg,
+             "this connection has %u requests queued or running, the "
+             "max_in_flight_per_connection (%lld); wait for answers before sending more",
+             x->inflight, (long long)net->cfg->max_in_flight_per_connection);
+    answer_rejected(x, id, id_len, -1, PX_REJ_CONNECTION_BUSY, msg, 0);
+    return 1;
+}
+
+/* {"control":"result","idem":...}: the answer the cluster retained for an idem request, from
+ * whichever instance ran it. Answered later, like a request: the lookup holds the connection
+ * until its answer is delivered. */
+static void handle_result(px_line_ctx_t *x, px_line_t *line, const char *id, size_t id_len)
+{
+    json_t *idem = json_object_get(line->root, "idem");
+    char msg[300], idnum[24];
+    px_verdict_t v;
+    int rc;
+
+    if (!x->net->ev.lookup) {
+        answer_invalid(x, id, id_len, PX_INV_BAD_FIELD,
+                       "control 'result' reads answers a cluster retained for idem requests: "
+                       "result lookups need cluster mode (a \"cluster\" section in the "
+                       "configuration)");
+        return;
+    }
+    if (!idem) {
+        answer_invalid(x, id, id_len, PX_INV_BAD_FIELD,
+                       "control 'result' needs \"idem\": the idem of the request whose answer "
+                       "you want");
+        return;
+    }
+    if (bad_idem(idem, msg, sizeof msg)) {
+        answer_invalid(x, id, id_len, PX_INV_BAD_FIELD, msg);
+        return;
+    }
+    if (!id) {
+        /* Answered out of line: an id lets the client match the answer. */
+        id_len = (size_t)snprintf(idnum, sizeof idnum, "%llu", (unsigned long long)++*x->next_id);
+        id = idnum;
+    }
+    if (conn_busy(x, id, id_len, 0))
+        return;
+    rc = x->net->ev.lookup(x->net->ev.arg, json_string_value(idem), id, id_len, x->origin, &v);
+    if (rc < 0) {
+        px_err("connection: out of memory starting a result lookup; closing the connection");
+        x->flags |= PX_DISPATCH_CLOSE;
+    } else if (rc > 0) {
+        answer_rejected(x, id, id_len, v.worker, v.why, v.message, v.retry_after_ms);
+    } else {
+        x->flags |= PX_DISPATCH_ACCEPTED;
+    }
+}
+
 static void handle_control(px_line_ctx_t *x, px_line_t *line, const char *id, size_t id_len)
 {
     px_resp_t r = {.id = id, .id_len = id_len, .status = "ok", .worker = -1, .queue_ms = -1};
     char msg[200];
 
+    if (strcmp(line->control, "result") == 0) {
+        handle_result(x, line, id, id_len);
+        return;
+    }
     if (!(r.result = x->net->ev.control(x->net->ev.arg, line, msg, sizeof msg))) {
         answer_invalid(x, id, id_len, PX_INV_BAD_FIELD, msg);
         return;
@@ -149,23 +237,6 @@ static void refuse_http(px_line_ctx_t *x)
         unlogged = 0;
     }
     x->flags |= PX_DISPATCH_CLOSE;
-}
-
-/* Cluster mode's "idem": the message id JetStream deduplicates retried submits by. */
-static int bad_idem(const json_t *idem, char *msg, size_t msglen)
-{
-    const char *s = json_string_value(idem);
-    size_t n = s ? json_string_length(idem) : 0;
-    int ok = n >= 1 && n <= 128;
-
-    if (!idem)
-        return 0;
-    for (size_t i = 0; ok && i < n; i++)
-        ok = s[i] > ' ' && s[i] <= '~';
-    if (!ok)
-        snprintf(msg, msglen,
-                 "'idem' must be a string of 1 to 128 printable ASCII characters without spaces");
-    return !ok;
 }
 
 static int blank(const char *p, size_t n)
@@ -278,17 +349,8 @@ unsigned px_dispatch(px_line_ctx_t *x, const char *text, size_t len, int too_lon
         id_len = (size_t)snprintf(idnum, sizeof idnum, "%llu", (unsigned long long)++*x->next_id);
         id = idnum;
     }
-    /* One connection may hold only so much of the queues: others must still get in. */
-    if (x->inflight >= (uint64_t)net->cfg->max_in_flight_per_connection) {
-        px_stats_add(&net->stats->c.received, 1);
-        px_stats_add(&net->stats->c.rejected[PX_REJ_CONNECTION_BUSY], 1);
-        snprintf(msg, sizeof msg,
-                 "this connection has %u requests queued or running, the "
-                 "max_in_flight_per_connection (%lld); wait for answers before sending more",
-                 x->inflight, (long long)net->cfg->max_in_flight_per_connection);
-        answer_rejected(x, id, id_len, -1, PX_REJ_CONNECTION_BUSY, msg, 0);
+    if (conn_busy(x, id, id_len, 1))
         goto out;
-    }
     /* The payload travels as compact text, dumped into a buffer the loop reuses. */
     net->scratch.len = 0;
     if (px_json_append(&net->scratch, line.payload))

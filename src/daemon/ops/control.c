@@ -67,7 +67,8 @@ json_t *px_control_run(px_snapshot_src_t *src, const px_line_t *line, char *msg,
     if (strcmp(line->control, "unpark") == 0 || strcmp(line->control, "drop") == 0)
         return control_key(e, line, msg, msglen);
     snprintf(msg, msglen,
-             "unknown control command '%.64s'; available: stats, parked, unpark, drop, top",
+             "unknown control command '%.64s'; available: stats, parked, unpark, drop, top, "
+             "result (cluster mode)",
              line->control);
     return NULL;
 }
