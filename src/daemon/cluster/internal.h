@@ -206,6 +206,29 @@ static inline void cl_hex(char *out, const char *in, size_t max)
     out[i] = 0;
 }
 
+/* batch.c */
+/* One fetched message: its stream sequence and the jobs its records became. */
+typedef struct fmsg {
+    natsMsg *m;
+    const char *id; /* its message id: the first request's, or "i." + idem */
+    uint64_t seq;
+    size_t first, n;
+} cl_fmsg_t;
+
+/* The jobs of one fetch, and their records (a job's msgid points into its record). */
+typedef struct fbatch {
+    cl_fmsg_t *msgs;
+    px_cluster_job_t *jobs;
+    cl_rec_t *recs;
+    size_t nmsgs, njobs, cap;
+    px_buf_t body;
+} cl_fbatch_t;
+
+/* Partition thread: runs one fetched batch; 0, 1 when the consumer must be started afresh (what
+ * was not acknowledged then runs again, in order), or -1 when the lease was lost on the way. */
+int cl_run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsCtx *ajs,
+                 _Atomic unsigned *failed, uint64_t *cseq, cl_fbatch_t *fb);
+
 /* lease.c */
 void *cl_lease_main(void *arg);
 /* part.c */

@@ -1,14 +1,12 @@
-/* One thread per partition this instance holds: fetch a batch from the partition's consumer, run
- * it, send each answer to the instance that accepted the request, acknowledge.
+/* One thread per partition this instance holds: fetch a batch from the partition's consumer and
+ * run it (batch.c: run, store the answers for the instances that accepted the requests,
+ * acknowledge).
  *
  * The consumer is created fresh for every lease, named after the lease's epoch, after deleting
  * whatever consumer an earlier holder left: JetStream matches acks by stream sequence only, so
  * a fresh consumer is what makes a previous holder's late acks and fetches fail, and it starts at
  * the first unacknowledged message, in stream order. With that, per-key order survives a
- * take-over: a re-run repeats a suffix of the partition in order. The fence (the local lease
- * deadline) is checked before a batch runs, before each job (by the runner), and before
- * answering and acknowledging, so an instance that lost its lease while paused neither runs nor
- * acknowledges anything once it resumes. */
+ * take-over: a re-run repeats a suffix of the partition in order. */
 #include "daemon/cluster/internal.h"
 
 #include "common/clock.h"
@@ -18,14 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int px_cluster_fence_ok(const px_cluster_fence_t *f)
-{
-    cl_part_t *p = f->p;
-
-    return atomic_load(&p->epoch) == f->epoch && px_now_ns() < atomic_load(&p->deadline_ns) &&
-           !atomic_load(&p->lost);
-}
 
 /* Deletes the consumers an earlier holder of the partition left (named "p<id>-e<epoch>"). */
 static void delete_old_consumers(struct px_cluster *cl, cl_part_t *p, const char *keep)
@@ -97,277 +87,10 @@ static natsSubscription *open_consumer(struct px_cluster *cl, cl_part_t *p, unsi
     return sub;
 }
 
-/* One fetched message: its stream sequence and the jobs its records became. */
-typedef struct fmsg {
-    natsMsg *m;
-    const char *id; /* its message id: the first request's, or "i." + idem */
-    uint64_t seq;
-    size_t first, n;
-} fmsg_t;
-
-/* The jobs of one fetch, and their records (a job's msgid points into its record). */
-typedef struct fbatch {
-    fmsg_t *msgs;
-    px_cluster_job_t *jobs;
-    cl_rec_t *recs;
-    size_t nmsgs, njobs, cap;
-    px_buf_t body;
-} fbatch_t;
-
-/* Stores the answers of one message's requests as one message in the results stream, under the
- * subject of the instance that accepted them (it follows that subject with an ordered consumer,
- * so an answer survives a NATS node failure between the two), and for an idem request also alone
- * under the idem's own subject, for {"control":"result"} and resubmissions from any instance.
- * Asynchronous: the batch waits for all of them at once before acknowledging, so a request is
- * acknowledged only once its answer is stored. The message id makes a re-run's answer a
- * duplicate JetStream drops (within its window). */
-static int send_answers(jsCtx *js, fbatch_t *fb, fmsg_t *fm)
-{
-    const char *reply = NULL;
-    char subj[512], hex[420];
-    natsMsg *m = NULL;
-    jsPubOptions po;
-    natsStatus s;
-
-    if (natsMsgHeader_Get(fm->m, CL_HDR_REPLY, &reply) != NATS_OK || !reply)
-        return 0;
-    fb->body.len = 0;
-    for (size_t i = fm->first; i < fm->first + fm->n; i++)
-        if (cl_rec_append(&fb->body, fb->jobs[i].msgid, fb->jobs[i].result.data,
-                          fb->jobs[i].result.len))
-            return -1;
-    cl_hex(hex, fm->id, sizeof hex);
-    jsPubOptions_Init(&po);
-    po.MsgId = fm->id;
-    snprintf(subj, sizeof subj, CL_RES_SUBJ "%s.%s", reply, hex);
-    s = natsMsg_Create(&m, subj, NULL, fb->body.data, (int)fb->body.len);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, CL_HDR_ID, fm->id);
-    if (s == NATS_OK)
-        s = js_PublishMsgAsync(js, &m, &po);
-    natsMsg_Destroy(m);
-    if (s == NATS_OK && fm->n == 1 && strncmp(fm->id, "i.", 2) == 0) {
-        px_cluster_job_t *j = &fb->jobs[fm->first];
-        char id[256];
-
-        snprintf(subj, sizeof subj, CL_IDEM_SUBJ "%s", hex);
-        snprintf(id, sizeof id, "idem.%s", fm->id);
-        po.MsgId = id;
-        m = NULL;
-        s = natsMsg_Create(&m, subj, NULL, j->result.data, (int)j->result.len);
-        if (s == NATS_OK)
-            s = natsMsgHeader_Set(m, CL_HDR_ID, fm->id);
-        if (s == NATS_OK)
-            s = js_PublishMsgAsync(js, &m, &po);
-        natsMsg_Destroy(m);
-    }
-    return s == NATS_OK ? 0 : -1;
-}
-
-/* Is the answer of this message stored already (it ran to the end under an earlier holder)? */
-static int answered_before(struct px_cluster *cl, natsMsg *req, const char *msgid)
-{
-    const char *reply = NULL;
-    char subj[512], hex[420];
-    natsMsg *m = NULL;
-    jsErrCode jerr = 0;
-
-    if (!msgid || natsMsgHeader_Get(req, CL_HDR_REPLY, &reply) != NATS_OK || !reply)
-        return 0;
-    cl_hex(hex, msgid, sizeof hex);
-    snprintf(subj, sizeof subj, CL_RES_SUBJ "%s.%s", reply, hex);
-    if (js_GetLastMsg(&m, cl->js, CL_RES_STREAM, subj, NULL, &jerr) != NATS_OK)
-        return 0;
-    natsMsg_Destroy(m);
-    return 1;
-}
-
 /* nats.c's thread: an answer was not stored; the batch is then not acknowledged. */
 static void on_answer_failed(jsCtx *js, jsPubAckErr *pae, void *closure)
 {
     atomic_fetch_add((_Atomic unsigned *)closure, 1);
-}
-
-/* Acknowledges a message, waiting for the server when sync (the last of a batch: a hand-off
- * releases the lease only after it). */
-static int ack(cl_part_t *p, natsMsg *m, uint64_t seq, int sync)
-{
-    if ((sync ? natsMsg_AckSync(m, NULL, NULL) : natsMsg_Ack(m, NULL)) != NATS_OK) {
-        px_warn("cluster: partition %u: ack of stream sequence %llu failed: %s", p->id,
-                (unsigned long long)seq, nats_GetLastError(NULL));
-        return -1;
-    }
-    if (seq > atomic_load(&p->done_seq))
-        atomic_store(&p->done_seq, seq);
-    return 0;
-}
-
-/* Turns a message's records into jobs. 0, or -1 when out of memory or malformed. */
-static int add_jobs(fbatch_t *fb, fmsg_t *fm, const px_cluster_job_t *tmpl)
-{
-    const char *pos = natsMsg_GetData(fm->m), *end = pos + natsMsg_GetDataLength(fm->m);
-    cl_rec_t rec;
-    int rc;
-
-    fm->first = fb->njobs;
-    fm->n = 0;
-    while ((rc = cl_rec_next(&pos, end, &rec)) > 0) {
-        px_cluster_job_t *j;
-
-        if (fb->njobs == fb->cap) {
-            size_t cap = fb->cap ? fb->cap * 2 : 256;
-            px_cluster_job_t *jobs = realloc(fb->jobs, cap * sizeof *jobs);
-            cl_rec_t *recs;
-
-            if (!jobs)
-                return -1;
-            fb->jobs = jobs;
-            if (!(recs = realloc(fb->recs, cap * sizeof *recs)))
-                return -1;
-            fb->recs = recs;
-            fb->cap = cap;
-        }
-        fb->recs[fb->njobs] = rec;
-        j = &fb->jobs[fb->njobs];
-        *j = *tmpl;
-        j->data = rec.data;
-        j->len = rec.len;
-        fb->njobs++;
-        fm->n++;
-    }
-    /* msgid points into recs, which may have moved: set once all are in (see run_batch). */
-    return rc < 0 || fm->n == 0 ? -1 : 0;
-}
-
-/* Runs one fetched batch; returns 0, 1 when the consumer must be started afresh (a lost delivery,
- * an ack or an answer that did not make it: what was not acknowledged then runs again, in order),
- * or -1 when the lease was lost on the way. */
-static int run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsCtx *ajs,
-                     _Atomic unsigned *failed, uint64_t *cseq, fbatch_t *fb)
-{
-    int reopen = 0;
-    jsPubOptions po;
-    px_cluster_fence_t fence = {.p = p, .epoch = atomic_load(&p->epoch)};
-    int rc = 0;
-
-    fb->nmsgs = fb->njobs = 0;
-    if (!(fb->msgs = calloc((size_t)list->Count, sizeof *fb->msgs)))
-        return -1;
-    for (int i = 0; i < list->Count; i++) {
-        natsMsg *m = list->Msgs[i];
-        jsMsgMetaData *md = NULL;
-        const char *id = NULL;
-        px_cluster_job_t tmpl = {.partition = p->id, .epoch = fence.epoch};
-        fmsg_t *fm = &fb->msgs[fb->nmsgs];
-
-        natsMsgHeader_Get(m, "Nats-Msg-Id", &id);
-        if (natsMsg_GetMetaData(&md, m) == NATS_OK) {
-            uint64_t c = md->Sequence.Consumer;
-            tmpl.seq = md->Sequence.Stream;
-            tmpl.delivered = md->NumDelivered;
-            jsMsgMetaData_Destroy(md);
-            if (*cseq && c != *cseq + 1) {
-                /* A delivery was lost on the way (a connection that broke): the consumer counts
-                 * it as handed out, so running what follows would skip it. Stop here and start
-                 * a fresh consumer, which begins at the first unacknowledged message. */
-                px_warn("cluster: partition %u: delivery %llu missing before stream sequence "
-                        "%llu; restarting the consumer",
-                        p->id, (unsigned long long)(*cseq + 1), (unsigned long long)tmpl.seq);
-                reopen = 1;
-                break;
-            }
-            *cseq = c;
-        }
-        if (tmpl.seq && tmpl.seq >= p->skip_lo && tmpl.seq <= p->skip_hi) {
-            /* In the last batch of the holder that handed the partition over, which it ran and
-             * acknowledged; the acknowledgement was still on its way. Only acknowledge it. */
-            atomic_fetch_add(&p->skipped, 1);
-            if (ack(p, m, tmpl.seq, 0)) {
-                reopen = 1;
-                goto out;
-            }
-            continue;
-        }
-        if (tmpl.seq <= p->handed_out) {
-            /* An earlier consumer handed it out: it may have run. If its answers are stored it
-             * did, to the end: only acknowledge it (an acknowledgement a server failure lost
-             * brings a finished message back, even behind later ones). */
-            if (answered_before(cl, m, id)) {
-                atomic_fetch_add(&p->skipped, 1);
-                if (ack(p, m, tmpl.seq, 0)) {
-                    reopen = 1;
-                    goto out;
-                }
-                continue;
-            }
-            tmpl.delivered++; /* a possible re-run: the handler is told */
-        }
-        fm->m = m;
-        fm->id = id ? id : "";
-        fm->seq = tmpl.seq;
-        if (add_jobs(fb, fm, &tmpl)) {
-            /* Not written by parexd, or no memory for it: it would block the partition for
-             * ever; leave it to a fresh consumer once (memory), or drop it (malformed). */
-            px_warn("cluster: partition %u: stream sequence %llu is not a request message "
-                    "parexd can read; acknowledging it without running it",
-                    p->id, (unsigned long long)tmpl.seq);
-            fb->njobs = fm->first;
-            if (ack(p, m, tmpl.seq, 0)) {
-                reopen = 1;
-                goto out;
-            }
-            continue;
-        }
-        if (tmpl.delivered > 1)
-            atomic_fetch_add(&p->redeliveries, fm->n);
-        fb->nmsgs++;
-    }
-    for (size_t i = 0; i < fb->njobs; i++)
-        fb->jobs[i].msgid = fb->recs[i].msgid;
-    if (fb->njobs && px_cluster_fence_ok(&fence))
-        cl->cbs.run(fb->jobs, fb->njobs, &fence, cl->cbs.arg);
-    for (size_t k = 0; k < fb->nmsgs; k++) {
-        fmsg_t *fm = &fb->msgs[k];
-
-        for (size_t i = fm->first; i < fm->first + fm->n; i++)
-            if (!fb->jobs[i].run || !px_cluster_fence_ok(&fence))
-                goto lost; /* left unacknowledged for the next holder */
-        if (send_answers(ajs, fb, fm)) {
-            reopen = 1;
-            goto out;
-        }
-    }
-    jsPubOptions_Init(&po);
-    po.MaxWait = (int64_t)cl->o.publish_timeout_ms;
-    if (fb->nmsgs && (js_PublishAsyncComplete(ajs, &po) != NATS_OK || atomic_exchange(failed, 0))) {
-        px_warn("cluster: partition %u: answers of a batch were not stored; restarting the "
-                "consumer to run the batch again",
-                p->id);
-        reopen = 1;
-        goto out;
-    }
-    if (fb->nmsgs)
-        atomic_store(&p->last_lo, fb->msgs[0].seq); /* [last_lo, done_seq]: acknowledged */
-    for (size_t k = 0; k < fb->nmsgs; k++) {
-        if (!px_cluster_fence_ok(&fence))
-            goto lost;
-        if (ack(p, fb->msgs[k].m, fb->msgs[k].seq, k == fb->nmsgs - 1)) {
-            reopen = 1; /* what was not acknowledged runs again, in order */
-            goto out;
-        }
-        atomic_fetch_add(&p->runs, fb->msgs[k].n);
-    }
-out:
-    if (reopen && rc == 0)
-        rc = 1;
-    for (size_t i = 0; i < fb->njobs; i++)
-        px_buf_free(&fb->jobs[i].result);
-    free(fb->msgs);
-    fb->msgs = NULL;
-    return rc;
-lost:
-    rc = -1;
-    goto out;
 }
 
 /* Whatever is there now, up to batch; or else the first message to come within 250 ms. A plain
@@ -402,7 +125,7 @@ void *cl_part_main(void *arg)
     uint64_t seen, cseq, active;
     unsigned errors = 0;
     _Atomic unsigned failed = 0;
-    fbatch_t fb = {0};
+    cl_fbatch_t fb = {0};
     jsCtx *ajs = NULL;
     jsOptions jo;
     sigset_t all;
@@ -486,7 +209,7 @@ reopen:
             nanosleep(&ts, NULL);
             continue;
         }
-        rc = run_batch(cl, p, &list, ajs, &failed, &cseq, &fb);
+        rc = cl_run_batch(cl, p, &list, ajs, &failed, &cseq, &fb);
         natsMsgList_Destroy(&list);
         if (rc < 0) {
             atomic_store(&p->lost, 1);
