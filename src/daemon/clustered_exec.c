@@ -1,5 +1,6 @@
 /* Cluster mode's executor side: a batch a partition thread fetched runs through the local
- * engine. The partition thread hands the batch over (xq, one uv_async_t) and waits; the loop
+ * engine. The partition thread hands the batch over (xq, one uv_async_t) and goes on fetching
+ * the next (ran() tells it when every job of this one is done); the loop
  * submits every job to the engine in order, with the job as the request's origin. Engine origins
  * are connections otherwise, so job origins are tagged in their lowest bit (both are malloc'd or
  * array elements of pointer alignment, so that bit is free) and the server's sink sends them
@@ -23,40 +24,34 @@ static int fence_ok(const void *fence)
     return px_cluster_fence_ok(fence);
 }
 
-/* Executor. Partition thread: hand the batch to the loop and wait for every answer. */
+/* Executor. Partition thread: hand the batch to the loop; ran(ran_arg) once every job is done. */
 void px_clustered_run_batch(px_cluster_job_t *jobs, size_t n, const px_cluster_fence_t *f,
-                            void *arg)
+                            void (*ran)(void *ran_arg), void *ran_arg, void *arg)
 {
     px_clustered_t *cx = arg;
-    xbatch_t b = {.jobs = jobs, .n = n, .fence = f, .left = n};
+    xbatch_t *b = calloc(1, sizeof *b + n * sizeof b->x[0]);
 
-    if (!(b.x = calloc(n, sizeof *b.x)))
-        return; /* nothing run: the batch runs again after a consumer restart */
-    pthread_mutex_init(&b.mu, NULL);
-    pthread_cond_init(&b.cv, NULL);
+    if (!b) {
+        ran(ran_arg); /* nothing run: the batch runs again after a consumer restart */
+        return;
+    }
+    *b = (xbatch_t){.jobs = jobs, .n = n, .fence = f, .ran = ran, .ran_arg = ran_arg, .left = n};
     pthread_mutex_lock(&cx->xmu);
-    b.next = cx->xq;
-    cx->xq = &b;
+    b->next = cx->xq;
+    cx->xq = b;
     pthread_mutex_unlock(&cx->xmu);
     uv_async_send(&cx->xasync);
-    pthread_mutex_lock(&b.mu);
-    while (b.left)
-        pthread_cond_wait(&b.cv, &b.mu);
-    pthread_mutex_unlock(&b.mu);
-    pthread_mutex_destroy(&b.mu);
-    pthread_cond_destroy(&b.cv);
-    free(b.x);
 }
 
-/* Any thread that finishes a job (the loop): one less to wait for. */
+/* Loop: one job less to wait for; the last one tells the partition thread. */
 static void job_done(xjob_t *x)
 {
     xbatch_t *b = x->b;
 
-    pthread_mutex_lock(&b->mu);
-    if (--b->left == 0)
-        pthread_cond_signal(&b->cv);
-    pthread_mutex_unlock(&b->mu);
+    if (--b->left == 0) {
+        b->ran(b->ran_arg);
+        free(b);
+    }
 }
 
 /* Loop: an answer given on the spot for a job (unknown op, bad payload, parked key). */
@@ -212,12 +207,8 @@ static void on_xasync(uv_async_t *a)
         next = b->next;
         if (!r) {
             /* Nothing of it submitted: it runs again after a consumer restart. */
-            for (size_t i = 0; i < b->n; i++)
-                b->jobs[i].run = 0;
-            pthread_mutex_lock(&b->mu);
-            b->left = 0;
-            pthread_cond_signal(&b->cv);
-            pthread_mutex_unlock(&b->mu);
+            b->ran(b->ran_arg);
+            free(b);
             continue;
         }
         *r = (xrun_t){.b = b, .n = b->n};
@@ -281,11 +272,9 @@ void px_clustered_exec_release(px_clustered_t *cx)
     cx->xq = NULL;
     pthread_mutex_unlock(&cx->xmu);
     for (xbatch_t *next; b; b = next) {
-        next = b->next; /* b lives on its thread's stack: gone once it is signalled */
-        pthread_mutex_lock(&b->mu);
-        b->left = 0;
-        pthread_cond_signal(&b->cv);
-        pthread_mutex_unlock(&b->mu);
+        next = b->next; /* none of its jobs was submitted: none ran */
+        b->ran(b->ran_arg);
+        free(b);
     }
 }
 

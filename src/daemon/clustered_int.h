@@ -21,15 +21,16 @@ typedef struct xrun {
     size_t i, n;
 } xrun_t;
 
+/* A batch a partition thread started; freed by the loop once its last job is done. */
 struct xbatch {
     xbatch_t *next;
     px_cluster_job_t *jobs;
-    xjob_t *x;
     size_t n;
     const px_cluster_fence_t *fence;
-    pthread_mutex_t mu; /* covers left */
-    pthread_cond_t cv;
-    size_t left;
+    void (*ran)(void *ran_arg);
+    void *ran_arg;
+    size_t left; /* loop only: jobs not done yet */
+    xjob_t x[];
 };
 
 typedef struct look look_t; /* clustered_result.c */
@@ -66,7 +67,7 @@ struct px_clustered {
 
 /* clustered_exec.c: the executor's side. */
 void px_clustered_run_batch(px_cluster_job_t *jobs, size_t n, const px_cluster_fence_t *f,
-                            void *arg);
+                            void (*ran)(void *ran_arg), void *ran_arg, void *arg);
 void px_clustered_exec_init(px_clustered_t *cx);
 /* Gives batches still waiting for the loop back to their threads unrun (a forced stop). */
 void px_clustered_exec_release(px_clustered_t *cx);

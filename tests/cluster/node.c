@@ -41,8 +41,9 @@ static void put(int fd, const char *line, size_t n)
         px_err("node: write: %s", strerror(errno));
 }
 
-/* Partition thread: one job at a time, in order (that is all per-key order needs here). */
-static void run(px_cluster_job_t *jobs, size_t n, const px_cluster_fence_t *f, void *arg)
+/* Partition thread: one job at a time, in order (that is all per-key order needs here), before
+ * returning: the partition thread then has nothing to overlap. */
+static void run_jobs(px_cluster_job_t *jobs, size_t n, const px_cluster_fence_t *f)
 {
     for (size_t i = 0; i < n; i++) {
         px_cluster_job_t *j = &jobs[i];
@@ -74,6 +75,14 @@ static void run(px_cluster_job_t *jobs, size_t n, const px_cluster_fence_t *f, v
         j->run = 1;
         json_decref(o);
     }
+}
+
+static void run(px_cluster_job_t *jobs, size_t n, const px_cluster_fence_t *f,
+                void (*ran)(void *ran_arg), void *ran_arg, void *arg)
+{
+    (void)arg;
+    run_jobs(jobs, n, f);
+    ran(ran_arg);
 }
 
 static int64_t job_ms;

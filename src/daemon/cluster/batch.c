@@ -139,25 +139,24 @@ static int add_jobs(cl_fbatch_t *fb, cl_fmsg_t *fm, const px_cluster_job_t *tmpl
     return rc < 0 || fm->n == 0 ? -1 : 0;
 }
 
-/* Runs one fetched batch; returns 0, 1 when the consumer must be started afresh (a lost delivery,
- * an ack or an answer that did not make it: what was not acknowledged then runs again, in order),
- * or -1 when the lease was lost on the way. */
-int cl_run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsCtx *ajs,
-                 _Atomic unsigned *failed, uint64_t *cseq, cl_fbatch_t *fb)
+/* Partition thread: turns the fetched messages into jobs. Messages the previous holder finished
+ * are only acknowledged. 0 (fb->reopen set when a delivery went missing: run what came before
+ * it, then restart the consumer), or 1 when an acknowledgement failed: nothing of the batch
+ * runs, and a fresh consumer hands it out again. */
+int cl_batch_prepare(struct px_cluster *cl, cl_part_t *p, cl_fbatch_t *fb, uint64_t *cseq)
 {
-    int reopen = 0;
-    jsPubOptions po;
-    px_cluster_fence_t fence = {.p = p, .epoch = atomic_load(&p->epoch)};
-    int rc = 0;
+    natsMsgList *list = &fb->list;
 
     fb->nmsgs = fb->njobs = 0;
+    fb->reopen = 0;
+    fb->fence = (px_cluster_fence_t){.p = p, .epoch = atomic_load(&p->epoch)};
     if (!(fb->msgs = calloc((size_t)list->Count, sizeof *fb->msgs)))
-        return -1;
+        return 1;
     for (int i = 0; i < list->Count; i++) {
         natsMsg *m = list->Msgs[i];
         jsMsgMetaData *md = NULL;
         const char *id = NULL;
-        px_cluster_job_t tmpl = {.partition = p->id, .epoch = fence.epoch};
+        px_cluster_job_t tmpl = {.partition = p->id, .epoch = fb->fence.epoch};
         cl_fmsg_t *fm = &fb->msgs[fb->nmsgs];
 
         natsMsgHeader_Get(m, "Nats-Msg-Id", &id);
@@ -173,7 +172,7 @@ int cl_run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsCtx *
                 px_warn("cluster: partition %u: delivery %llu missing before stream sequence "
                         "%llu; restarting the consumer",
                         p->id, (unsigned long long)(*cseq + 1), (unsigned long long)tmpl.seq);
-                reopen = 1;
+                fb->reopen = 1;
                 break;
             }
             *cseq = c;
@@ -182,10 +181,8 @@ int cl_run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsCtx *
             /* In the last batch of the holder that handed the partition over, which it ran and
              * acknowledged; the acknowledgement was still on its way. Only acknowledge it. */
             atomic_fetch_add(&p->skipped, 1);
-            if (ack(p, m, tmpl.seq, 0)) {
-                reopen = 1;
-                goto out;
-            }
+            if (ack(p, m, tmpl.seq, 0))
+                return 1;
             continue;
         }
         if (tmpl.seq <= p->handed_out) {
@@ -194,10 +191,8 @@ int cl_run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsCtx *
              * brings a finished message back, even behind later ones). */
             if (answered_before(cl, m, id)) {
                 atomic_fetch_add(&p->skipped, 1);
-                if (ack(p, m, tmpl.seq, 0)) {
-                    reopen = 1;
-                    goto out;
-                }
+                if (ack(p, m, tmpl.seq, 0))
+                    return 1;
                 continue;
             }
             tmpl.delivered++; /* a possible re-run: the handler is told */
@@ -212,10 +207,8 @@ int cl_run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsCtx *
                     "parexd can read; acknowledging it without running it",
                     p->id, (unsigned long long)tmpl.seq);
             fb->njobs = fm->first;
-            if (ack(p, m, tmpl.seq, 0)) {
-                reopen = 1;
-                goto out;
-            }
+            if (ack(p, m, tmpl.seq, 0))
+                return 1;
             continue;
         }
         if (tmpl.delivered > 1)
@@ -224,18 +217,43 @@ int cl_run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsCtx *
     }
     for (size_t i = 0; i < fb->njobs; i++)
         fb->jobs[i].msgid = fb->recs[i].msgid;
-    if (fb->njobs && px_cluster_fence_ok(&fence))
-        cl->cbs.run(fb->jobs, fb->njobs, &fence, cl->cbs.arg);
+    return 0;
+}
+
+/* Any thread: the runner has run or skipped every job of the batch. */
+static void batch_ran(void *arg)
+{
+    cl_fbatch_t *fb = arg;
+
+    pthread_mutex_lock(&fb->mu);
+    fb->running = 0;
+    pthread_cond_signal(&fb->cv);
+    pthread_mutex_unlock(&fb->mu);
+}
+
+void cl_batch_start(struct px_cluster *cl, cl_fbatch_t *fb)
+{
+    if (!fb->njobs || !px_cluster_fence_ok(&fb->fence))
+        return; /* nothing runs: settle finds the jobs not run */
+    fb->running = 1;
+    cl->cbs.run(fb->jobs, fb->njobs, &fb->fence, batch_ran, fb, cl->cbs.arg);
+}
+
+/* Stores the answers, then acknowledges. 0, 1 (restart the consumer: what was not acknowledged
+ * runs again, in order) or -1 (the lease was lost on the way). */
+static int finish(struct px_cluster *cl, cl_part_t *p, cl_fbatch_t *fb, jsCtx *ajs,
+                  _Atomic unsigned *failed)
+{
+    jsPubOptions po;
+
     for (size_t k = 0; k < fb->nmsgs; k++) {
         cl_fmsg_t *fm = &fb->msgs[k];
 
         for (size_t i = fm->first; i < fm->first + fm->n; i++)
-            if (!fb->jobs[i].run || !px_cluster_fence_ok(&fence))
-                goto lost; /* left unacknowledged for the next holder */
-        if (send_answers(ajs, fb, fm)) {
-            reopen = 1;
-            goto out;
-        }
+            if (!fb->jobs[i].run || !px_cluster_fence_ok(&fb->fence))
+                return -1; /* left unacknowledged for the next holder */
+        if (send_answers(ajs, fb, fm))
+            return 1;
     }
     jsPubOptions_Init(&po);
     po.MaxWait = (int64_t)cl->o.publish_timeout_ms;
@@ -243,29 +261,53 @@ int cl_run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsCtx *
         px_warn("cluster: partition %u: answers of a batch were not stored; restarting the "
                 "consumer to run the batch again",
                 p->id);
-        reopen = 1;
-        goto out;
+        return 1;
     }
     if (fb->nmsgs)
         atomic_store(&p->last_lo, fb->msgs[0].seq); /* [last_lo, done_seq]: acknowledged */
     for (size_t k = 0; k < fb->nmsgs; k++) {
-        if (!px_cluster_fence_ok(&fence))
-            goto lost;
-        if (ack(p, fb->msgs[k].m, fb->msgs[k].seq, k == fb->nmsgs - 1)) {
-            reopen = 1; /* what was not acknowledged runs again, in order */
-            goto out;
-        }
+        if (!px_cluster_fence_ok(&fb->fence))
+            return -1;
+        if (ack(p, fb->msgs[k].m, fb->msgs[k].seq, k == fb->nmsgs - 1))
+            return 1; /* what was not acknowledged runs again, in order */
         atomic_fetch_add(&p->runs, fb->msgs[k].n);
     }
-out:
-    if (reopen && rc == 0)
-        rc = 1;
+    return fb->reopen;
+}
+
+int cl_batch_settle(struct px_cluster *cl, cl_part_t *p, cl_fbatch_t *fb, jsCtx *ajs,
+                    _Atomic unsigned *failed, int answer)
+{
+    int rc = 0;
+
+    pthread_mutex_lock(&fb->mu);
+    while (fb->running)
+        pthread_cond_wait(&fb->cv, &fb->mu);
+    pthread_mutex_unlock(&fb->mu);
+    if (answer)
+        rc = finish(cl, p, fb, ajs, failed);
     for (size_t i = 0; i < fb->njobs; i++)
         px_buf_free(&fb->jobs[i].result);
+    fb->njobs = fb->nmsgs = 0;
     free(fb->msgs);
     fb->msgs = NULL;
+    natsMsgList_Destroy(&fb->list);
+    memset(&fb->list, 0, sizeof fb->list);
     return rc;
-lost:
-    rc = -1;
-    goto out;
+}
+
+void cl_batch_init(cl_fbatch_t *fb)
+{
+    memset(fb, 0, sizeof *fb);
+    pthread_mutex_init(&fb->mu, NULL);
+    pthread_cond_init(&fb->cv, NULL);
+}
+
+void cl_batch_free(cl_fbatch_t *fb)
+{
+    free(fb->jobs);
+    free(fb->recs);
+    px_buf_free(&fb->body);
+    pthread_mutex_destroy(&fb->mu);
+    pthread_cond_destroy(&fb->cv);
 }

@@ -262,11 +262,12 @@ json_t *px_cluster_report(px_cluster_t *cl)
                                                "runs", (json_int_t)atomic_load(&p->runs)));
     }
     o = json_pack(
-        "{ss sb sI sI sI sI sI sI sI sI sI sI sI so}", "instance", cl->instance, "connected",
+        "{ss sb sI sI sI sI sI sI sI sI sI sI sI sI so}", "instance", cl->instance, "connected",
         px_cluster_connected(cl), "members", (json_int_t)atomic_load(&cl->members_n), "partitions",
-        (json_int_t)cl->o.partitions, "owned", (json_int_t)owned, "submitted",
-        (json_int_t)atomic_load(&cl->submitted), "accepted", (json_int_t)atomic_load(&cl->accepted),
-        "stored_messages", (json_int_t)atomic_load(&cl->stored_messages), "refused",
+        (json_int_t)cl->o.partitions, "owned", (json_int_t)owned, "target",
+        (json_int_t)atomic_load(&cl->targets), "submitted", (json_int_t)atomic_load(&cl->submitted),
+        "accepted", (json_int_t)atomic_load(&cl->accepted), "stored_messages",
+        (json_int_t)atomic_load(&cl->stored_messages), "refused",
         (json_int_t)atomic_load(&cl->refused), "duplicates_stored",
         (json_int_t)atomic_load(&cl->duplicates_stored), "redeliveries", (json_int_t)redeliveries,
         "handoffs", (json_int_t)handoffs, "lease_losses", (json_int_t)losses, "partition_list",

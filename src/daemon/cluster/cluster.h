@@ -73,10 +73,12 @@ typedef struct px_cluster_fence px_cluster_fence_t;
  * it right before running each job, so a paused instance that lost its lease runs nothing. */
 int px_cluster_fence_ok(const px_cluster_fence_t *f);
 
-/* Partition thread: runs the jobs (for jobs of one key, in array order, one at a time) and
- * returns when each has run or been skipped (run = 0: left for the next owner). */
+/* Partition thread: starts the jobs (for jobs of one key, in array order, one at a time, and
+ * after the jobs of every batch started before) and returns; ran(ran_arg) is called, from any
+ * thread, once each job has run or been skipped (run = 0: left for the next owner). The
+ * partition thread fetches the next batch meanwhile, so the workers never wait for NATS. */
 typedef void (*px_cluster_run_cb)(px_cluster_job_t *jobs, size_t n, const px_cluster_fence_t *f,
-                                  void *arg);
+                                  void (*ran)(void *ran_arg), void *ran_arg, void *arg);
 /* Loop thread: the outcome of px_cluster_submit for cookie. */
 typedef void (*px_cluster_accept_cb)(void *cookie, enum px_cluster_status st, const char *why,
                                      void *arg);

@@ -164,6 +164,7 @@ struct px_cluster {
     pthread_mutex_t lease_mu; /* with lease_cv: wakes the lease thread early (stop, release) */
     pthread_cond_t lease_cv;
     natsSubscription *res_sub;       /* lease thread */
+    unsigned ticks;                  /* lease thread: membership rounds so far */
     natsSubscription *old_subs[256]; /* replaced ones, destroyed at the stop */
     unsigned nold;
     int64_t res_since;             /* wall clock (ns) of the first answer subscription */
@@ -172,6 +173,7 @@ struct px_cluster {
     cl_part_t *parts;
     _Atomic uint64_t members_n, submitted, accepted, refused, results_in, duplicates_stored;
     _Atomic uint64_t stored_messages; /* request messages the publishers stored */
+    _Atomic uint64_t targets;         /* lease thread: partitions this instance should hold */
 };
 
 /* records.c: the requests of one stored message, or their answers. */
@@ -215,19 +217,33 @@ typedef struct fmsg {
     size_t first, n;
 } cl_fmsg_t;
 
-/* The jobs of one fetch, and their records (a job's msgid points into its record). */
+/* The jobs of one fetch, and their records (a job's msgid points into its record). Partition
+ * thread only, except running, mu and cv (the runner's completion). */
 typedef struct fbatch {
+    natsMsgList list; /* as fetched: the jobs point into it */
     cl_fmsg_t *msgs;
     px_cluster_job_t *jobs;
     cl_rec_t *recs;
     size_t nmsgs, njobs, cap;
     px_buf_t body;
+    px_cluster_fence_t fence;
+    int reopen;         /* a delivery went missing after these: restart the consumer after them */
+    pthread_mutex_t mu; /* covers running */
+    pthread_cond_t cv;
+    int running;
 } cl_fbatch_t;
 
-/* Partition thread: runs one fetched batch; 0, 1 when the consumer must be started afresh (what
- * was not acknowledged then runs again, in order), or -1 when the lease was lost on the way. */
-int cl_run_batch(struct px_cluster *cl, cl_part_t *p, natsMsgList *list, jsCtx *ajs,
-                 _Atomic unsigned *failed, uint64_t *cseq, cl_fbatch_t *fb);
+/* Partition thread. A batch is prepared from its fetched list, started (the runner works on it
+ * while the thread fetches the next), then settled: waited for, and with answer set its answers
+ * stored and its messages acknowledged. Settle returns 0, 1 when the consumer must be started
+ * afresh (what was not acknowledged then runs again, in order), or -1 when the lease was lost on
+ * the way; it leaves the batch empty for the next fetch. */
+void cl_batch_init(cl_fbatch_t *fb);
+int cl_batch_prepare(struct px_cluster *cl, cl_part_t *p, cl_fbatch_t *fb, uint64_t *cseq);
+void cl_batch_start(struct px_cluster *cl, cl_fbatch_t *fb);
+int cl_batch_settle(struct px_cluster *cl, cl_part_t *p, cl_fbatch_t *fb, jsCtx *ajs,
+                    _Atomic unsigned *failed, int answer);
+void cl_batch_free(cl_fbatch_t *fb);
 
 /* lease.c */
 void *cl_lease_main(void *arg);

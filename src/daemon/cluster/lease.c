@@ -203,17 +203,22 @@ static void try_acquire(struct px_cluster *cl, cl_part_t *p)
     kvEntry_Destroy(e);
 }
 
-static void read_members(struct px_cluster *cl, members_t *m)
+/* 0, or -1 when the list could not be read (a timeout under load): then nothing moves this
+ * tick, since an empty or partial list would move partitions that should stay. */
+static int read_members(struct px_cluster *cl, members_t *m)
 {
     kvKeysList list = {0};
 
     m->names = NULL;
     m->n = 0;
-    if (kvStore_Keys(&list, cl->members, NULL) != NATS_OK)
-        return;
+    if (kvStore_Keys(&list, cl->members, NULL) != NATS_OK) {
+        kvKeysList_Destroy(&list);
+        return -1;
+    }
     m->names = list.Keys; /* taken over: freed by free_members */
     m->n = list.Count;
     atomic_store(&cl->members_n, (uint64_t)list.Count);
+    return 0;
 }
 
 static void free_members(members_t *m)
@@ -253,7 +258,8 @@ static void refresh_backlog(struct px_cluster *cl)
 static void tick(struct px_cluster *cl, int releasing)
 {
     members_t m;
-    int held = 0;
+    int held = 0, known;
+    uint64_t targets = 0;
 
     if (!cl->o.executor) {
         refresh_backlog(cl);
@@ -269,24 +275,33 @@ static void tick(struct px_cluster *cl, int releasing)
     }
     if (!releasing)
         kvStore_PutString(NULL, cl->members, cl->instance, "up");
-    read_members(cl, &m);
+    known = read_members(cl, &m) == 0;
     for (uint32_t i = 0; i < cl->o.partitions; i++) {
         cl_part_t *p = &cl->parts[i];
+        /* Unknown members: what is held stays held, nothing new is taken. */
+        int target = !releasing && (known ? is_target(cl, &m, i) : p->state == PART_OWNED);
 
+        targets += target;
         if (p->th_live && atomic_load(&p->exited))
             reap_part(cl, p);
         if (p->state != PART_FREE) {
             renew(cl, p, px_now_ns());
-            if (p->state == PART_OWNED && (releasing || !is_target(cl, &m, i))) {
+            if (p->state == PART_OWNED && !target) {
                 p->state = PART_RELEASING;
                 atomic_store(&p->stop, 1);
             }
-        } else if (!releasing && is_target(cl, &m, i)) {
+        } else if (target && cl->ticks > 0) {
+            /* Not on the first tick: instances started together then see each other before
+             * taking anything, instead of the first taking every partition and handing most
+             * over again (each move costs a consumer and a wait for the running batch). */
             try_acquire(cl, p);
         }
         held += p->state != PART_FREE;
     }
     free_members(&m);
+    cl->ticks++;
+    if (known)
+        atomic_store(&cl->targets, targets);
     refresh_backlog(cl);
 done:
     if (releasing && held == 0) {

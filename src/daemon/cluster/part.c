@@ -53,6 +53,7 @@ static natsSubscription *open_consumer(struct px_cluster *cl, cl_part_t *p, unsi
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     natsSubscription *sub = NULL;
+    natsStatus s;
     char filter[64];
 
     snprintf(name, namelen, "p%u-e%llu-%u", p->id, (unsigned long long)atomic_load(&p->epoch),
@@ -67,11 +68,12 @@ static natsSubscription *open_consumer(struct px_cluster *cl, cl_part_t *p, unsi
     /* Redelivery to the same holder is never wanted (it would run a message again behind later
      * ones); a holder that dies is replaced by a fresh consumer. So AckWait is long. */
     cc.AckWait = (int64_t)600 * 1000000000;
-    cc.MaxAckPending = cl->o.batch;
+    cc.MaxAckPending = (int)cl->o.batch * 2; /* two batches at a time (cl_part_main) */
     cc.Replicas = cl->o.replicas;
-    if (js_AddConsumer(&ci, cl->js, CL_REQ_STREAM, &cc, NULL, &jerr) != NATS_OK) {
-        px_warn("cluster: partition %u: cannot create consumer %s: %s (error %d)", p->id, name,
-                nats_GetLastError(NULL), (int)jerr);
+    if ((s = js_AddConsumer(&ci, cl->js, CL_REQ_STREAM, &cc, NULL, &jerr)) != NATS_OK) {
+        px_warn("cluster: partition %u: cannot create consumer %s: %s (%s, error %d); trying "
+                "again while the lease holds",
+                p->id, name, natsStatus_GetText(s), nats_GetLastError(NULL), (int)jerr);
         return NULL;
     }
     jsConsumerInfo_Destroy(ci);
@@ -93,10 +95,10 @@ static void on_answer_failed(jsCtx *js, jsPubAckErr *pae, void *closure)
     atomic_fetch_add((_Atomic unsigned *)closure, 1);
 }
 
-/* Whatever is there now, up to batch; or else the first message to come within 250 ms. A plain
- * Fetch of batch waits for the whole batch or the timeout, which costs a lightly loaded
- * partition 250 ms per batch. */
-static natsStatus fetch(natsMsgList *list, natsSubscription *sub, int batch)
+/* Whatever is there now, up to batch; or else, unless now_only, the first message to come
+ * within 250 ms. A plain Fetch of batch waits for the whole batch or the timeout, which costs a
+ * lightly loaded partition 250 ms per batch. */
+static natsStatus fetch(natsMsgList *list, natsSubscription *sub, int batch, int now_only)
 {
     jsFetchRequest fr;
     natsStatus s;
@@ -106,8 +108,8 @@ static natsStatus fetch(natsMsgList *list, natsSubscription *sub, int batch)
     fr.NoWait = true;
     fr.Expires = (int64_t)250 * 1000000;
     s = natsSubscription_FetchRequest(list, sub, &fr);
-    if (s != NATS_NOT_FOUND && s != NATS_TIMEOUT)
-        return s;
+    if ((s != NATS_NOT_FOUND && s != NATS_TIMEOUT) || now_only)
+        return s == NATS_NOT_FOUND ? NATS_TIMEOUT : s;
     jsFetchRequest_Init(&fr);
     fr.Batch = 1;
     fr.Expires = (int64_t)250 * 1000000;
@@ -125,11 +127,13 @@ void *cl_part_main(void *arg)
     uint64_t seen, cseq, active;
     unsigned errors = 0;
     _Atomic unsigned failed = 0;
-    cl_fbatch_t fb = {0};
+    cl_fbatch_t fbs[2], *cur = NULL;
     jsCtx *ajs = NULL;
     jsOptions jo;
     sigset_t all;
 
+    cl_batch_init(&fbs[0]);
+    cl_batch_init(&fbs[1]);
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     snprintf(tname, sizeof tname, "px-cl-p%u", p->id);
@@ -152,18 +156,36 @@ reopen:
     seen = atomic_load(&cl->reconnects);
     cseq = 0;
     active = px_now_ns();
-    if (!(sub = open_consumer(cl, p, attempt++, name, sizeof name))) {
-        atomic_store(&p->lost, 1);
-        goto out;
+    /* Creating an R3 consumer can time out under load: try again while the lease holds (a
+     * partition given up waits a whole lease before anyone takes it). */
+    while (!(sub = open_consumer(cl, p, attempt++, name, sizeof name))) {
+        px_cluster_fence_t f = {.p = p, .epoch = atomic_load(&p->epoch)};
+        struct timespec ts = {0, 200 * 1000000};
+
+        if (atomic_load(&p->stop) || atomic_load(&cl->stopping) || !px_cluster_fence_ok(&f)) {
+            atomic_store(&p->lost, 1);
+            goto out;
+        }
+        nanosleep(&ts, NULL);
     }
     px_notice("cluster: partition %u held with epoch %llu (consumer %s)", p->id,
               (unsigned long long)atomic_load(&p->epoch), name);
-    while (!atomic_load(&p->stop) && !atomic_load(&cl->stopping)) {
-        natsMsgList list = {0};
+    /* Two batches at a time: while one runs on the workers, the previous one's answers are
+     * stored and acknowledged and the next one is fetched, so the workers do not wait for NATS.
+     * The runner starts a batch's jobs after the previous batch's, which keeps per-key order. */
+    for (;;) {
         px_cluster_fence_t fence = {.p = p, .epoch = atomic_load(&p->epoch)};
+        cl_fbatch_t *nb = cur ? (cur == &fbs[0] ? &fbs[1] : &fbs[0]) : &fbs[0];
         natsStatus s;
         int rc;
 
+        if (atomic_load(&p->stop) || atomic_load(&cl->stopping)) {
+            rc = cur ? cl_batch_settle(cl, p, cur, ajs, &failed, 1) : 0;
+            cur = NULL;
+            if (rc < 0)
+                atomic_store(&p->lost, 1);
+            break;
+        }
         if (!px_cluster_fence_ok(&fence)) {
             px_warn("cluster: partition %u: lease lost (epoch %llu); stopping without running or "
                     "acknowledging anything more",
@@ -175,48 +197,85 @@ reopen:
             /* Deliveries in flight on the old connection are lost, and the consumer counts them
              * as handed out: only a fresh consumer hands them out again (in order). */
             px_info("cluster: partition %u: reconnected to NATS; restarting the consumer", p->id);
+            rc = cur ? cl_batch_settle(cl, p, cur, ajs, &failed, 1) : 0;
+            cur = NULL;
+            if (rc < 0) {
+                atomic_store(&p->lost, 1);
+                break;
+            }
             goto reopen;
         }
-        s = fetch(&list, sub, (int)cl->o.batch);
-        if (s == NATS_TIMEOUT) {
-            /* Nothing to fetch while the stream holds requests of this partition: the consumer
-             * has passed them (a server that lost track of them while recovering). A fresh
-             * consumer starts at the first one. */
-            if (atomic_load(&p->backlog) > 0 &&
-                px_now_ns() - active > cl->o.lease_ttl_ms * PX_MS / 2 + 1000 * PX_MS) {
+        s = fetch(&nb->list, sub, (int)cl->o.batch, cur != NULL);
+        if (s == NATS_OK) {
+            active = px_now_ns();
+            errors = 0;
+            if (cl_batch_prepare(cl, p, nb, &cseq)) {
+                cl_batch_settle(cl, p, nb, ajs, &failed, 0);
+                rc = cur ? cl_batch_settle(cl, p, cur, ajs, &failed, 1) : 0;
+                cur = NULL;
+                if (rc < 0) {
+                    atomic_store(&p->lost, 1);
+                    break;
+                }
+                goto reopen;
+            }
+            cl_batch_start(cl, nb);
+        } else {
+            nb = NULL;
+            if (s != NATS_TIMEOUT) {
+                if (strcasestr(nats_GetLastError(NULL), "consumer")) {
+                    px_warn("cluster: partition %u: consumer %s is gone (%s); giving the "
+                            "partition up",
+                            p->id, name, nats_GetLastError(NULL));
+                    if (cur)
+                        cl_batch_settle(cl, p, cur, ajs, &failed, 0);
+                    cur = NULL;
+                    atomic_store(&p->lost, 1);
+                    break;
+                }
+                if (!errors++)
+                    px_warn("cluster: partition %u: fetch failed: %s (status %d); retrying", p->id,
+                            nats_GetLastError(NULL), (int)s);
+                if (!cur) {
+                    struct timespec ts = {0, 100 * 1000000}; /* not connected: retry shortly */
+                    nanosleep(&ts, NULL);
+                }
+            } else if (!cur && atomic_load(&p->backlog) > 0 &&
+                       px_now_ns() - active > cl->o.lease_ttl_ms * PX_MS / 2 + 1000 * PX_MS) {
+                /* Nothing to fetch while the stream holds requests of this partition: the
+                 * consumer has passed them (a server that lost track of them while
+                 * recovering). A fresh consumer starts at the first one. */
                 px_warn("cluster: partition %u: %llu requests stored but none delivered; "
                         "restarting the consumer",
                         p->id, (unsigned long long)atomic_load(&p->backlog));
                 goto reopen;
             }
-            continue;
         }
-        active = px_now_ns();
-        if (s == NATS_OK)
-            errors = 0;
-        if (s != NATS_OK) {
-            if (strcasestr(nats_GetLastError(NULL), "consumer")) {
-                px_warn("cluster: partition %u: consumer %s is gone (%s); giving the "
-                        "partition up",
-                        p->id, name, nats_GetLastError(NULL));
+        if (cur) {
+            rc = cl_batch_settle(cl, p, cur, ajs, &failed, 1);
+            cur = NULL;
+            if (rc) {
+                /* What the next batch ran stays unacknowledged: the fresh consumer hands it
+                 * out again, after what this one did not finish. */
+                if (nb)
+                    cl_batch_settle(cl, p, nb, ajs, &failed, 0);
+                if (rc < 0) {
+                    atomic_store(&p->lost, 1);
+                    break;
+                }
+                goto reopen;
+            }
+        }
+        cur = nb;
+        if (cur && cur->reopen) {
+            rc = cl_batch_settle(cl, p, cur, ajs, &failed, 1);
+            cur = NULL;
+            if (rc < 0) {
                 atomic_store(&p->lost, 1);
                 break;
             }
-            if (!errors++)
-                px_warn("cluster: partition %u: fetch failed: %s (status %d); retrying", p->id,
-                        nats_GetLastError(NULL), (int)s);
-            struct timespec ts = {0, 100 * 1000000}; /* not connected: retry shortly */
-            nanosleep(&ts, NULL);
-            continue;
-        }
-        rc = cl_run_batch(cl, p, &list, ajs, &failed, &cseq, &fb);
-        natsMsgList_Destroy(&list);
-        if (rc < 0) {
-            atomic_store(&p->lost, 1);
-            break;
-        }
-        if (rc > 0)
             goto reopen;
+        }
     }
     /* A graceful stop deletes the consumer: everything it handed out was acknowledged. */
     if (!atomic_load(&p->lost)) {
@@ -228,9 +287,8 @@ out:
         natsSubscription_Destroy(sub);
     if (ajs)
         jsCtx_Destroy(ajs);
-    free(fb.jobs);
-    free(fb.recs);
-    px_buf_free(&fb.body);
+    cl_batch_free(&fbs[0]);
+    cl_batch_free(&fbs[1]);
     atomic_store(&p->exited, 1);
     pthread_mutex_lock(&cl->lease_mu);
     pthread_cond_signal(&cl->lease_cv);
