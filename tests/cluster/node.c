@@ -27,6 +27,7 @@ static uv_timer_t timer;
 static uint32_t nkeys = 16, window = 32;
 static uint64_t *key_seq;
 static uint64_t total, sent, inflight, accepted, refused, answered, end_ns;
+static json_t *answered_ids; /* load mode: message ids answered so far */
 static char tag[32];
 
 struct sub {
@@ -141,6 +142,11 @@ static void on_result(const char *msgid, const char *text, size_t len, void *arg
                      (int)len, text);
 
     put(acc_fd, line, (size_t)n);
+    /* A re-run answers again: count each request once, or the run would end with requests
+     * still unanswered. */
+    if (json_object_get(answered_ids, msgid))
+        return;
+    json_object_set_new(answered_ids, msgid, json_true());
     answered++;
     if (inflight)
         inflight--;
@@ -292,6 +298,7 @@ int main(int argc, char **argv)
     uv_signal_start(&sigterm, on_sigterm, SIGTERM);
     uv_timer_init(loop, &timer);
     if (load) {
+        answered_ids = json_object();
         if (seconds > 0)
             end_ns = px_now_ns() + (uint64_t)(seconds * 1e9);
         submit_more();
