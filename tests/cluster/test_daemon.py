@@ -87,12 +87,26 @@ class Cluster:
         pxharness.wait_for(ok, timeout, "partitions spread over " + names, interval=0.1)
 
     def close(self):
-        for d in self.d.values():
+        """Stops every instance (SIGTERM, then SIGKILL after 30 s) and NATS; fails on a
+        sanitizer report from any instance (scripts/test runs this suite under ThreadSanitizer
+        and AddressSanitizer too)."""
+        reports = []
+        for name, d in self.d.items():
             if d.proc.poll() is None:
-                d.proc.kill()
-                d.proc.wait()
+                d.proc.send_signal(signal.SIGCONT)  # a paused one
+                d.proc.send_signal(signal.SIGTERM)
+                try:
+                    d.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    d.proc.kill()
+                    d.proc.wait()
+            d.reader.join(5)
+            text = d.stderr_text()
+            if "Sanitizer" in text or "runtime error:" in text:
+                reports.append("%s:\n%s" % (name, text[text.find("=="):][:4000]))
             d._cleanup()
         self.nats.close()
+        assert not reports, "sanitizer reports:\n" + "\n".join(reports)
 
 
 class Load:

@@ -136,6 +136,13 @@ def scenario(fn):
     passed = False
     try:
         fn(r)
+        # A sanitizer build (scripts/test runs this under ThreadSanitizer) reports in the logs.
+        for f in os.listdir(r.dir):
+            if f.endswith(".log"):
+                with open(os.path.join(r.dir, f), errors="replace") as lf:
+                    text = lf.read()
+                assert "Sanitizer" not in text and "runtime error:" not in text, (
+                    "%s: a sanitizer report in %s" % (fn.__name__, f))
         passed = True
     except BaseException:
         print("scenario %s failed; logs in %s" % (fn.__name__, r.dir))

@@ -214,7 +214,17 @@ void px_cluster_stop(px_cluster_t *cl)
     if (cl->ljs)
         jsCtx_Destroy(cl->ljs);
     if (cl->nc) {
+        /* Its callbacks (disconnected, closed) run on nats.c's own thread, also after Close
+         * returns: wait for the last one before cl goes (bounded: a stuck library is not worth
+         * a hung stop). */
+        struct timespec ts = px_deadline_after(CLOCK_REALTIME, 5000 * PX_MS);
+
         natsConnection_Close(cl->nc);
+        pthread_mutex_lock(&cl->lease_mu);
+        while (!cl->nats_closed &&
+               pthread_cond_timedwait(&cl->lease_cv, &cl->lease_mu, &ts) != ETIMEDOUT)
+            ;
+        pthread_mutex_unlock(&cl->lease_mu);
         natsConnection_Destroy(cl->nc);
     }
     while ((p = cl->done)) {

@@ -35,6 +35,17 @@ static void on_reconnected(natsConnection *nc, void *arg)
     px_notice("cluster: reconnected to NATS");
 }
 
+/* nats.c's callback thread, last of all for the connection: px_cluster_stop may free cl. */
+static void on_closed(natsConnection *nc, void *arg)
+{
+    struct px_cluster *cl = arg;
+
+    pthread_mutex_lock(&cl->lease_mu);
+    cl->nats_closed = 1;
+    pthread_cond_broadcast(&cl->lease_cv);
+    pthread_mutex_unlock(&cl->lease_mu);
+}
+
 static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *arg)
 {
     struct px_cluster *cl = arg;
@@ -149,6 +160,8 @@ int cl_connect(struct px_cluster *cl, char *err, size_t errlen)
             s = natsOptions_SetReconnectedCB(no, on_reconnected, cl);
         if (s == NATS_OK)
             s = natsOptions_SetErrorHandler(no, on_async_error, cl);
+        if (s == NATS_OK)
+            s = natsOptions_SetClosedCB(no, on_closed, cl);
         if (s == NATS_OK)
             s = natsConnection_Connect(&cl->nc, no);
         natsOptions_Destroy(no);

@@ -162,6 +162,7 @@ struct px_cluster {
 
     pthread_t lease_th;
     pthread_mutex_t lease_mu; /* with lease_cv: wakes the lease thread early (stop, release) */
+    int nats_closed;          /* under lease_mu: nats.c's last callback for nc has run */
     pthread_cond_t lease_cv;
     natsSubscription *res_sub;       /* lease thread */
     unsigned ticks;                  /* lease thread: membership rounds so far */
