@@ -3,6 +3,7 @@
 #include "daemon/cluster/internal.h"
 
 #include "common/clock.h"
+#include "common/clusterdefs.h"
 #include "common/log.h"
 
 #include <errno.h>
@@ -15,14 +16,14 @@
 void px_cluster_opts_defaults(px_cluster_opts_t *o)
 {
     memset(o, 0, sizeof *o);
-    o->partitions = 64;
-    o->lease_ttl_ms = 10000;
-    o->max_backlog = 100000;
-    o->replicas = 3;
-    o->publish_timeout_ms = 5000;
-    o->batch = 64;
+    o->partitions = PX_CLUSTER_DEF_PARTITIONS;
+    o->lease_ttl_ms = PX_CLUSTER_DEF_LEASE_TTL_MS;
+    o->max_backlog = PX_CLUSTER_DEF_MAX_BACKLOG;
+    o->replicas = PX_CLUSTER_DEF_REPLICAS;
+    o->publish_timeout_ms = PX_CLUSTER_DEF_PUBLISH_TIMEOUT_MS;
+    o->batch = PX_CLUSTER_DEF_BATCH;
     o->publishers = 16;
-    o->result_ttl_ms = 600000;
+    o->result_ttl_ms = PX_CLUSTER_DEF_RESULT_TTL_MS;
     o->executor = 1;
 }
 

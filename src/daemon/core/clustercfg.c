@@ -2,6 +2,8 @@
  * host name, with every character NATS subjects and bucket keys cannot carry made a '-'. */
 #include "daemon/core/clustercfg.h"
 
+#include "common/clusterdefs.h"
+
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -33,13 +35,13 @@ static int name_char(char ch)
 void px_cluster_cfg_defaults(px_cluster_cfg_t *c)
 {
     memset(c, 0, sizeof *c);
-    c->partitions = 64;
-    c->lease_ttl_ms = 10000;
-    c->max_backlog_per_partition = 100000;
-    c->replicas = 3;
-    c->publish_timeout_ms = 5000;
-    c->result_ttl_ms = 600000;
-    c->batch = 64;
+    c->partitions = PX_CLUSTER_DEF_PARTITIONS;
+    c->lease_ttl_ms = PX_CLUSTER_DEF_LEASE_TTL_MS;
+    c->max_backlog_per_partition = PX_CLUSTER_DEF_MAX_BACKLOG;
+    c->replicas = PX_CLUSTER_DEF_REPLICAS;
+    c->publish_timeout_ms = PX_CLUSTER_DEF_PUBLISH_TIMEOUT_MS;
+    c->result_ttl_ms = PX_CLUSTER_DEF_RESULT_TTL_MS;
+    c->batch = PX_CLUSTER_DEF_BATCH;
     if (gethostname(c->instance, sizeof c->instance - 1) != 0 || !c->instance[0])
         snprintf(c->instance, sizeof c->instance, "parexd");
     for (char *p = c->instance; *p; p++)
