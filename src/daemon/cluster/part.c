@@ -277,6 +277,10 @@ reopen:
             goto reopen;
         }
     }
+    /* A batch left by a lost lease: wait for its run (the runner skips its jobs: they point
+     * into it), answer and acknowledge nothing. */
+    if (cur)
+        cl_batch_settle(cl, p, cur, ajs, &failed, 0);
     /* A graceful stop deletes the consumer: everything it handed out was acknowledged. */
     if (!atomic_load(&p->lost)) {
         jsErrCode jerr = 0;
