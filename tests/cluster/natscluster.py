@@ -51,13 +51,28 @@ def wait_for(cond, timeout, what):
 
 class NatsCluster:
     def __init__(self, n=3, binary="nats-server", max_payload=None):
-        self.dir = tempfile.mkdtemp(prefix="px-nats-")
         self.n = n
         self.binary = shutil.which(binary) or "/usr/sbin/nats-server"
+        # The ports are picked free, then bound by nats-server: another process may take one in
+        # between (an outgoing connection's ephemeral port). A node that exits at start-up gets
+        # the whole cluster set up again on new ports, twice at most.
+        for attempt in range(3):
+            self.dir = tempfile.mkdtemp(prefix="px-nats-")
+            self.procs = [None] * n
+            try:
+                self._setup(max_payload)
+                return
+            except BaseException:
+                died = any(p and p.poll() is not None for p in self.procs)
+                self.close()
+                if not died or attempt == 2:
+                    raise
+
+    def _setup(self, max_payload):
+        n = self.n
         self.client = [free_port() for _ in range(n)]
         self.route = [free_port() for _ in range(n)]
         self.http = [free_port() for _ in range(n)]
-        self.procs = [None] * n
         routes = ", ".join("nats-route://127.0.0.1:%d" % p for p in self.route)
         for i in range(n):
             conf = (
@@ -71,13 +86,9 @@ class NatsCluster:
                     self.route[i], routes)
             with open(self.conf(i), "w") as f:
                 f.write(conf)
-        try:
-            for i in range(n):
-                self.start(i)
-            self.wait_ready()
-        except BaseException:
-            self.close()
-            raise
+        for i in range(n):
+            self.start(i)
+        self.wait_ready()
 
     def conf(self, i):
         return os.path.join(self.dir, "n%d.conf" % (i + 1))
@@ -102,7 +113,11 @@ class NatsCluster:
     def wait_ready(self, nodes=None, timeout=30):
         nodes = range(self.n) if nodes is None else nodes
         for i in nodes:
-            wait_for(lambda: self.healthy(i), timeout, "nats-server n%d to be healthy" % (i + 1))
+            def ok():
+                assert self.procs[i].poll() is None, "nats-server n%d exited (exit %s); see %s" % (
+                    i + 1, self.procs[i].returncode, self.dir)
+                return self.healthy(i)
+            wait_for(ok, timeout, "nats-server n%d to be healthy" % (i + 1))
 
     def kill(self, i, sig=signal.SIGKILL):
         p = self.procs[i]

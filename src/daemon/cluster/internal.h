@@ -166,6 +166,8 @@ struct px_cluster {
     pthread_cond_t lease_cv;
     natsSubscription *res_sub;       /* lease thread */
     unsigned ticks;                  /* lease thread: membership rounds so far */
+    int left;                        /* lease thread: the member key is deleted (leaving) */
+    _Atomic int lease_wake;          /* the watcher saw a lease freed: tick now */
     natsSubscription *old_subs[256]; /* replaced ones, destroyed at the stop */
     unsigned nold;
     int64_t res_since;             /* wall clock (ns) of the first answer subscription */

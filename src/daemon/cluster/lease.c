@@ -275,6 +275,12 @@ static void tick(struct px_cluster *cl, int releasing)
     }
     if (!releasing)
         kvStore_PutString(NULL, cl->members, cl->instance, "up");
+    else if (!cl->left) {
+        /* Leaving: the others count without this instance from now on, so each partition it
+         * hands over already has its next owner waiting for it. */
+        kvStore_Delete(cl->members, cl->instance);
+        cl->left = 1;
+    }
     known = read_members(cl, &m) == 0;
     for (uint32_t i = 0; i < cl->o.partitions; i++) {
         cl_part_t *p = &cl->parts[i];
@@ -314,11 +320,50 @@ done:
     }
 }
 
+/* Watcher thread: a lease marked free (a hand-over) or deleted wakes the lease thread, so a
+ * partition handed over is taken at once rather than at the next tick. */
+static void *watch_main(void *arg)
+{
+    struct px_cluster *cl = arg;
+    kvWatcher *w = NULL;
+    kvWatchOptions o;
+    sigset_t all;
+
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    pthread_setname_np(pthread_self(), "px-cl-watch");
+    kvWatchOptions_Init(&o);
+    o.IgnoreDeletes = false;
+    while (!atomic_load(&cl->stopping) && kvStore_WatchAll(&w, cl->leases, &o) != NATS_OK) {
+        struct timespec ts = {1, 0}; /* not reachable now: the ticks still take partitions */
+        nanosleep(&ts, NULL);
+    }
+    while (w && !atomic_load(&cl->stopping)) {
+        kvEntry *e = NULL;
+        const char *v;
+
+        if (kvWatcher_Next(&e, w, 500) != NATS_OK || !e)
+            continue;
+        v = kvEntry_ValueString(e);
+        if (kvEntry_Operation(e) != kvOp_Put || (v && strncmp(v, "free ", 5) == 0)) {
+            atomic_store(&cl->lease_wake, 1);
+            pthread_mutex_lock(&cl->lease_mu);
+            pthread_cond_signal(&cl->lease_cv);
+            pthread_mutex_unlock(&cl->lease_mu);
+        }
+        kvEntry_Destroy(e);
+    }
+    if (w)
+        kvWatcher_Destroy(w);
+    return NULL;
+}
+
 void *cl_lease_main(void *arg)
 {
     struct px_cluster *cl = arg;
     uint64_t every = cl->o.lease_ttl_ms * PX_MS / 4, next = 0;
-    int released = 0;
+    int released = 0, watching = 0;
+    pthread_t watch_th;
     char err[256];
     sigset_t all;
 
@@ -338,6 +383,8 @@ void *cl_lease_main(void *arg)
         atomic_store(&cl->ready, 1);
         px_notice("cluster: instance %s connected to NATS; %u partitions, lease_ttl_ms %llu",
                   cl->instance, cl->o.partitions, (unsigned long long)cl->o.lease_ttl_ms);
+        if (cl->o.executor && pthread_create(&watch_th, NULL, watch_main, cl) == 0)
+            watching = 1;
     }
     while (!atomic_load(&cl->stopping)) {
         uint64_t now = px_now_ns();
@@ -352,7 +399,7 @@ void *cl_lease_main(void *arg)
             }
         }
 
-        if (now >= next || releasing) {
+        if (now >= next || releasing || atomic_exchange(&cl->lease_wake, 0)) {
             if (!released)
                 tick(cl, releasing);
             next = now + every;
@@ -380,5 +427,7 @@ void *cl_lease_main(void *arg)
             p->th_live = 0;
         }
     }
+    if (watching)
+        pthread_join(watch_th, NULL);
     return NULL;
 }
