@@ -75,9 +75,13 @@ class Cluster:
         return {p["partition"] for p in s["partition_list"] if p["held"]}
 
     def wait_spread(self, names, timeout=30):
-        """Every partition held by exactly one of names (their /stats agree)."""
+        """Every partition held by exactly one of names (their /stats agree), each instance
+        holding what it should (owned = target) with every consumer ready (serving)."""
         def ok():
-            if any(self.d[n].stats()["cluster"]["members"] != len(names) for n in names):
+            st = [self.d[n].stats()["cluster"] for n in names]
+            if any(c["members"] != len(names) for c in st):
+                return False
+            if any(not (c["owned"] == c["target"] == c["serving"]) for c in st):
                 return False
             sets = [self.held(n) for n in names]
             # With 3 instances and 8 partitions each one's share is never empty (rendezvous

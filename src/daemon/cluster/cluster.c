@@ -256,13 +256,14 @@ int px_cluster_connected(px_cluster_t *cl)
 json_t *px_cluster_report(px_cluster_t *cl)
 {
     json_t *parts = json_array(), *o;
-    uint64_t owned = 0, redeliveries = 0, handoffs = 0, losses = 0;
+    uint64_t owned = 0, serving = 0, redeliveries = 0, handoffs = 0, losses = 0;
 
     for (uint32_t i = 0; i < cl->o.partitions; i++) {
         cl_part_t *p = &cl->parts[i];
         int held = atomic_load(&p->deadline_ns) > px_now_ns();
 
         owned += held;
+        serving += held && atomic_load(&p->serving);
         redeliveries += atomic_load(&p->redeliveries);
         handoffs += atomic_load(&p->handoffs);
         losses += atomic_load(&p->losses);
@@ -273,12 +274,12 @@ json_t *px_cluster_report(px_cluster_t *cl)
                                                "runs", (json_int_t)atomic_load(&p->runs)));
     }
     o = json_pack(
-        "{ss sb sI sI sI sI sI sI sI sI sI sI sI sI so}", "instance", cl->instance, "connected",
+        "{ss sb sI sI sI sI sI sI sI sI sI sI sI sI sI so}", "instance", cl->instance, "connected",
         px_cluster_connected(cl), "members", (json_int_t)atomic_load(&cl->members_n), "partitions",
-        (json_int_t)cl->o.partitions, "owned", (json_int_t)owned, "target",
-        (json_int_t)atomic_load(&cl->targets), "submitted", (json_int_t)atomic_load(&cl->submitted),
-        "accepted", (json_int_t)atomic_load(&cl->accepted), "stored_messages",
-        (json_int_t)atomic_load(&cl->stored_messages), "refused",
+        (json_int_t)cl->o.partitions, "owned", (json_int_t)owned, "serving", (json_int_t)serving,
+        "target", (json_int_t)atomic_load(&cl->targets), "submitted",
+        (json_int_t)atomic_load(&cl->submitted), "accepted", (json_int_t)atomic_load(&cl->accepted),
+        "stored_messages", (json_int_t)atomic_load(&cl->stored_messages), "refused",
         (json_int_t)atomic_load(&cl->refused), "duplicates_stored",
         (json_int_t)atomic_load(&cl->duplicates_stored), "redeliveries", (json_int_t)redeliveries,
         "handoffs", (json_int_t)handoffs, "lease_losses", (json_int_t)losses, "partition_list",

@@ -47,6 +47,7 @@ typedef struct cl_part {
     _Atomic int stop;             /* finish the running batch, then exit */
     _Atomic int exited;           /* the partition thread is done (lease thread joins it) */
     _Atomic int lost;             /* the thread found its consumer gone or its fence down */
+    _Atomic int serving;          /* partition thread: its consumer is bound */
     _Atomic uint64_t done_seq;    /* partition thread: last acknowledged batch's highest */
     _Atomic uint64_t last_lo;     /* and lowest stream sequence */
     /* Counters, any reader. */

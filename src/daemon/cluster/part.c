@@ -70,7 +70,10 @@ static natsSubscription *open_consumer(struct px_cluster *cl, cl_part_t *p, unsi
     cc.AckWait = (int64_t)600 * 1000000000;
     cc.MaxAckPending = (int)cl->o.batch * 2; /* two batches at a time (cl_part_main) */
     cc.Replicas = cl->o.replicas;
-    if ((s = js_AddConsumer(&ci, cl->js, CL_REQ_STREAM, &cc, NULL, &jerr)) != NATS_OK) {
+    if ((s = js_AddConsumer(&ci, cl->js, CL_REQ_STREAM, &cc, NULL, &jerr)) == NATS_TIMEOUT &&
+        js_GetConsumerInfo(&ci, cl->js, CL_REQ_STREAM, name, NULL, &jerr) == NATS_OK)
+        s = NATS_OK; /* created after all, only slowly (a busy meta leader): use it */
+    if (s != NATS_OK) {
         px_warn("cluster: partition %u: cannot create consumer %s: %s (%s, error %d); trying "
                 "again while the lease holds",
                 p->id, name, natsStatus_GetText(s), nats_GetLastError(NULL), (int)jerr);
@@ -149,6 +152,7 @@ void *cl_part_main(void *arg)
         goto out;
     }
 reopen:
+    atomic_store(&p->serving, 0);
     if (sub) {
         natsSubscription_Destroy(sub);
         sub = NULL;
@@ -158,7 +162,9 @@ reopen:
     active = px_now_ns();
     /* Creating an R3 consumer can time out under load: try again while the lease holds (a
      * partition given up waits a whole lease before anyone takes it). */
-    while (!(sub = open_consumer(cl, p, attempt++, name, sizeof name))) {
+    /* The same name on every try: creating a consumer that exists with the same configuration
+     * succeeds, so a try that timed out but went through is not made twice. */
+    while (!(sub = open_consumer(cl, p, attempt, name, sizeof name))) {
         px_cluster_fence_t f = {.p = p, .epoch = atomic_load(&p->epoch)};
         struct timespec ts = {0, 200 * 1000000};
 
@@ -168,6 +174,8 @@ reopen:
         }
         nanosleep(&ts, NULL);
     }
+    attempt++; /* a restart after this one needs a fresh consumer */
+    atomic_store(&p->serving, 1);
     px_notice("cluster: partition %u held with epoch %llu (consumer %s)", p->id,
               (unsigned long long)atomic_load(&p->epoch), name);
     /* Two batches at a time: while one runs on the workers, the previous one's answers are
@@ -293,6 +301,7 @@ out:
         jsCtx_Destroy(ajs);
     cl_batch_free(&fbs[0]);
     cl_batch_free(&fbs[1]);
+    atomic_store(&p->serving, 0);
     atomic_store(&p->exited, 1);
     pthread_mutex_lock(&cl->lease_mu);
     pthread_cond_signal(&cl->lease_cv);
