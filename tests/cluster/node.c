@@ -27,7 +27,20 @@ static uv_timer_t timer;
 static uint32_t nkeys = 16, window = 32;
 static uint64_t *key_seq;
 static uint64_t total, sent, inflight, accepted, refused, answered, end_ns;
-static json_t *answered_ids; /* load mode: message ids answered so far */
+/* Load mode: per message id, ID_ACCEPTED, ID_REFUSED and ID_ANSWERED as they happen (an answer
+ * can come before the outcome of its submit, or after a refusal that was only uncertain). */
+static json_t *ids;
+static uint64_t answered_accepted; /* accepted requests answered: the run ends at all of them */
+enum { ID_ACCEPTED = 1, ID_REFUSED = 2, ID_ANSWERED = 4 };
+
+static int id_mark(const char *msgid, int bit)
+{
+    json_t *v = json_object_get(ids, msgid);
+    int was = v ? (int)json_integer_value(v) : 0;
+
+    json_object_set_new(ids, msgid, json_integer(was | bit));
+    return was;
+}
 static char tag[32];
 
 struct sub {
@@ -117,14 +130,20 @@ static void on_accepted(void *cookie, enum px_cluster_status st, const char *why
     char line[512];
     int n;
 
+    const char *msgid = strrchr(rec->text, ' ') + 1; /* "key seq msgid" */
+    int was = id_mark(msgid, st == PX_CL_ACCEPTED ? ID_ACCEPTED : ID_REFUSED);
+
     if (st == PX_CL_ACCEPTED) {
         accepted++;
+        if (was & ID_ANSWERED)
+            answered_accepted++;
         n = snprintf(line, sizeof line, "A %llu %s %llu\n", (unsigned long long)now, rec->text,
                      (unsigned long long)rec->t);
     } else {
         /* The time it took to say no, for the bound on "unavailable". */
         refused++;
-        inflight--;
+        if (!(was & ID_ANSWERED))
+            inflight--;
         n = snprintf(line, sizeof line, "R %llu %s %d %llu %s\n", (unsigned long long)now,
                      rec->text, (int)st, (unsigned long long)((now - rec->t) / PX_MS), why);
     }
@@ -144,11 +163,14 @@ static void on_result(const char *msgid, const char *text, size_t len, void *arg
     put(acc_fd, line, (size_t)n);
     /* A re-run answers again: count each request once, or the run would end with requests
      * still unanswered. */
-    if (json_object_get(answered_ids, msgid))
+    int was = id_mark(msgid, ID_ANSWERED);
+
+    if (was & ID_ANSWERED)
         return;
-    json_object_set_new(answered_ids, msgid, json_true());
     answered++;
-    if (inflight)
+    if (was & ID_ACCEPTED)
+        answered_accepted++;
+    if (!(was & ID_REFUSED) && inflight)
         inflight--;
     submit_more();
 }
@@ -183,7 +205,7 @@ static void on_timer(uv_timer_t *t)
     }
     if (!done_at)
         done_at = now;
-    if ((inflight == 0 && answered >= accepted) || now - done_at > grace_ns) {
+    if ((inflight == 0 && answered_accepted >= accepted) || now - done_at > grace_ns) {
         printf("{\"sent\":%llu,\"accepted\":%llu,\"refused\":%llu,\"answered\":%llu}\n",
                (unsigned long long)sent, (unsigned long long)accepted, (unsigned long long)refused,
                (unsigned long long)answered);
@@ -298,7 +320,7 @@ int main(int argc, char **argv)
     uv_signal_start(&sigterm, on_sigterm, SIGTERM);
     uv_timer_init(loop, &timer);
     if (load) {
-        answered_ids = json_object();
+        ids = json_object();
         if (seconds > 0)
             end_ns = px_now_ns() + (uint64_t)(seconds * 1e9);
         submit_more();
