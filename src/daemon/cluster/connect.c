@@ -92,8 +92,8 @@ static int open_bucket(struct px_cluster *cl, const char *name, kvStore **kv, ch
     return -1;
 }
 
-/* This instance's answers, through an ordered consumer (ephemeral, on one server) from the
- * sequence after the last answer seen. nats.c recreates it after a gap, but not when its server
+/* This instance's answers, through an ordered consumer (ephemeral, on one server) from a little
+ * before the last answer seen. nats.c recreates it after a gap, but not when its server
  * dies (the heartbeats stop): then the lease thread calls this again (res_broken). */
 int cl_follow_results(struct px_cluster *cl, char *err, size_t errlen)
 {
@@ -101,18 +101,17 @@ int cl_follow_results(struct px_cluster *cl, char *err, size_t errlen)
     jsSubOptions so;
     jsErrCode jerr = 0;
     char subj[128];
-    uint64_t last = atomic_load(&cl->res_last_seq);
+    int64_t last = atomic_load(&cl->res_last_ts);
 
     jsSubOptions_Init(&so);
     so.Ordered = true;
     so.Config.Heartbeat = (int64_t)1000000000; /* a dead server is noticed in about 2 s */
-    if (last) {
-        so.Config.DeliverPolicy = js_DeliverByStartSequence;
-        so.Config.OptStartSeq = last + 1;
-    } else {
-        so.Config.DeliverPolicy = js_DeliverByStartTime;
-        so.Config.OptStartTime = cl->res_since;
-    }
+    /* From a little before the last answer seen, by its store time, not its sequence: after a
+     * quorum loss nats-server 2.9.10 was seen to lose stored messages and hand their
+     * sequences out again, and a consumer starting after the last sequence seen then waited
+     * for ever. What is seen twice is ignored (the caller drops answers it has given). */
+    so.Config.DeliverPolicy = js_DeliverByStartTime;
+    so.Config.OptStartTime = last ? last - (int64_t)2000000000 : cl->res_since;
     snprintf(subj, sizeof subj, CL_RES_SUBJ "%s.>", cl->instance);
     if (js_Subscribe(&sub, cl->js, subj, cl_on_result, cl, NULL, &so, &jerr) != NATS_OK) {
         snprintf(err, errlen, "cannot follow %s: %s", subj, nats_GetLastError(NULL));

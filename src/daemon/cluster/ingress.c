@@ -51,8 +51,8 @@ void cl_on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void 
     int rc, was_empty;
 
     if (natsMsg_GetMetaData(&md, msg) == NATS_OK) {
-        if (md->Sequence.Stream > atomic_load(&cl->res_last_seq))
-            atomic_store(&cl->res_last_seq, md->Sequence.Stream);
+        if (md->Timestamp > atomic_load(&cl->res_last_ts))
+            atomic_store(&cl->res_last_ts, md->Timestamp);
         jsMsgMetaData_Destroy(md);
     }
     while ((rc = cl_rec_next(&pos, end, &rec)) > 0) {

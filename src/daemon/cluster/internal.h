@@ -171,9 +171,9 @@ struct px_cluster {
     _Atomic int lease_wake;          /* the watcher saw a lease freed: tick now */
     natsSubscription *old_subs[256]; /* replaced ones, destroyed at the stop */
     unsigned nold;
-    int64_t res_since;             /* wall clock (ns) of the first answer subscription */
-    _Atomic uint64_t res_last_seq; /* nats.c's thread: the last answer's stream sequence */
-    _Atomic int res_broken;        /* follow the answers again (the lease thread does) */
+    int64_t res_since;           /* wall clock (ns) of the first answer subscription */
+    _Atomic int64_t res_last_ts; /* nats.c's thread: the last answer's store time (ns) */
+    _Atomic int res_broken;      /* follow the answers again (the lease thread does) */
     cl_part_t *parts;
     _Atomic uint64_t members_n, submitted, accepted, refused, results_in, duplicates_stored;
     _Atomic uint64_t stored_messages; /* request messages the publishers stored */
