@@ -20,6 +20,20 @@ int px_cluster_fence_ok(const px_cluster_fence_t *f)
            !atomic_load(&p->lost);
 }
 
+/* The subject the answers of request message req (id msgid) are stored under: the accepting
+ * instance's, then the id. 0 when req names no accepting instance. */
+static int answers_subject(natsMsg *req, const char *msgid, char *subj, size_t len)
+{
+    const char *reply = NULL;
+    char hex[420];
+
+    if (natsMsgHeader_Get(req, CL_HDR_REPLY, &reply) != NATS_OK || !reply)
+        return 0;
+    cl_hex(hex, msgid, sizeof hex);
+    snprintf(subj, len, CL_RES_SUBJ "%s.%s", reply, hex);
+    return 1;
+}
+
 /* Stores the answers of one message's requests as one message in the results stream, under the
  * subject of the instance that accepted them (it follows that subject with an ordered consumer,
  * so an answer survives a NATS node failure between the two), and for an idem request also alone
@@ -29,23 +43,20 @@ int px_cluster_fence_ok(const px_cluster_fence_t *f)
  * duplicate JetStream drops (within its window). */
 static int send_answers(jsCtx *js, cl_fbatch_t *fb, cl_fmsg_t *fm)
 {
-    const char *reply = NULL;
-    char subj[512], hex[420];
+    char subj[512];
     natsMsg *m = NULL;
     jsPubOptions po;
     natsStatus s;
 
-    if (natsMsgHeader_Get(fm->m, CL_HDR_REPLY, &reply) != NATS_OK || !reply)
+    if (!answers_subject(fm->m, fm->id, subj, sizeof subj))
         return 0;
     fb->body.len = 0;
     for (size_t i = fm->first; i < fm->first + fm->n; i++)
         if (cl_rec_append(&fb->body, fb->jobs[i].msgid, fb->jobs[i].result.data,
                           fb->jobs[i].result.len))
             return -1;
-    cl_hex(hex, fm->id, sizeof hex);
     jsPubOptions_Init(&po);
     po.MsgId = fm->id;
-    snprintf(subj, sizeof subj, CL_RES_SUBJ "%s.%s", reply, hex);
     s = natsMsg_Create(&m, subj, NULL, fb->body.data, (int)fb->body.len);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(m, CL_HDR_ID, fm->id);
@@ -54,8 +65,9 @@ static int send_answers(jsCtx *js, cl_fbatch_t *fb, cl_fmsg_t *fm)
     natsMsg_Destroy(m);
     if (s == NATS_OK && fm->n == 1 && strncmp(fm->id, "i.", 2) == 0) {
         px_cluster_job_t *j = &fb->jobs[fm->first];
-        char id[256];
+        char id[256], hex[420];
 
+        cl_hex(hex, fm->id, sizeof hex);
         snprintf(subj, sizeof subj, CL_IDEM_SUBJ "%s", hex);
         snprintf(id, sizeof id, "idem.%s", fm->id);
         po.MsgId = id;
@@ -73,15 +85,12 @@ static int send_answers(jsCtx *js, cl_fbatch_t *fb, cl_fmsg_t *fm)
 /* Is the answer of this message stored already (it ran to the end under an earlier holder)? */
 static int answered_before(struct px_cluster *cl, natsMsg *req, const char *msgid)
 {
-    const char *reply = NULL;
-    char subj[512], hex[420];
+    char subj[512];
     natsMsg *m = NULL;
     jsErrCode jerr = 0;
 
-    if (!msgid || natsMsgHeader_Get(req, CL_HDR_REPLY, &reply) != NATS_OK || !reply)
+    if (!msgid || !answers_subject(req, msgid, subj, sizeof subj))
         return 0;
-    cl_hex(hex, msgid, sizeof hex);
-    snprintf(subj, sizeof subj, CL_RES_SUBJ "%s.%s", reply, hex);
     if (js_GetLastMsg(&m, cl->js, CL_RES_STREAM, subj, NULL, &jerr) != NATS_OK)
         return 0;
     natsMsg_Destroy(m);

@@ -27,7 +27,7 @@ void cl_post_done(struct px_cluster *cl, cl_pub_t *p)
 
     p->next = NULL;
     pthread_mutex_lock(&cl->done_mu);
-    was_empty = !cl->done && !cl->results;
+    was_empty = cl_loop_lists_empty(cl);
     if (cl->done_tail)
         cl->done_tail->next = p;
     else
@@ -48,7 +48,7 @@ void cl_on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void 
     jsMsgMetaData *md = NULL;
     cl_rec_t rec;
     uint64_t n = 0;
-    int rc, was_empty;
+    int rc;
 
     if (natsMsg_GetMetaData(&md, msg) == NATS_OK) {
         if (md->Timestamp > atomic_load(&cl->res_last_ts))
@@ -78,16 +78,7 @@ void cl_on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void 
     if (!head)
         return;
     atomic_fetch_add(&cl->results_in, n);
-    pthread_mutex_lock(&cl->done_mu);
-    was_empty = !cl->done && !cl->results;
-    if (cl->results_tail)
-        cl->results_tail->next = head;
-    else
-        cl->results = head;
-    cl->results_tail = last;
-    pthread_mutex_unlock(&cl->done_mu);
-    if (was_empty)
-        cl_wake_loop(cl);
+    cl_post_results(cl, head, last);
 }
 
 static void refuse(cl_pub_t *p, enum px_cluster_status st, const char *why)

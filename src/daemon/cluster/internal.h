@@ -199,6 +199,30 @@ static inline void cl_wake_loop(struct px_cluster *cl)
     uv_async_send(&cl->async);
 }
 
+/* Under done_mu: nothing waits for the loop (on_async takes the three lists together), so
+ * whoever adds the first item wakes it. */
+static inline int cl_loop_lists_empty(const struct px_cluster *cl)
+{
+    return !cl->done && !cl->results && !cl->looked;
+}
+
+/* Any thread: hands a chain of answers (head to last) to the loop. */
+static inline void cl_post_results(struct px_cluster *cl, cl_res_t *head, cl_res_t *last)
+{
+    int was_empty;
+
+    pthread_mutex_lock(&cl->done_mu);
+    was_empty = cl_loop_lists_empty(cl);
+    if (cl->results_tail)
+        cl->results_tail->next = head;
+    else
+        cl->results = head;
+    cl->results_tail = last;
+    pthread_mutex_unlock(&cl->done_mu);
+    if (was_empty)
+        cl_wake_loop(cl);
+}
+
 /* Message ids as subject tokens: any byte, two hex digits each. */
 static inline void cl_hex(char *out, const char *in, size_t max)
 {

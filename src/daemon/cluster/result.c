@@ -38,7 +38,6 @@ static natsStatus read_answer(struct px_cluster *cl, const char *msgid, natsMsg 
 static void post_result(struct px_cluster *cl, const char *msgid, const void *data, int len)
 {
     cl_res_t *r = malloc(sizeof *r + (size_t)(len > 0 ? len : 0));
-    int was_empty;
 
     if (!r)
         return;
@@ -48,16 +47,7 @@ static void post_result(struct px_cluster *cl, const char *msgid, const void *da
     if (len > 0)
         memcpy(r->line, data, (size_t)len);
     r->next = NULL;
-    pthread_mutex_lock(&cl->done_mu);
-    was_empty = !cl->done && !cl->results && !cl->looked;
-    if (cl->results_tail)
-        cl->results_tail->next = r;
-    else
-        cl->results = r;
-    cl->results_tail = r;
-    pthread_mutex_unlock(&cl->done_mu);
-    if (was_empty)
-        cl_wake_loop(cl);
+    cl_post_results(cl, r, r);
 }
 
 /* Publisher thread: a resubmitted idem request is stored once, and its answer may have gone to
@@ -89,7 +79,7 @@ static void post_lookup(struct px_cluster *cl, cl_look_t *l)
 
     l->next = NULL;
     pthread_mutex_lock(&cl->done_mu);
-    was_empty = !cl->done && !cl->results && !cl->looked;
+    was_empty = cl_loop_lists_empty(cl);
     if (cl->looked_tail)
         cl->looked_tail->next = l;
     else
