@@ -25,3 +25,9 @@ uint32_t px_route(const void *key, size_t len, uint32_t workers)
 {
     return px_jump_hash(px_route_hash(key, len), workers);
 }
+
+uint32_t px_route_seeded(const void *key, size_t len, uint32_t workers, uint64_t seed)
+{
+    return px_jump_hash(seed ? XXH3_64bits_withSeed(key, len, seed) : px_route_hash(key, len),
+                        workers);
+}

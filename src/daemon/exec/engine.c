@@ -177,6 +177,7 @@ int px_engine_init(px_engine_t *e, uv_loop_t *loop, const px_config_t *cfg, px_s
     e->stats = stats;
     e->sink = *sink;
     e->reg = reg;
+    e->route_seed = cfg->cluster.on ? PX_ROUTE_CLUSTER_SEED : 0;
     px_expiry_init(&e->expiry, loop, on_expired, e);
     pthread_mutex_init(&e->reg_mu, NULL);
     if (px_keys_init(&e->keys, (uint32_t)cfg->workers, (uint32_t)cfg->max_queued_per_key,
@@ -197,6 +198,7 @@ int px_engine_init(px_engine_t *e, uv_loop_t *loop, const px_config_t *cfg, px_s
     px_pool_set_quarantine(e->pool, (uint32_t)cfg->quarantine_after,
                            (uint64_t)cfg->quarantine_for_ms * PX_MS);
     px_pool_set_hot(e->pool, e->hot);
+    e->keys.seed = e->route_seed;
     return 0;
 fail:
     return -1; /* the caller's px_engine_free releases what was set up */
@@ -262,7 +264,7 @@ static int refuse(px_engine_t *e, px_verdict_t *v, enum px_reject why, int worke
 
 int px_engine_submit(px_engine_t *e, const px_submit_t *s, px_verdict_t *v)
 {
-    uint32_t worker = px_route(s->key, s->key_len, px_pool_size(e->pool));
+    uint32_t worker = px_route_seeded(s->key, s->key_len, px_pool_size(e->pool), e->route_seed);
     px_key_t *k = NULL;
     px_req_t *r;
     int rc;

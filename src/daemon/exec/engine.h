@@ -37,6 +37,7 @@ typedef struct px_engine {
     const px_config_t *cfg; /* the server's, updated in place on reload (loop thread) */
     px_stats_t *stats;      /* loop-written counters, owned by the server */
     px_pool_t *pool;
+    uint64_t route_seed; /* 0, or PX_ROUTE_CLUSTER_SEED in cluster mode (route.h) */
     px_keys_t keys;
     px_hot_t *hot; /* arrivals by the loop, time by workers */
     px_sink_t sink;

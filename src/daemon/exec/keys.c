@@ -270,11 +270,12 @@ static json_t *parked_entry(px_keys_t *ks, px_key_t *k, uint64_t now, int with_m
     uint64_t until = atomic_load(&k->parked_until_ns);
     json_t *key = json_stringn(k->key, k->len);
 
-    return json_pack(
-        "{so sI sI ss sI sI}", "key", key ? key : json_string("?"), "worker",
-        (json_int_t)px_route(k->key, k->len, ks->workers), "failures", (json_int_t)ks->after,
-        "last_error", with_message ? k->last_error : k->last_code, "time_left_ms",
-        (json_int_t)(until > now ? (until - now) / PX_MS : 0), "parks", (json_int_t)k->parks);
+    return json_pack("{so sI sI ss sI sI}", "key", key ? key : json_string("?"), "worker",
+                     (json_int_t)px_route_seeded(k->key, k->len, ks->workers, ks->seed), "failures",
+                     (json_int_t)ks->after, "last_error",
+                     with_message ? k->last_error : k->last_code, "time_left_ms",
+                     (json_int_t)(until > now ? (until - now) / PX_MS : 0), "parks",
+                     (json_int_t)k->parks);
 }
 
 static json_t *parked_json(px_keys_t *ks, uint64_t now, int with_message)

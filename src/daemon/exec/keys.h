@@ -29,6 +29,7 @@ typedef struct px_keys {
     px_keytab_t tab;           /* loop */
     int on;                    /* max_queued_per_key or quarantine configured */
     uint32_t workers;          /* for the worker shown beside a parked key */
+    uint64_t seed;             /* the engine's route_seed, for the same */
     uint32_t max_queued;       /* 0: no cap */
     uint32_t after;            /* quarantine.after_failures; 0: off */
     int64_t for_ms;            /* quarantine.for_ms */

@@ -183,6 +183,31 @@ static void test_route_pinned_values(void **state)
     }
 }
 
+/* Cluster mode: the keys of one partition spread over all of an instance's workers. With the
+ * unseeded hash every key of partition 5 (of 64) lands on worker 5 (of 8); that is the skew the
+ * seeded worker route exists to avoid. Seed 0 is the documented route. */
+static void test_cluster_worker_route_spreads_a_partition(void **state)
+{
+    unsigned plain[8] = {0}, seeded[8] = {0}, n = 0;
+    char key[32];
+
+    for (int i = 0; i < 20000; i++) {
+        size_t len = (size_t)snprintf(key, sizeof key, "k%d", i);
+
+        assert_int_equal(px_route_seeded(key, len, 8, 0), px_route(key, len, 8));
+        if (px_route(key, len, 64) != 5)
+            continue;
+        n++;
+        plain[px_route(key, len, 8)]++;
+        seeded[px_route_seeded(key, len, 8, PX_ROUTE_CLUSTER_SEED)]++;
+    }
+    assert_true(n > 200);
+    assert_int_equal(plain[5], n);
+    for (int w = 0; w < 8; w++)
+        if (seeded[w] < n / 8 / 2 || seeded[w] > n / 8 * 2)
+            fail_msg("worker %d got %u of partition 5's %u keys", w, seeded[w], n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -193,6 +218,7 @@ int main(void)
         cmocka_unit_test(test_route_balance),
         cmocka_unit_test(test_route_grow_moves_only_to_new_bucket),
         cmocka_unit_test(test_route_pinned_values),
+        cmocka_unit_test(test_cluster_worker_route_spreads_a_partition),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
