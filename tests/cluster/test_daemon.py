@@ -62,8 +62,8 @@ class Cluster:
                              "count": {"type": "plugin", "path": EXAMPLE_PLUGIN}},
                 "cluster": c}
 
-    def start(self, name):
-        self.d[name] = pxharness.Daemon(config=self.config(name))
+    def start(self, name, env=None):
+        self.d[name] = pxharness.Daemon(config=self.config(name), env=env)
         self.d[name].wait_log("cluster: instance %s connected" % name, timeout=30)
         return self.d[name]
 
@@ -276,6 +276,33 @@ class ClusterTest(unittest.TestCase):
 
     def test_sigterm_owner(self):
         self.owner_load(signal.SIGTERM)
+
+    def test_answered_before_ack_not_run_again(self):
+        """A holder killed after storing a batch's answers and before acknowledging it: the
+        next holder is handed the batch again, finds its answers stored and acknowledges it
+        without running it (PAREXD_FAULT_INJECTION=kill_before_ack is the crash)."""
+        cl = Cluster("")
+        try:
+            a = cl.start("a", env={"PAREXD_FAULT_INJECTION": "kill_before_ack"})
+            cl.wait_spread("a")
+            with a.connect(timeout=30) as c:
+                c.send({"id": 1, "key": "once", "op": "rec", "payload": {"seq": 1}})
+                self.assertEqual(a.proc.wait(30), -signal.SIGKILL)
+            with open(cl.hist) as f:
+                self.assertEqual(len(f.readlines()), 1)
+            b = cl.start("b")
+            pxharness.wait_for(lambda: b.stats()["cluster"]["already_answered"] >= 1,
+                               TTL / 1000 * 2 + 20, "b to find the stored answer")
+            st = b.stats()["cluster"]
+            self.assertEqual((st["already_answered"], st["redeliveries"]), (1, 0), st)
+            with b.connect(timeout=30) as c:  # the partition goes on after it
+                r = c.request({"key": "once", "op": "rec", "payload": {"seq": 2}}, timeout=30)
+                self.assertEqual(r["status"], "ok", r)
+            with open(cl.hist) as f:
+                runs = [json.loads(ln)["payload"]["seq"] for ln in f]
+            self.assertEqual(runs, [1, 2])
+        finally:
+            cl.close()
 
     def test_bad_input_idem_oversize(self):
         bad = [b"not json", b"[1,2]", b'{"id":1}', b'{"key":""}', b'{"key":"k","op":"nope"}',

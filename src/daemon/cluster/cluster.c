@@ -93,6 +93,7 @@ int px_cluster_start(px_cluster_t **out, uv_loop_t *loop, const px_cluster_opts_
                      const px_cluster_cbs_t *cbs, char *err, size_t errlen)
 {
     struct px_cluster *cl = calloc(1, sizeof *cl);
+    const char *fi;
     int rc;
 
     *out = NULL;
@@ -102,6 +103,8 @@ int px_cluster_start(px_cluster_t **out, uv_loop_t *loop, const px_cluster_opts_
     }
     cl->o = *o;
     cl->cbs = *cbs;
+    fi = getenv("PAREXD_FAULT_INJECTION");
+    cl->kill_before_ack = fi && strcmp(fi, "kill_before_ack") == 0;
     cl->loop = loop;
     if (!valid_instance(o->instance)) {
         snprintf(err, errlen, "instance name '%.80s' must be 1 to 64 of [A-Za-z0-9_-]",
@@ -256,7 +259,7 @@ int px_cluster_connected(px_cluster_t *cl)
 json_t *px_cluster_report(px_cluster_t *cl)
 {
     json_t *parts = json_array(), *o;
-    uint64_t owned = 0, serving = 0, redeliveries = 0, handoffs = 0, losses = 0;
+    uint64_t owned = 0, serving = 0, redeliveries = 0, handoffs = 0, losses = 0, skipped = 0;
 
     for (uint32_t i = 0; i < cl->o.partitions; i++) {
         cl_part_t *p = &cl->parts[i];
@@ -267,6 +270,7 @@ json_t *px_cluster_report(px_cluster_t *cl)
         redeliveries += atomic_load(&p->redeliveries);
         handoffs += atomic_load(&p->handoffs);
         losses += atomic_load(&p->losses);
+        skipped += atomic_load(&p->skipped);
         json_array_append_new(parts, json_pack("{sI sb sI sI sI}", "partition", (json_int_t)i,
                                                "held", held, "epoch",
                                                (json_int_t)(held ? atomic_load(&p->epoch) : 0),
@@ -274,15 +278,15 @@ json_t *px_cluster_report(px_cluster_t *cl)
                                                "runs", (json_int_t)atomic_load(&p->runs)));
     }
     o = json_pack(
-        "{ss sb sI sI sI sI sI sI sI sI sI sI sI sI sI so}", "instance", cl->instance, "connected",
-        px_cluster_connected(cl), "members", (json_int_t)atomic_load(&cl->members_n), "partitions",
-        (json_int_t)cl->o.partitions, "owned", (json_int_t)owned, "serving", (json_int_t)serving,
-        "target", (json_int_t)atomic_load(&cl->targets), "submitted",
+        "{ss sb sI sI sI sI sI sI sI sI sI sI sI sI sI sI so}", "instance", cl->instance,
+        "connected", px_cluster_connected(cl), "members", (json_int_t)atomic_load(&cl->members_n),
+        "partitions", (json_int_t)cl->o.partitions, "owned", (json_int_t)owned, "serving",
+        (json_int_t)serving, "target", (json_int_t)atomic_load(&cl->targets), "submitted",
         (json_int_t)atomic_load(&cl->submitted), "accepted", (json_int_t)atomic_load(&cl->accepted),
         "stored_messages", (json_int_t)atomic_load(&cl->stored_messages), "refused",
         (json_int_t)atomic_load(&cl->refused), "duplicates_stored",
         (json_int_t)atomic_load(&cl->duplicates_stored), "redeliveries", (json_int_t)redeliveries,
-        "handoffs", (json_int_t)handoffs, "lease_losses", (json_int_t)losses, "partition_list",
-        parts);
+        "already_answered", (json_int_t)skipped, "handoffs", (json_int_t)handoffs, "lease_losses",
+        (json_int_t)losses, "partition_list", parts);
     return o;
 }

@@ -15,7 +15,7 @@
 #define CL_REQ_STREAM "PAREX_REQ"
 #define CL_RES_STREAM "PAREX_RES"
 #define CL_REQ_SUBJ "parex.req."   /* + partition */
-#define CL_RES_SUBJ "parex.res."   /* + instance.hex(msgid): answers for their ingress */
+#define CL_RES_SUBJ "parex.res."   /* + instance.partition.hex(msgid): answers for their ingress */
 #define CL_IDEM_SUBJ "parex.idem." /* + hex(msgid): retained answers of idem requests */
 #define CL_LEASES "parex-leases"
 #define CL_MEMBERS "parex-members"
@@ -37,7 +37,11 @@ typedef struct cl_part {
     /* Set before the thread starts: the stream sequences of the last batch the previous holder
      * finished and acknowledged before handing the partition over (0 0: none). */
     uint64_t skip_lo, skip_hi;
-    uint64_t handed_out;        /* partition thread: highest sequence earlier consumers delivered */
+    uint64_t handed_out; /* partition thread: highest sequence earlier consumers delivered */
+    /* Partition thread: ids of requests whose answers are stored (batch.c answered()). */
+    char **answered;
+    size_t nanswered;
+    int answered_loaded;
     uint64_t seen_rev, seen_at; /* lease thread: another holder's revision, first seen when */
     pthread_t th;
     int th_live;
@@ -178,6 +182,9 @@ struct px_cluster {
     _Atomic uint64_t members_n, submitted, accepted, refused, results_in, duplicates_stored;
     _Atomic uint64_t stored_messages; /* request messages the publishers stored */
     _Atomic uint64_t targets;         /* lease thread: partitions this instance should hold */
+    /* Set at the start: PAREXD_FAULT_INJECTION=kill_before_ack (the tests' crash between
+     * storing a batch's answers and acknowledging it). */
+    int kill_before_ack;
 };
 
 /* records.c: the requests of one stored message, or their answers. */
@@ -243,6 +250,7 @@ typedef struct fmsg {
     const char *id; /* its message id: the first request's, or "i." + idem */
     uint64_t seq;
     size_t first, n;
+    int answered; /* its answers are in the batch's answer message to its instance */
 } cl_fmsg_t;
 
 /* The jobs of one fetch, and their records (a job's msgid points into its record). Partition
@@ -272,6 +280,9 @@ void cl_batch_start(struct px_cluster *cl, cl_fbatch_t *fb);
 int cl_batch_settle(struct px_cluster *cl, cl_part_t *p, cl_fbatch_t *fb, jsCtx *ajs,
                     _Atomic unsigned *failed, int answer);
 void cl_batch_free(cl_fbatch_t *fb);
+/* Drops the stored answers read back for the partition's consumer (a new consumer reads them
+ * again when it meets a message an earlier one handed out). */
+void cl_batch_forget_answered(cl_part_t *p);
 
 /* lease.c */
 void *cl_lease_main(void *arg);

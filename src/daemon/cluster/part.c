@@ -153,6 +153,7 @@ void *cl_part_main(void *arg)
     }
 reopen:
     atomic_store(&p->serving, 0);
+    cl_batch_forget_answered(p);
     if (sub) {
         natsSubscription_Destroy(sub);
         sub = NULL;
@@ -301,6 +302,7 @@ out:
         jsCtx_Destroy(ajs);
     cl_batch_free(&fbs[0]);
     cl_batch_free(&fbs[1]);
+    cl_batch_forget_answered(p);
     atomic_store(&p->serving, 0);
     atomic_store(&p->exited, 1);
     pthread_mutex_lock(&cl->lease_mu);

@@ -194,6 +194,9 @@ static void cluster_metrics(json_t *c, px_buf_t *b)
         {"stored_messages", "parexd_cluster_stored_messages_total", "counter",
          "Request messages this instance stored (each holds the requests of one partition "
          "received while the previous one was being stored)."},
+        {"already_answered", "parexd_cluster_already_answered_total", "counter",
+         "Request messages handed out again whose answers an earlier holder had stored: "
+         "acknowledged without running."},
         {"duplicates_stored", "parexd_cluster_duplicate_submits_total", "counter",
          "Submits JetStream recognised as duplicates (same message id or idem)."},
     };
