@@ -56,7 +56,9 @@ class Cluster:
         c = {"nats": self.nats.urls().split(","), "instance": name, "partitions": PARTS,
              "lease_ttl_ms": TTL}
         c.update(cluster)
+        # c schedules by key, as the sample configs do; a and b have per-worker queues.
         return {"workers": 4, "drain_timeout_ms": 20000, "max_line_bytes": 4 << 20,
+                "scheduling": "keyed" if name == "c" else "partitioned",
                 "handlers": {"rec": {"type": "exec", "argv": ["/bin/sh", "-c",
                                                               "cat >> " + self.hist]},
                              "count": {"type": "plugin", "path": EXAMPLE_PLUGIN}},
