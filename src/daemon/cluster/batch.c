@@ -341,6 +341,16 @@ static void batch_ran(void *arg)
     pthread_mutex_unlock(&fb->mu);
 }
 
+int cl_batch_running(cl_fbatch_t *fb)
+{
+    int r;
+
+    pthread_mutex_lock(&fb->mu);
+    r = fb->running;
+    pthread_mutex_unlock(&fb->mu);
+    return r;
+}
+
 void cl_batch_start(struct px_cluster *cl, cl_fbatch_t *fb)
 {
     if (!fb->njobs || !px_cluster_fence_ok(&fb->fence))

@@ -22,7 +22,11 @@ void px_cluster_opts_defaults(px_cluster_opts_t *o)
     o->replicas = PX_CLUSTER_DEF_REPLICAS;
     o->publish_timeout_ms = PX_CLUSTER_DEF_PUBLISH_TIMEOUT_MS;
     o->batch = PX_CLUSTER_DEF_BATCH;
-    o->publishers = 16;
+    /* A publisher stores one message at a time and waits for JetStream's confirmation (a
+     * partition's stores must go one after another: see ingress.c), so under load the
+     * partitions sharing a publisher queue behind its round trips: 16 publishers for 64
+     * partitions held echo at 1 450 requests/s, 64 reached 2 070. */
+    o->publishers = 64;
     o->result_ttl_ms = PX_CLUSTER_DEF_RESULT_TTL_MS;
     o->executor = 1;
 }
@@ -102,6 +106,8 @@ int px_cluster_start(px_cluster_t **out, uv_loop_t *loop, const px_cluster_opts_
         return -1;
     }
     cl->o = *o;
+    if (cl->o.publishers > cl->o.partitions)
+        cl->o.publishers = cl->o.partitions; /* one partition per publisher at most */
     cl->cbs = *cbs;
     fi = getenv("PAREXD_FAULT_INJECTION");
     cl->kill_before_ack = fi && strcmp(fi, "kill_before_ack") == 0;

@@ -37,7 +37,7 @@ typedef struct px_cluster_opts {
     int replicas;         /* of the streams and buckets (1 or 3 for tests) */
     uint64_t publish_timeout_ms;
     uint32_t batch;         /* messages per fetch */
-    uint32_t publishers;    /* publishing threads */
+    uint32_t publishers;    /* publishing threads (at most partitions) */
     uint64_t result_ttl_ms; /* how long results of idem requests stay readable */
     int executor;           /* 0: ingress only, never a member holding partitions */
 } px_cluster_opts_t;

@@ -277,6 +277,8 @@ typedef struct fbatch {
 void cl_batch_init(cl_fbatch_t *fb);
 int cl_batch_prepare(struct px_cluster *cl, cl_part_t *p, cl_fbatch_t *fb, uint64_t *cseq);
 void cl_batch_start(struct px_cluster *cl, cl_fbatch_t *fb);
+/* Partition thread: the runner has not finished the batch yet. */
+int cl_batch_running(cl_fbatch_t *fb);
 int cl_batch_settle(struct px_cluster *cl, cl_part_t *p, cl_fbatch_t *fb, jsCtx *ajs,
                     _Atomic unsigned *failed, int answer);
 void cl_batch_free(cl_fbatch_t *fb);

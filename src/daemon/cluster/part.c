@@ -214,7 +214,12 @@ reopen:
             }
             goto reopen;
         }
-        s = fetch(&nb->list, sub, (int)cl->o.batch, cur != NULL);
+        /* The next batch is fetched ahead only while the current one still runs: once it has
+         * run (quick handlers), storing its answers gives the partition time to gather more,
+         * and each fetched batch costs RAFT rounds of the partition's consumer (deliveries
+         * and acknowledgements that arrive together are replicated together). */
+        s = cur && !cl_batch_running(cur) ? NATS_TIMEOUT
+                                          : fetch(&nb->list, sub, (int)cl->o.batch, cur != NULL);
         if (s == NATS_OK) {
             active = px_now_ns();
             errors = 0;
