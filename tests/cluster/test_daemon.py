@@ -53,8 +53,10 @@ class Cluster:
             raise
 
     def config(self, name, **cluster):
+        # result_ttl_ms under JetStream's 2-minute duplicate window: the answer streams' window
+        # is cut to it (JetStream refuses a window longer than the retention).
         c = {"nats": self.nats.urls().split(","), "instance": name, "partitions": PARTS,
-             "lease_ttl_ms": TTL}
+             "lease_ttl_ms": TTL, "result_ttl_ms": 60000}
         c.update(cluster)
         # c schedules by key, as the sample configs do; a and b have per-worker queues.
         return {"workers": 4, "drain_timeout_ms": 20000, "max_line_bytes": 4 << 20,

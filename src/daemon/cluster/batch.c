@@ -80,8 +80,7 @@ static int send_answers(jsCtx *js, cl_part_t *p, cl_fbatch_t *fb, size_t k)
                 return -1;
         }
     }
-    cl_hex(hex, fb->msgs[k].id, sizeof hex);
-    snprintf(subj, sizeof subj, CL_RES_SUBJ "%s.%u.%s", reply, p->id, hex);
+    snprintf(subj, sizeof subj, CL_RES_SUBJ "%s.%u", reply, p->id);
     /* Within the dedup window the same batch stored twice (a retried settle) is stored once. */
     snprintf(id, sizeof id, "r.%zu.%s", count, fb->msgs[k].id);
     jsPubOptions_Init(&po);
@@ -125,7 +124,7 @@ static int load_answered(struct px_cluster *cl, cl_part_t *p, int64_t since)
     int rc = -1;
 
     cl_batch_forget_answered(p);
-    snprintf(subj, sizeof subj, CL_RES_SUBJ "*.%u.>", p->id);
+    snprintf(subj, sizeof subj, CL_RES_SUBJ "*.%u", p->id);
     jsSubOptions_Init(&so);
     so.Ordered = true;
     so.Config.DeliverPolicy = since > 0 ? js_DeliverByStartTime : js_DeliverAll;

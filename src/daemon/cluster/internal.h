@@ -14,8 +14,9 @@
 
 #define CL_REQ_STREAM "PAREX_REQ"
 #define CL_RES_STREAM "PAREX_RES"
+#define CL_IDEM_STREAM "PAREX_IDEM"
 #define CL_REQ_SUBJ "parex.req."   /* + partition */
-#define CL_RES_SUBJ "parex.res."   /* + instance.partition.hex(msgid): answers for their ingress */
+#define CL_RES_SUBJ "parex.res."   /* + instance.partition: answers for their ingress */
 #define CL_IDEM_SUBJ "parex.idem." /* + hex(msgid): retained answers of idem requests */
 #define CL_LEASES "parex-leases"
 #define CL_MEMBERS "parex-members"

@@ -29,7 +29,7 @@ static natsStatus read_answer(struct px_cluster *cl, const char *msgid, natsMsg 
     cl_hex(hex, msgid, sizeof hex);
     snprintf(subj, sizeof subj, CL_IDEM_SUBJ "%s", hex);
     *m = NULL;
-    s = js_GetLastMsg(m, cl->js, CL_RES_STREAM, subj, NULL, &jerr);
+    s = js_GetLastMsg(m, cl->js, CL_IDEM_STREAM, subj, NULL, &jerr);
     if (s != NATS_OK && jerr == JSNoMessageFoundErr)
         s = NATS_NOT_FOUND;
     return s;
