@@ -75,6 +75,7 @@ void cl_on_result(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void 
         px_warn("cluster: dropped the rest of a malformed answer message on %s",
                 natsMsg_GetSubject(msg));
     natsMsg_Destroy(msg);
+    atomic_store(&cl->res_wait_since, 0);
     if (!head)
         return;
     atomic_fetch_add(&cl->results_in, n);
@@ -237,6 +238,9 @@ static void publish_chunk(struct px_cluster *cl, cl_publisher_t *pb, cl_chunk_t 
         nanosleep(&ts, NULL);
     }
     if (s == NATS_OK) {
+        uint64_t none = 0;
+
+        atomic_compare_exchange_strong(&cl->res_wait_since, &none, px_now_ns());
         atomic_fetch_add(&part->backlog, 1); /* until the next refresh says better */
         atomic_fetch_add(&cl->stored_messages, 1);
         for (unsigned i = 0; i < c->n; i++) {

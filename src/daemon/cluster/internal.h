@@ -20,8 +20,9 @@
 #define CL_IDEM_SUBJ "parex.idem." /* + hex(msgid): retained answers of idem requests */
 #define CL_LEASES "parex-leases"
 #define CL_MEMBERS "parex-members"
-#define CL_HDR_REPLY "Parex-Reply" /* the instance that accepted the request */
-#define CL_HDR_ID "Parex-Msg-Id"   /* echoes the request's message id on its answer */
+#define CL_HDR_REPLY "Parex-Reply"             /* the instance that accepted the request */
+#define CL_HDR_ID "Parex-Msg-Id"               /* echoes the request's message id on its answer */
+#define CL_ANSWER_STALL_NS (5ull * 1000000000) /* doubling after each, to 80 s */
 
 enum part_state {
     PART_FREE,      /* not held */
@@ -179,6 +180,11 @@ struct px_cluster {
     int64_t res_since;           /* wall clock (ns) of the first answer subscription */
     _Atomic int64_t res_last_ts; /* nats.c's thread: the last answer's store time (ns) */
     _Atomic int res_broken;      /* follow the answers again (the lease thread does) */
+    /* Monotonic ns of the first request stored since the last answer arrived (0: none):
+     * publishers set it, the answers' subscription clears it, the lease thread follows the
+     * answers anew when it is CL_ANSWER_STALL_NS old. */
+    _Atomic uint64_t res_wait_since;
+    unsigned res_stalls; /* lease thread: answers followed anew in a row for a stall */
     cl_part_t *parts;
     _Atomic uint64_t members_n, submitted, accepted, refused, results_in, duplicates_stored;
     _Atomic uint64_t stored_messages; /* request messages the publishers stored */

@@ -390,6 +390,22 @@ void *cl_lease_main(void *arg)
         uint64_t now = px_now_ns();
         int releasing = atomic_load(&cl->releasing);
 
+        uint64_t waiting = atomic_load(&cl->res_wait_since);
+
+        if (!waiting)
+            cl->res_stalls = 0;
+        else if (now >
+                 waiting + (CL_ANSWER_STALL_NS << (cl->res_stalls < 4 ? cl->res_stalls : 4))) {
+            /* Requests were stored and no answer came for seconds. After a quorum loss
+             * nats-server 2.9.10 was seen keeping an ordered consumer alive (heartbeats) that
+             * never delivered again; following anew costs a consumer and a few answers seen
+             * twice (ignored) when the executors are merely slow. */
+            px_info("cluster: no answers for %llu s while requests wait; following them again",
+                    (unsigned long long)((now - waiting) / PX_MS / 1000));
+            cl->res_stalls++;
+            atomic_store(&cl->res_wait_since, now);
+            atomic_store(&cl->res_broken, 1);
+        }
         if (atomic_exchange(&cl->res_broken, 0)) {
             if (cl_follow_results(cl, err, sizeof err)) {
                 px_warn("cluster: %s; retrying", err);

@@ -70,6 +70,7 @@ static natsSubscription *open_consumer(struct px_cluster *cl, cl_part_t *p, unsi
     cc.AckWait = (int64_t)600 * 1000000000;
     cc.MaxAckPending = (int)cl->o.batch * 2; /* two batches at a time (cl_part_main) */
     cc.Replicas = cl->o.replicas;
+    cc.MemoryStorage = true;
     if ((s = js_AddConsumer(&ci, cl->js, CL_REQ_STREAM, &cc, NULL, &jerr)) == NATS_TIMEOUT &&
         js_GetConsumerInfo(&ci, cl->js, CL_REQ_STREAM, name, NULL, &jerr) == NATS_OK)
         s = NATS_OK; /* created after all, only slowly (a busy meta leader): use it */
@@ -84,6 +85,7 @@ static natsSubscription *open_consumer(struct px_cluster *cl, cl_part_t *p, unsi
     so.Stream = CL_REQ_STREAM;
     so.Consumer = name;
     so.ManualAck = true;
+    so.Config.MemoryStorage = true;
     if (js_PullSubscribe(&sub, cl->js, filter, name, NULL, &so, &jerr) != NATS_OK) {
         px_warn("cluster: partition %u: cannot bind to consumer %s: %s", p->id, name,
                 nats_GetLastError(NULL));
@@ -92,10 +94,14 @@ static natsSubscription *open_consumer(struct px_cluster *cl, cl_part_t *p, unsi
     return sub;
 }
 
-/* nats.c's thread: an answer was not stored; the batch is then not acknowledged. */
+/* nats.c's thread: an answer was not stored; the batch is then not acknowledged. The first of
+ * a batch says why. */
 static void on_answer_failed(jsCtx *js, jsPubAckErr *pae, void *closure)
 {
-    atomic_fetch_add((_Atomic unsigned *)closure, 1);
+    if (atomic_fetch_add((_Atomic unsigned *)closure, 1) == 0)
+        px_warn("cluster: an answer was not stored on %s: %s (%s, error %d)",
+                natsMsg_GetSubject(pae->Msg), natsStatus_GetText(pae->Err),
+                pae->ErrText ? pae->ErrText : "", (int)pae->ErrCode);
 }
 
 /* Whatever is there now, up to batch; or else, unless now_only, the first message to come
