@@ -92,6 +92,7 @@ static int add_consumer(jl_t *l, jsCtx *js, jl_worker_t *w, char *err, size_t er
     cc.DeliverPolicy = js_DeliverAll;
     cc.MaxAckPending = (int64_t)l->o->batch;
     cc.Replicas = l->o->replicas;
+    cc.MemoryStorage = true; /* as cluster mode's partition consumers */
     if (js_AddConsumer(&ci, js, l->req_stream, &cc, NULL, &jerr) != NATS_OK) {
         snprintf(err, errlen, "cannot create consumer %s: %s (error %d)", name,
                  nats_GetLastError(NULL), (int)jerr);
@@ -102,6 +103,7 @@ static int add_consumer(jl_t *l, jsCtx *js, jl_worker_t *w, char *err, size_t er
     so.Stream = l->req_stream;
     so.Consumer = name;
     so.ManualAck = true;
+    so.Config.MemoryStorage = true;
     if (js_PullSubscribe(&w->sub, js, filter, name, NULL, &so, &jerr) != NATS_OK) {
         snprintf(err, errlen, "cannot bind to consumer %s: %s", name, nats_GetLastError(NULL));
         return -1;

@@ -117,6 +117,13 @@ int px_cluster_start(px_cluster_t **out, uv_loop_t *loop, const px_cluster_opts_
                  o->instance);
         goto fail;
     }
+    /* nats.c spins on a contended lock 2000 times by default before it sleeps. Here well over
+     * a hundred threads share the connection's lock on a few CPUs, and the spinning took CPU
+     * time the NATS servers and the workers need. A later call keeps the first count. */
+    if (nats_Open(0) != NATS_OK) {
+        snprintf(err, errlen, "cannot start the NATS library: %s", nats_GetLastError(NULL));
+        goto fail;
+    }
     snprintf(cl->instance, sizeof cl->instance, "%s", o->instance);
     cl->o.instance = cl->instance;
     for (int i = 0; i < o->nservers; i++)
