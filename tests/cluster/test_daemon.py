@@ -63,7 +63,12 @@ class Cluster:
                 "scheduling": "keyed" if name == "c" else "partitioned",
                 "handlers": {"rec": {"type": "exec", "argv": ["/bin/sh", "-c",
                                                               "cat >> " + self.hist]},
-                             "count": {"type": "plugin", "path": EXAMPLE_PLUGIN}},
+                             "count": {"type": "plugin", "path": EXAMPLE_PLUGIN},
+                             # answers larger than their requests (cat: read the request)
+                             "big": {"type": "exec", "argv": [
+                                 "/bin/sh", "-c", "cat >/dev/null; yes x | head -c 60000 | tr -d '\\n'"]},
+                             "huge": {"type": "exec", "argv": [
+                                 "/bin/sh", "-c", "cat >/dev/null; yes x | head -c 200000 | tr -d '\\n'"]}},
                 "cluster": c}
 
     def start(self, name, env=None):
@@ -336,6 +341,30 @@ class ClusterTest(unittest.TestCase):
                 r = c.request({"key": "big", "payload": "x" * 100000})
                 self.assertEqual((r["status"], r["error"]["code"]), ("rejected", "too_large"), r)
                 self.assertIn("max_payload", r["error"]["message"])
+                # Answers that together are over max_payload: a batch's answers are stored in
+                # as many messages as it takes, each under the limit.
+                n = 30
+                for i in range(n):
+                    c.send({"id": i, "key": "wide", "op": "echo", "payload": "y" * 20000})
+                got = [c.recv(timeout=60) for _ in range(n)]
+                self.assertEqual([(a["id"], a["status"]) for a in got],
+                                 [(i, "ok") for i in range(n)], [a.get("error") for a in got])
+                self.assertEqual(len(got[-1]["result"]), 20000)
+                # Requests stored together whose answers are far larger: one request message's
+                # answers go out in several answer messages.
+                for i in range(n):
+                    c.send({"id": i, "key": "fat", "op": "big"})
+                got = [c.recv(timeout=60) for _ in range(n)]
+                self.assertEqual([(a["id"], a["status"], len(a.get("result", ""))) for a in got],
+                                 [(i, "ok", 30000) for i in range(n)],
+                                 [a.get("error") for a in got])
+                # An answer no NATS message can carry: the client is told, the partition goes on.
+                r = c.request({"id": "h", "key": "fat", "op": "huge"}, timeout=60)
+                self.assertEqual((r["id"], r["status"], r["error"]["code"]),
+                                 ("h", "failed", "too_large"), r)
+                self.assertIn("max_payload", r["error"]["message"])
+                r = c.request({"key": "fat", "op": "big"}, timeout=60)
+                self.assertEqual(r["status"], "ok", r)
                 # idem: the same request submitted twice runs once; both get its answer.
                 a1 = c.request({"key": "i", "op": "rec", "idem": "order-17",
                                 "payload": {"seq": 1}}, timeout=30)

@@ -21,176 +21,6 @@ int px_cluster_fence_ok(const px_cluster_fence_t *f)
            !atomic_load(&p->lost);
 }
 
-/* The instance that accepted the requests of message m (its answers go to it), or NULL. */
-static const char *reply_of(natsMsg *m)
-{
-    const char *reply = NULL;
-
-    return natsMsgHeader_Get(m, CL_HDR_REPLY, &reply) == NATS_OK ? reply : NULL;
-}
-
-/* Stores the answers of the batch's messages k, k+1, ... that one instance accepted as one
- * message in the results stream, under that instance's subject and this partition (the instance
- * follows its subject with an ordered consumer, so an answer survives a NATS node failure
- * between the two; a new holder reads the partition's answers back, see answered()). One message
- * per batch and instance rather than per request message: each is a RAFT round on an R3
- * stream, and a busy partition's batch holds tens of request messages. An idem request's
- * answer is also stored alone under the idem's own subject, for {"control":"result"} and
- * resubmissions from any instance. Asynchronous: the batch waits for all of them at once before
- * acknowledging, so a request is acknowledged only once its answer is stored. A re-run's answer
- * is stored again; the ingress ignores an answer it has given. */
-static int send_answers(jsCtx *js, cl_part_t *p, cl_fbatch_t *fb, size_t k)
-{
-    const char *reply = reply_of(fb->msgs[k].m);
-    char subj[512], hex[420], id[300];
-    natsMsg *m = NULL;
-    jsPubOptions po;
-    natsStatus s = NATS_OK;
-    size_t count = 0;
-
-    fb->body.len = 0;
-    for (size_t j = k; j < fb->nmsgs; j++) {
-        cl_fmsg_t *fm = &fb->msgs[j];
-        const char *r = reply_of(fm->m);
-
-        if (fm->answered || !r || strcmp(r, reply) != 0)
-            continue;
-        fm->answered = 1;
-        count++;
-        for (size_t i = fm->first; i < fm->first + fm->n; i++)
-            if (cl_rec_append(&fb->body, fb->jobs[i].msgid, fb->jobs[i].result.data,
-                              fb->jobs[i].result.len))
-                return -1;
-        if (fm->n == 1 && strncmp(fm->id, "i.", 2) == 0) {
-            px_cluster_job_t *jb = &fb->jobs[fm->first];
-
-            cl_hex(hex, fm->id, sizeof hex);
-            snprintf(subj, sizeof subj, CL_IDEM_SUBJ "%s", hex);
-            snprintf(id, sizeof id, "idem.%s", fm->id);
-            jsPubOptions_Init(&po);
-            po.MsgId = id;
-            m = NULL;
-            s = natsMsg_Create(&m, subj, NULL, jb->result.data, (int)jb->result.len);
-            if (s == NATS_OK)
-                s = natsMsgHeader_Set(m, CL_HDR_ID, fm->id);
-            if (s == NATS_OK)
-                s = js_PublishMsgAsync(js, &m, &po);
-            natsMsg_Destroy(m);
-            if (s != NATS_OK)
-                return -1;
-        }
-    }
-    snprintf(subj, sizeof subj, CL_RES_SUBJ "%s.%u", reply, p->id);
-    /* Within the dedup window the same batch stored twice (a retried settle) is stored once. */
-    snprintf(id, sizeof id, "r.%zu.%s", count, fb->msgs[k].id);
-    jsPubOptions_Init(&po);
-    po.MsgId = id;
-    m = NULL;
-    s = natsMsg_Create(&m, subj, NULL, fb->body.data, (int)fb->body.len);
-    if (s == NATS_OK)
-        s = js_PublishMsgAsync(js, &m, &po);
-    natsMsg_Destroy(m);
-    return s == NATS_OK ? 0 : -1;
-}
-
-static int by_id(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-void cl_batch_forget_answered(cl_part_t *p)
-{
-    for (size_t i = 0; i < p->nanswered; i++)
-        free(p->answered[i]);
-    free(p->answered);
-    p->answered = NULL;
-    p->nanswered = 0;
-    p->answered_loaded = 0;
-}
-
-/* Reads the ids of the partition's requests whose answers are stored from `since` (store time,
- * Unix ns) on into p->answered, sorted: once per consumer, at the first message an earlier
- * consumer handed out (every later one of those was stored after it). 0, or -1 when NATS could
- * not say in time. */
-static int load_answered(struct px_cluster *cl, cl_part_t *p, int64_t since)
-{
-    natsSubscription *sub = NULL;
-    jsConsumerInfo *ci = NULL;
-    jsSubOptions so;
-    jsErrCode jerr = 0;
-    char subj[64];
-    size_t cap = 0;
-    uint64_t left;
-    int rc = -1;
-
-    cl_batch_forget_answered(p);
-    snprintf(subj, sizeof subj, CL_RES_SUBJ "*.%u", p->id);
-    jsSubOptions_Init(&so);
-    so.Ordered = true;
-    so.Config.DeliverPolicy = since > 0 ? js_DeliverByStartTime : js_DeliverAll;
-    so.Config.OptStartTime = since > 0 ? since : 0;
-    if (js_SubscribeSync(&sub, cl->js, subj, NULL, &so, &jerr) != NATS_OK ||
-        natsSubscription_GetConsumerInfo(&ci, sub, NULL, &jerr) != NATS_OK)
-        goto out;
-    /* Delivered so far and still to come: every answer stored when the consumer was made. */
-    left = ci->Delivered.Consumer + ci->NumPending;
-    while (left--) {
-        natsMsg *m = NULL;
-        const char *pos, *end;
-        cl_rec_t rec;
-
-        if (natsSubscription_NextMsg(&m, sub, cl->o.publish_timeout_ms) != NATS_OK)
-            goto out;
-        pos = natsMsg_GetData(m);
-        end = pos + natsMsg_GetDataLength(m);
-        while (cl_rec_next(&pos, end, &rec) > 0) {
-            if (p->nanswered == cap) {
-                char **a = realloc(p->answered, (cap = cap ? cap * 2 : 64) * sizeof *a);
-                if (!a) {
-                    natsMsg_Destroy(m);
-                    goto out;
-                }
-                p->answered = a;
-            }
-            if (!(p->answered[p->nanswered] = strdup(rec.msgid))) {
-                natsMsg_Destroy(m);
-                goto out;
-            }
-            p->nanswered++;
-        }
-        natsMsg_Destroy(m);
-    }
-    qsort(p->answered, p->nanswered, sizeof *p->answered, by_id);
-    p->answered_loaded = 1;
-    rc = 0;
-out:
-    if (rc)
-        px_warn("cluster: partition %u: cannot read its stored answers back: %s", p->id,
-                nats_GetLastError(NULL));
-    jsConsumerInfo_Destroy(ci);
-    if (sub) {
-        natsSubscription_Unsubscribe(sub);
-        natsSubscription_Destroy(sub);
-    }
-    return rc;
-}
-
-/* Is the answer of message m stored already (it ran to the end under an earlier consumer)? A
- * message's answers are stored together, so its first request's tells. -1: unknown. */
-static int answered(struct px_cluster *cl, cl_part_t *p, natsMsg *m, int64_t stored)
-{
-    const char *pos = natsMsg_GetData(m), *end = pos + natsMsg_GetDataLength(m);
-    cl_rec_t rec;
-    const char *key = rec.msgid;
-
-    /* Its answer was stored after it; 10 s covers the stream leaders' clocks disagreeing. */
-    if (!p->answered_loaded && load_answered(cl, p, stored - (int64_t)10 * 1000000000))
-        return -1;
-    if (cl_rec_next(&pos, end, &rec) <= 0)
-        return 0;
-    return bsearch(&key, p->answered, p->nanswered, sizeof *p->answered, by_id) != NULL;
-}
-
 /* Acknowledges a message, waiting for the server when sync (the last of a batch: a hand-off
  * releases the lease only after it). */
 static int ack(cl_part_t *p, natsMsg *m, uint64_t seq, int sync)
@@ -295,7 +125,7 @@ int cl_batch_prepare(struct px_cluster *cl, cl_part_t *p, cl_fbatch_t *fb, uint6
             /* An earlier consumer handed it out: it may have run. If its answers are stored it
              * did, to the end: only acknowledge it (an acknowledgement a server failure lost
              * brings a finished message back, even behind later ones). */
-            if ((done = answered(cl, p, m, stored)) < 0)
+            if ((done = cl_answered(cl, p, m, stored)) < 0)
                 return 1;
             if (done) {
                 atomic_fetch_add(&p->skipped, 1);
@@ -373,7 +203,7 @@ static int finish(struct px_cluster *cl, cl_part_t *p, cl_fbatch_t *fb, jsCtx *a
                 return -1; /* left unacknowledged for the next holder */
     }
     for (size_t k = 0; k < fb->nmsgs; k++)
-        if (!fb->msgs[k].answered && reply_of(fb->msgs[k].m) && send_answers(ajs, p, fb, k))
+        if (!fb->msgs[k].answered && cl_reply_of(fb->msgs[k].m) && cl_send_answers(ajs, p, fb, k))
             return 1;
     jsPubOptions_Init(&po);
     po.MaxWait = (int64_t)cl->o.publish_timeout_ms;

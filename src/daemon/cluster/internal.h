@@ -289,9 +289,16 @@ int cl_batch_running(cl_fbatch_t *fb);
 int cl_batch_settle(struct px_cluster *cl, cl_part_t *p, cl_fbatch_t *fb, jsCtx *ajs,
                     _Atomic unsigned *failed, int answer);
 void cl_batch_free(cl_fbatch_t *fb);
+/* answers.c, partition thread. The instance that accepted message m's requests, or NULL. */
+const char *cl_reply_of(natsMsg *m);
+/* Stores the answers of the batch's messages k, k+1, ... that m[k]'s instance accepted (marks
+ * them answered). 0 or -1; the batch then waits with js_PublishAsyncComplete. */
+int cl_send_answers(jsCtx *js, cl_part_t *p, cl_fbatch_t *fb, size_t k);
+/* Are m's answers stored (m was stored at `stored`, Unix ns)? 1, 0, or -1 when NATS cannot say. */
+int cl_answered(struct px_cluster *cl, cl_part_t *p, natsMsg *m, int64_t stored);
 /* Drops the stored answers read back for the partition's consumer (a new consumer reads them
  * again when it meets a message an earlier one handed out). */
-void cl_batch_forget_answered(cl_part_t *p);
+void cl_answers_forget(cl_part_t *p);
 
 /* lease.c */
 void *cl_lease_main(void *arg);

@@ -159,7 +159,7 @@ void *cl_part_main(void *arg)
     }
 reopen:
     atomic_store(&p->serving, 0);
-    cl_batch_forget_answered(p);
+    cl_answers_forget(p);
     if (sub) {
         natsSubscription_Destroy(sub);
         sub = NULL;
@@ -313,7 +313,7 @@ out:
         jsCtx_Destroy(ajs);
     cl_batch_free(&fbs[0]);
     cl_batch_free(&fbs[1]);
-    cl_batch_forget_answered(p);
+    cl_answers_forget(p);
     atomic_store(&p->serving, 0);
     atomic_store(&p->exited, 1);
     pthread_mutex_lock(&cl->lease_mu);
