@@ -65,12 +65,24 @@ static int add_stream(struct px_cluster *cl, jsStreamConfig *sc, char *err, size
         jsStreamInfo_Destroy(si);
         return 0;
     }
-    if (jerr == JSStreamNameExistErr &&
-        js_GetStreamInfo(&si, cl->js, sc->Name, NULL, &jerr) == NATS_OK) {
-        /* Made by another instance, or by an earlier version of this configuration. */
+    if (jerr != JSStreamNameExistErr)
+        goto fail;
+    /* There with other settings: made by an earlier version (PAREX_RES held the idem answers'
+     * subjects too, which PAREX_IDEM cannot then take), or by an instance configured
+     * otherwise. Bring it to these settings where JetStream allows the change; else use it. */
+    if (js_UpdateStream(&si, cl->js, sc, NULL, &jerr) == NATS_OK) {
+        px_notice("cluster: stream %s updated to this instance's settings", sc->Name);
         jsStreamInfo_Destroy(si);
         return 0;
     }
+    si = NULL;
+    if (js_GetStreamInfo(&si, cl->js, sc->Name, NULL, &jerr) == NATS_OK) {
+        px_warn("cluster: stream %s keeps the settings it was made with: %s", sc->Name,
+                nats_GetLastError(NULL));
+        jsStreamInfo_Destroy(si);
+        return 0;
+    }
+fail:
     snprintf(err, errlen, "cannot create stream %s: %s", sc->Name, nats_GetLastError(NULL));
     return -1;
 }
