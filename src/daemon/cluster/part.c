@@ -104,12 +104,13 @@ static void on_answer_failed(jsCtx *js, jsPubAckErr *pae, void *closure)
                 pae->ErrText ? pae->ErrText : "", (int)pae->ErrCode);
 }
 
-/* Whatever is there now, up to batch, or with linger what comes within 250 ms up to batch; or
- * else, unless now_only, the first message to come within 250 ms. (nats-server 2.9.10 holds a
- * no-wait request that has an expiry until the batch is full or it expires: the linger. A plain
- * Fetch of batch waits for the whole batch or the timeout.) */
-static natsStatus fetch(natsMsgList *list, natsSubscription *sub, int batch, int now_only,
-                        int linger)
+/* Up to batch; or else, unless now_only, the first message to come within 250 ms. A plain Fetch
+ * of batch waits for the whole batch or the timeout. nats-server 2.9.10 holds the first,
+ * no-wait, request (it carries an expiry: without one, a test run saw a request handed out
+ * twice) until its batch is full or it expires: under load that fills batches, which
+ * is what lets a partition keep up, but a lone request waits the whole 250 ms (see the
+ * README's figures). */
+static natsStatus fetch(natsMsgList *list, natsSubscription *sub, int batch, int now_only)
 {
     jsFetchRequest fr;
     natsStatus s;
@@ -117,7 +118,7 @@ static natsStatus fetch(natsMsgList *list, natsSubscription *sub, int batch, int
     jsFetchRequest_Init(&fr);
     fr.Batch = batch;
     fr.NoWait = true;
-    fr.Expires = linger ? (int64_t)250 * 1000000 : 0;
+    fr.Expires = (int64_t)250 * 1000000;
     s = natsSubscription_FetchRequest(list, sub, &fr);
     if ((s != NATS_NOT_FOUND && s != NATS_TIMEOUT) || now_only)
         return s == NATS_NOT_FOUND ? NATS_TIMEOUT : s;
@@ -137,7 +138,6 @@ void *cl_part_main(void *arg)
     unsigned attempt = 0;
     uint64_t seen, cseq, active;
     unsigned errors = 0;
-    int busy = 0; /* the last fetch found more than one message */
     _Atomic unsigned failed = 0;
     cl_fbatch_t fbs[2], *cur = NULL;
     jsCtx *ajs = NULL;
@@ -227,16 +227,8 @@ reopen:
          * run (quick handlers), storing its answers gives the partition time to gather more,
          * and each fetched batch costs RAFT rounds of the partition's consumer (deliveries
          * and acknowledgements that arrive together are replicated together). */
-        /* A busy partition (its last fetch found more than one message) lingers to fill its
-         * batch: fewer, fuller batches are what lets it keep up (echo 2 100 -> 2 500/s). An idle
-         * one answers at once (a lone request waited the whole linger: 250 ms). */
-        s = cur && !cl_batch_running(cur)
-                ? NATS_TIMEOUT
-                : fetch(&nb->list, sub, (int)cl->o.batch, cur != NULL, busy);
-        if (s == NATS_OK)
-            busy = nb->list.Count > 1;
-        else if (s == NATS_TIMEOUT && !cur)
-            busy = 0;
+        s = cur && !cl_batch_running(cur) ? NATS_TIMEOUT
+                                          : fetch(&nb->list, sub, (int)cl->o.batch, cur != NULL);
         if (s == NATS_OK) {
             active = px_now_ns();
             errors = 0;
