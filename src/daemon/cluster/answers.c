@@ -20,8 +20,10 @@ const char *cl_reply_of(natsMsg *m)
 
 /* Stores body under subj with message id id (within the dedup window the same answers stored
  * twice, by a retried settle, are stored once): waiting for JetStream's confirmation when sync,
- * else left to js_PublishAsyncComplete. 0 or -1. */
-static int store(jsCtx *js, const char *subj, const px_buf_t *body, const char *id, int sync)
+ * else left to js_PublishAsyncComplete; echo_id, when set, goes in the Parex-Msg-Id header.
+ * 0 or -1. */
+static int store(jsCtx *js, const char *subj, const px_buf_t *body, const char *id,
+                 const char *echo_id, int sync)
 {
     natsMsg *m = NULL;
     jsPubOptions po;
@@ -30,6 +32,8 @@ static int store(jsCtx *js, const char *subj, const px_buf_t *body, const char *
     jsPubOptions_Init(&po);
     po.MsgId = id;
     s = natsMsg_Create(&m, subj, NULL, body->data, (int)body->len);
+    if (s == NATS_OK && echo_id)
+        s = natsMsgHeader_Set(m, CL_HDR_ID, echo_id);
     if (s == NATS_OK)
         s = sync ? js_PublishMsg(NULL, js, m, &po, NULL) : js_PublishMsgAsync(js, &m, &po);
     natsMsg_Destroy(m); /* NULL once the asynchronous publish took it */
@@ -41,22 +45,11 @@ static int store(jsCtx *js, const char *subj, const px_buf_t *body, const char *
 static int store_idem_answer(jsCtx *js, const cl_fmsg_t *fm, const px_cluster_job_t *j)
 {
     char subj[512], hex[420], id[300];
-    natsMsg *m = NULL;
-    jsPubOptions po;
-    natsStatus s;
 
     cl_hex(hex, fm->id, sizeof hex);
     snprintf(subj, sizeof subj, CL_IDEM_SUBJ "%s", hex);
     snprintf(id, sizeof id, "idem.%s", fm->id);
-    jsPubOptions_Init(&po);
-    po.MsgId = id;
-    s = natsMsg_Create(&m, subj, NULL, j->result.data, (int)j->result.len);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(m, CL_HDR_ID, fm->id);
-    if (s == NATS_OK)
-        s = js_PublishMsgAsync(js, &m, &po);
-    natsMsg_Destroy(m);
-    return s == NATS_OK ? 0 : -1;
+    return store(js, subj, &j->result, id, fm->id, 0);
 }
 
 /* Bytes a job's answer takes in an answer message. */
@@ -110,7 +103,7 @@ static int store_split(jsCtx *js, const char *subj, cl_fbatch_t *fb, const cl_fm
 
         if (body.len && body.len + rec_size(j) > room) {
             snprintf(id, sizeof id, "r.p%zu.%s", part++, fm->id);
-            if (store(js, subj, &body, id, 1))
+            if (store(js, subj, &body, id, NULL, 1))
                 goto out;
             body.len = 0;
         }
@@ -118,7 +111,7 @@ static int store_split(jsCtx *js, const char *subj, cl_fbatch_t *fb, const cl_fm
             goto out;
     }
     snprintf(id, sizeof id, "r.p%zu.%s", part, fm->id);
-    rc = store(js, subj, &body, id, 1);
+    rc = store(js, subj, &body, id, NULL, 1);
 out:
     px_buf_free(&body);
     return rc;
@@ -159,7 +152,7 @@ int cl_send_answers(jsCtx *js, cl_part_t *p, cl_fbatch_t *fb, size_t k)
             return -1;
         if (count && fb->body.len + need > room) {
             snprintf(id, sizeof id, "r.%zu.%s", count, first);
-            if (store(js, subj, &fb->body, id, 0))
+            if (store(js, subj, &fb->body, id, NULL, 0))
                 return -1;
             fb->body.len = 0;
             count = 0;
@@ -179,7 +172,7 @@ int cl_send_answers(jsCtx *js, cl_part_t *p, cl_fbatch_t *fb, size_t k)
     if (!count)
         return 0;
     snprintf(id, sizeof id, "r.%zu.%s", count, first);
-    return store(js, subj, &fb->body, id, 0);
+    return store(js, subj, &fb->body, id, NULL, 0);
 }
 
 static int by_id(const void *a, const void *b)
