@@ -19,11 +19,16 @@ WORKERS = 2
 
 def refused(d):
     """True once a new connection to the daemon's port is refused. (A connection caught in the
-    listen backlog when the listener closes is reset: refused as well.)"""
+    listen backlog when the listener closes is reset: refused as well.) A SYN that reaches the
+    kernel while the listener is being closed can be dropped unanswered; the client would only
+    retransmit it after a second, so an attempt that gets no answer soon is simply made again,
+    on a new port, rather than taken for a verdict either way."""
     try:
-        s = socket.create_connection((d.host, d.port), timeout=1)
+        s = socket.create_connection((d.host, d.port), timeout=0.2)
     except (ConnectionRefusedError, ConnectionResetError):
         return True
+    except TimeoutError:
+        return False
     s.close()
     return False
 
