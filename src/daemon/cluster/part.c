@@ -104,13 +104,20 @@ static void on_answer_failed(jsCtx *js, jsPubAckErr *pae, void *closure)
                 pae->ErrText ? pae->ErrText : "", (int)pae->ErrCode);
 }
 
-/* Up to batch; or else, unless now_only, the first message to come within 250 ms. A plain Fetch
- * of batch waits for the whole batch or the timeout. nats-server 2.9.10 holds the first,
- * no-wait, request (it carries an expiry: without one, a test run saw a request handed out
- * twice) until its batch is full or it expires: under load that fills batches, which
- * is what lets a partition keep up, but a lone request waits the whole 250 ms (see the
- * README's figures). */
-static natsStatus fetch(natsMsgList *list, natsSubscription *sub, int batch, int now_only)
+/* How long a fetch waits for a message: an idle partition's, and the first one ahead while a
+ * batch runs (doubling while it still runs, up to the idle wait). */
+#define CL_FETCH_WAIT_MS 250
+#define CL_AHEAD_WAIT_MS 20
+
+/* Up to batch, waiting at most wait_ms for the first message; or else, unless now_only, the
+ * first message to come within 250 ms. nats-server 2.9.10 answers a no-wait request that has an
+ * expiry as soon as it has handed out what the consumer holds, and holds it until the first
+ * message or the expiry when it holds nothing. Without an expiry nats.c gives up before the
+ * server's answer comes (a test run then saw a request handed out twice), and nats.c sends the
+ * server an expiry 10 ms under its own from 20 ms on, which keeps the server's answer first:
+ * so no wait is shorter than 20 ms. */
+static natsStatus fetch(natsMsgList *list, natsSubscription *sub, int batch, int64_t wait_ms,
+                        int now_only)
 {
     jsFetchRequest fr;
     natsStatus s;
@@ -118,13 +125,13 @@ static natsStatus fetch(natsMsgList *list, natsSubscription *sub, int batch, int
     jsFetchRequest_Init(&fr);
     fr.Batch = batch;
     fr.NoWait = true;
-    fr.Expires = (int64_t)250 * 1000000;
+    fr.Expires = wait_ms * 1000000;
     s = natsSubscription_FetchRequest(list, sub, &fr);
     if ((s != NATS_NOT_FOUND && s != NATS_TIMEOUT) || now_only)
         return s == NATS_NOT_FOUND ? NATS_TIMEOUT : s;
     jsFetchRequest_Init(&fr);
     fr.Batch = 1;
-    fr.Expires = (int64_t)250 * 1000000;
+    fr.Expires = (int64_t)CL_FETCH_WAIT_MS * 1000000;
     s = natsSubscription_FetchRequest(list, sub, &fr);
     return s == NATS_NOT_FOUND ? NATS_TIMEOUT : s;
 }
@@ -138,6 +145,7 @@ void *cl_part_main(void *arg)
     unsigned attempt = 0;
     uint64_t seen, cseq, active;
     unsigned errors = 0;
+    int64_t ahead_ms = CL_AHEAD_WAIT_MS;
     _Atomic unsigned failed = 0;
     cl_fbatch_t fbs[2], *cur = NULL;
     jsCtx *ajs = NULL;
@@ -226,9 +234,14 @@ reopen:
         /* The next batch is fetched ahead only while the current one still runs: once it has
          * run (quick handlers), storing its answers gives the partition time to gather more,
          * and each fetched batch costs RAFT rounds of the partition's consumer (deliveries
-         * and acknowledgements that arrive together are replicated together). */
-        s = cur && !cl_batch_running(cur) ? NATS_TIMEOUT
-                                          : fetch(&nb->list, sub, (int)cl->o.batch, cur != NULL);
+         * and acknowledgements that arrive together are replicated together). A fetch ahead
+         * that finds nothing holds the current batch's answers back until it expires, so it
+         * starts short and doubles while the batch still runs: the answers of a batch that
+         * ran for t wait at most about t more (20 ms at the least) for one that found none. */
+        s = cur && !cl_batch_running(cur)
+                ? NATS_TIMEOUT
+                : fetch(&nb->list, sub, (int)cl->o.batch, cur ? ahead_ms : CL_FETCH_WAIT_MS,
+                        cur != NULL);
         if (s == NATS_OK) {
             active = px_now_ns();
             errors = 0;
@@ -263,6 +276,10 @@ reopen:
                     struct timespec ts = {0, 100 * 1000000}; /* not connected: retry shortly */
                     nanosleep(&ts, NULL);
                 }
+            } else if (cur && ahead_ms < CL_FETCH_WAIT_MS && cl_batch_running(cur)) {
+                /* Nothing yet and the batch still runs: look again, longer. */
+                ahead_ms = ahead_ms * 2 < CL_FETCH_WAIT_MS ? ahead_ms * 2 : CL_FETCH_WAIT_MS;
+                continue;
             } else if (!cur && atomic_load(&p->backlog) > 0 &&
                        px_now_ns() - active > cl->o.lease_ttl_ms * PX_MS / 2 + 1000 * PX_MS) {
                 /* Nothing to fetch while the stream holds requests of this partition: the
@@ -290,6 +307,7 @@ reopen:
             }
         }
         cur = nb;
+        ahead_ms = CL_AHEAD_WAIT_MS;
         if (cur && cur->reopen) {
             rc = cl_batch_settle(cl, p, cur, ajs, &failed, 1);
             cur = NULL;
