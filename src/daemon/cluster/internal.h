@@ -175,6 +175,8 @@ struct px_cluster {
     unsigned ticks;                  /* lease thread: membership rounds so far */
     int left;                        /* lease thread: the member key is deleted (leaving) */
     _Atomic int lease_wake;          /* the watcher saw a lease freed: tick now */
+    uint64_t expiry_tick;            /* lease thread: monotonic ns of a round when a key runs
+                                      * out, before the next regular one (0: none) */
     natsSubscription *old_subs[256]; /* replaced ones, destroyed at the stop */
     unsigned nold;
     int64_t res_since;           /* wall clock (ns) of the first answer subscription */
@@ -302,6 +304,21 @@ void cl_answers_forget(cl_part_t *p);
 
 /* lease.c */
 void *cl_lease_main(void *arg);
+/* members.c, for the lease thread */
+typedef struct cl_members {
+    char **names;
+    int n;
+} cl_members_t;
+/* Reads the member list (and sets a round for when a member's key runs out). 0, or -1 when it
+ * could not be read (a timeout under load): then nothing moves this round, since an empty or
+ * partial list would move partitions that should stay. */
+int cl_read_members(struct px_cluster *cl, cl_members_t *m);
+void cl_free_members(cl_members_t *m);
+/* Is this instance the partition's owner by rendezvous hashing over the members? */
+int cl_is_target(struct px_cluster *cl, const cl_members_t *m, uint32_t part);
+/* Sets cl->expiry_tick for just after a key written at written_ns (Unix ns) runs out, when that
+ * comes before the next regular round. */
+void cl_tick_at_expiry(struct px_cluster *cl, int64_t written_ns);
 /* part.c */
 void *cl_part_main(void *arg);
 /* ingress.c */

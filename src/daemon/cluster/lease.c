@@ -1,8 +1,8 @@
 /* The lease thread: membership, partition leases and rebalancing, on the KV buckets.
  *
- * Every tick (a quarter of lease_ttl_ms) it renews this instance's member key, reads the member
- * list and gives each partition a target owner by rendezvous hashing (the member with the highest
- * hash of member and partition: a join or a leave moves only the partitions that must move).
+ * Every tick (a quarter of lease_ttl_ms, and just after a key of a member that stopped renewing
+ * runs out) it renews this instance's member key, reads the member list and gives each partition
+ * a target owner by rendezvous hashing (members.c).
  * Leases: acquire = KV create (fails while another holds it), renew = compare-and-swap update
  * on the revision last written; the revision at acquisition is the epoch. A renewal that fails
  * or times out counts as lost at once; and a lease not renewed in time is given up at the local
@@ -15,41 +15,12 @@
 
 #include "common/clock.h"
 #include "common/log.h"
-#include "common/route.h"
 
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct members {
-    char **names;
-    int n;
-} members_t;
-
-static uint64_t score(const char *member, uint32_t part)
-{
-    char buf[96];
-    int n = snprintf(buf, sizeof buf, "%s/%u", member, part);
-
-    return px_route_hash(buf, (size_t)n);
-}
-
-static int is_target(struct px_cluster *cl, const members_t *m, uint32_t part)
-{
-    const char *best = cl->instance;
-    uint64_t best_score = score(cl->instance, part);
-
-    for (int i = 0; i < m->n; i++) {
-        uint64_t s = score(m->names[i], part);
-        if (s > best_score || (s == best_score && strcmp(m->names[i], best) > 0)) {
-            best = m->names[i];
-            best_score = s;
-        }
-    }
-    return best == cl->instance || strcmp(best, cl->instance) == 0;
-}
 
 static void lease_key(char *out, size_t len, uint32_t part)
 {
@@ -184,7 +155,12 @@ static void try_acquire(struct px_cluster *cl, cl_part_t *p)
         if (kvStore_UpdateString(&rev, cl->leases, key, cl->instance, kvEntry_Revision(e)) ==
             NATS_OK)
             start_part(cl, p, rev, sent, lo, hi);
-    } else if (kvEntry_Revision(e) != p->seen_rev) {
+        kvEntry_Destroy(e);
+        return;
+    }
+    /* Held by another instance: take it when it runs out. */
+    cl_tick_at_expiry(cl, kvEntry_Created(e));
+    if (kvEntry_Revision(e) != p->seen_rev) {
         p->seen_rev = kvEntry_Revision(e);
         p->seen_at = sent;
     } else if (sent - p->seen_at > cl->o.lease_ttl_ms * PX_MS + cl_lease_margin_ns(cl)) {
@@ -201,31 +177,6 @@ static void try_acquire(struct px_cluster *cl, cl_part_t *p)
         }
     }
     kvEntry_Destroy(e);
-}
-
-/* 0, or -1 when the list could not be read (a timeout under load): then nothing moves this
- * tick, since an empty or partial list would move partitions that should stay. */
-static int read_members(struct px_cluster *cl, members_t *m)
-{
-    kvKeysList list = {0};
-
-    m->names = NULL;
-    m->n = 0;
-    if (kvStore_Keys(&list, cl->members, NULL) != NATS_OK) {
-        kvKeysList_Destroy(&list);
-        return -1;
-    }
-    m->names = list.Keys; /* taken over: freed by free_members */
-    m->n = list.Count;
-    atomic_store(&cl->members_n, (uint64_t)list.Count);
-    return 0;
-}
-
-static void free_members(members_t *m)
-{
-    for (int i = 0; i < m->n; i++)
-        free(m->names[i]);
-    free(m->names);
 }
 
 /* Messages stored per partition: the backlog the ingress bounds with max_backlog. */
@@ -257,7 +208,7 @@ static void refresh_backlog(struct px_cluster *cl)
 
 static void tick(struct px_cluster *cl, int releasing)
 {
-    members_t m;
+    cl_members_t m;
     int held = 0, known;
     uint64_t targets = 0;
 
@@ -281,11 +232,12 @@ static void tick(struct px_cluster *cl, int releasing)
         kvStore_Delete(cl->members, cl->instance);
         cl->left = 1;
     }
-    known = read_members(cl, &m) == 0;
+    cl->expiry_tick = 0; /* this round is the one that was due; the next is set below */
+    known = cl_read_members(cl, &m) == 0;
     for (uint32_t i = 0; i < cl->o.partitions; i++) {
         cl_part_t *p = &cl->parts[i];
         /* Unknown members: what is held stays held, nothing new is taken. */
-        int target = !releasing && (known ? is_target(cl, &m, i) : p->state == PART_OWNED);
+        int target = !releasing && (known ? cl_is_target(cl, &m, i) : p->state == PART_OWNED);
 
         targets += target;
         if (p->th_live && atomic_load(&p->exited))
@@ -304,7 +256,7 @@ static void tick(struct px_cluster *cl, int releasing)
         }
         held += p->state != PART_FREE;
     }
-    free_members(&m);
+    cl_free_members(&m);
     cl->ticks++;
     if (known)
         atomic_store(&cl->targets, targets);
@@ -415,7 +367,8 @@ void *cl_lease_main(void *arg)
             }
         }
 
-        if (now >= next || releasing || atomic_exchange(&cl->lease_wake, 0)) {
+        if (now >= next || releasing || atomic_exchange(&cl->lease_wake, 0) ||
+            (cl->expiry_tick && now >= cl->expiry_tick)) {
             if (!released)
                 tick(cl, releasing);
             next = now + every;
@@ -429,8 +382,12 @@ void *cl_lease_main(void *arg)
         pthread_mutex_lock(&cl->lease_mu);
         if (!atomic_load(&cl->stopping)) {
             /* Woken early by a partition thread that exited (a hand-off in progress). */
-            struct timespec ts =
-                px_deadline_after(CLOCK_REALTIME, releasing && !released ? 50 * PX_MS : every);
+            uint64_t wait = releasing && !released ? 50 * PX_MS : every;
+            struct timespec ts;
+
+            if (cl->expiry_tick && cl->expiry_tick < px_now_ns() + wait)
+                wait = cl->expiry_tick > px_now_ns() ? cl->expiry_tick - px_now_ns() : 0;
+            ts = px_deadline_after(CLOCK_REALTIME, wait);
             pthread_cond_timedwait(&cl->lease_cv, &cl->lease_mu, &ts);
         }
         pthread_mutex_unlock(&cl->lease_mu);

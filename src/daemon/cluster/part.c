@@ -238,10 +238,9 @@ reopen:
          * that finds nothing holds the current batch's answers back until it expires, so it
          * starts short and doubles while the batch still runs: the answers of a batch that
          * ran for t wait at most about t more (20 ms at the least) for one that found none. */
-        s = cur && !cl_batch_running(cur)
-                ? NATS_TIMEOUT
-                : fetch(&nb->list, sub, (int)cl->o.batch, cur ? ahead_ms : CL_FETCH_WAIT_MS,
-                        cur != NULL);
+        s = cur && !cl_batch_running(cur) ? NATS_TIMEOUT
+                                          : fetch(&nb->list, sub, (int)cl->o.batch,
+                                                  cur ? ahead_ms : CL_FETCH_WAIT_MS, cur != NULL);
         if (s == NATS_OK) {
             active = px_now_ns();
             errors = 0;
