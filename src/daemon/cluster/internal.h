@@ -177,6 +177,7 @@ struct px_cluster {
     _Atomic int lease_wake;          /* the watcher saw a lease freed: tick now */
     uint64_t expiry_tick;            /* lease thread: monotonic ns of a round when a key runs
                                       * out, before the next regular one (0: none) */
+    int64_t server_offset_ns;        /* lease thread: the KV servers' clock minus ours */
     natsSubscription *old_subs[256]; /* replaced ones, destroyed at the stop */
     unsigned nold;
     int64_t res_since;           /* wall clock (ns) of the first answer subscription */
@@ -309,10 +310,15 @@ typedef struct cl_members {
     char **names;
     int n;
 } cl_members_t;
-/* Reads the member list (and sets a round for when a member's key runs out). 0, or -1 when it
- * could not be read (a timeout under load): then nothing moves this round, since an empty or
- * partial list would move partitions that should stay. */
+/* Reads the member list. 0, or -1 when it could not be read (a timeout under load): then
+ * nothing moves this round, since an empty or partial list would move partitions that should
+ * stay. */
 int cl_read_members(struct px_cluster *cl, cl_members_t *m);
+/* After a round's renewals: reads when each member's key was written (this instance's own, put
+ * at put_ns by the local clock, gives the server's clock offset) and sets a round for just after
+ * a member that stopped renewing runs out. */
+void cl_follow_expiry(struct px_cluster *cl, const cl_members_t *m, int64_t put_ns);
+int64_t cl_real_ns(void); /* CLOCK_REALTIME in ns since the epoch */
 void cl_free_members(cl_members_t *m);
 /* Is this instance the partition's owner by rendezvous hashing over the members? */
 int cl_is_target(struct px_cluster *cl, const cl_members_t *m, uint32_t part);

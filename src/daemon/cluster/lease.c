@@ -211,6 +211,7 @@ static void tick(struct px_cluster *cl, int releasing)
     cl_members_t m;
     int held = 0, known;
     uint64_t targets = 0;
+    int64_t put_ns = cl_real_ns();
 
     if (!cl->o.executor) {
         refresh_backlog(cl);
@@ -256,6 +257,10 @@ static void tick(struct px_cluster *cl, int releasing)
         }
         held += p->state != PART_FREE;
     }
+    /* After the renewals, which must not wait for these reads; not while leaving (nothing more
+     * is taken) nor in the first round (which takes nothing either: see above). */
+    if (known && !releasing && cl->ticks > 0)
+        cl_follow_expiry(cl, &m, put_ns);
     cl_free_members(&m);
     cl->ticks++;
     if (known)
@@ -371,6 +376,8 @@ void *cl_lease_main(void *arg)
             (cl->expiry_tick && now >= cl->expiry_tick)) {
             if (!released)
                 tick(cl, releasing);
+            else
+                cl->expiry_tick = 0; /* no more rounds: nothing may wake the thread for one */
             next = now + every;
             if (releasing) {
                 int held = 0;

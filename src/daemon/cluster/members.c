@@ -34,22 +34,30 @@ int cl_is_target(struct px_cluster *cl, const cl_members_t *m, uint32_t part)
     return best == cl->instance || strcmp(best, cl->instance) == 0;
 }
 
+int64_t cl_real_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 /* A key of either bucket last written at written_ns (the server's clock, ns since the epoch)
  * runs out a lease after it, and nats-server 2.9 says nothing when it does: without this a
  * killed instance's member key and leases would be noticed gone at the next regular round, up
  * to a quarter lease later. So a round is also made just after the expected expiry when that
  * comes first. A key still there then (the server's expiry timer lags) is looked at again every
  * 100 ms for a second; past that, the regular rounds and the lease's own not-renewed check take
- * over. Only the time of a round depends on the clocks: what it takes is decided by the KV. */
+ * over. The server's clock is read through the offset of this instance's own member key (see
+ * cl_follow_expiry), so clocks that differ between machines shift no round. Only the time of a
+ * round depends on the clocks: what it takes is decided by the KV. */
 void cl_tick_at_expiry(struct px_cluster *cl, int64_t written_ns)
 {
-    struct timespec ts;
-    int64_t real, left;
+    int64_t left;
     uint64_t at;
 
-    clock_gettime(CLOCK_REALTIME, &ts);
-    real = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-    left = written_ns + (int64_t)(cl->o.lease_ttl_ms * PX_MS) + (int64_t)(50 * PX_MS) - real;
+    left = written_ns + (int64_t)(cl->o.lease_ttl_ms * PX_MS) + (int64_t)(50 * PX_MS) -
+           (cl_real_ns() + cl->server_offset_ns);
     if (!written_ns || left < -(int64_t)(1000 * PX_MS) ||
         left > (int64_t)(cl->o.lease_ttl_ms * PX_MS / 4))
         return;
@@ -58,17 +66,19 @@ void cl_tick_at_expiry(struct px_cluster *cl, int64_t written_ns)
         cl->expiry_tick = at;
 }
 
-/* A member that stopped renewing its key (killed) leaves the list when the key runs out: a
- * round then gives its partitions their next owners without waiting for a regular one. */
-static void follow_expiry(struct px_cluster *cl, const cl_members_t *m)
+void cl_follow_expiry(struct px_cluster *cl, const cl_members_t *m, int64_t put_ns)
 {
     for (int i = 0; i < m->n; i++) {
         kvEntry *e = NULL;
 
-        if (strcmp(m->names[i], cl->instance) == 0 ||
-            kvStore_Get(&e, cl->members, m->names[i]) != NATS_OK)
+        if (kvStore_Get(&e, cl->members, m->names[i]) != NATS_OK)
             continue;
-        cl_tick_at_expiry(cl, kvEntry_Created(e));
+        if (strcmp(m->names[i], cl->instance) == 0)
+            /* This round's own write, stamped by the server: how far its clock is from ours
+             * (give or take a round trip). */
+            cl->server_offset_ns = kvEntry_Created(e) - put_ns;
+        else
+            cl_tick_at_expiry(cl, kvEntry_Created(e));
         kvEntry_Destroy(e);
     }
 }
@@ -86,7 +96,6 @@ int cl_read_members(struct px_cluster *cl, cl_members_t *m)
     m->names = list.Keys; /* taken over: freed by cl_free_members */
     m->n = list.Count;
     atomic_store(&cl->members_n, (uint64_t)list.Count);
-    follow_expiry(cl, m);
     return 0;
 }
 

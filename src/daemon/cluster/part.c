@@ -107,7 +107,7 @@ static void on_answer_failed(jsCtx *js, jsPubAckErr *pae, void *closure)
 /* How long a fetch waits for a message: an idle partition's, and the first one ahead while a
  * batch runs (doubling while it still runs, up to the idle wait). */
 #define CL_FETCH_WAIT_MS 250
-#define CL_AHEAD_WAIT_MS 20
+#define CL_AHEAD_WAIT_MS 25
 
 /* Up to batch, waiting at most wait_ms for the first message; or else, unless now_only, the
  * first message to come within 250 ms. nats-server 2.9.10 answers a no-wait request that has an
@@ -115,7 +115,8 @@ static void on_answer_failed(jsCtx *js, jsPubAckErr *pae, void *closure)
  * message or the expiry when it holds nothing. Without an expiry nats.c gives up before the
  * server's answer comes (a test run then saw a request handed out twice), and nats.c sends the
  * server an expiry 10 ms under its own from 20 ms on, which keeps the server's answer first:
- * so no wait is shorter than 20 ms. */
+ * so no wait is shorter than 25 ms (nats.c counts the expiry it sends from the time the fetch
+ * began, in whole ms: one that ticks by must not take it under 20). */
 static natsStatus fetch(natsMsgList *list, natsSubscription *sub, int batch, int64_t wait_ms,
                         int now_only)
 {
@@ -237,7 +238,7 @@ reopen:
          * and acknowledgements that arrive together are replicated together). A fetch ahead
          * that finds nothing holds the current batch's answers back until it expires, so it
          * starts short and doubles while the batch still runs: the answers of a batch that
-         * ran for t wait at most about t more (20 ms at the least) for one that found none. */
+         * ran for t wait at most about t more (25 ms at the least) for one that found none. */
         s = cur && !cl_batch_running(cur) ? NATS_TIMEOUT
                                           : fetch(&nb->list, sub, (int)cl->o.batch,
                                                   cur ? ahead_ms : CL_FETCH_WAIT_MS, cur != NULL);
