@@ -36,6 +36,7 @@ static void pend_remove(px_clustered_t *cx, pend_t *p)
 {
     json_object_del(cx->pending, p->msgid);
     free(p);
+    px_cluster_awaiting(cx->cl, json_object_size(cx->pending));
 }
 
 static pend_t *pend_find(px_clustered_t *cx, const char *msgid)
@@ -170,6 +171,7 @@ int px_clustered_submit(px_clustered_t *cx, const px_submit_t *s, const px_line_
         free(p);
         return -ENOMEM;
     }
+    px_cluster_awaiting(cx->cl, json_object_size(cx->pending));
     px_cluster_submit(cx->cl, px_route(s->key, s->key_len, (uint32_t)cx->cfg->cluster.partitions),
                       msgid, b->data, b->len, p);
     return 0;

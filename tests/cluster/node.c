@@ -121,6 +121,7 @@ static void submit_more(void)
         px_cluster_submit(cl, px_route(key, (size_t)klen, opts.partitions), msgid, data,
                           (size_t)dlen, rec);
     }
+    px_cluster_awaiting(cl, inflight);
 }
 
 static void on_accepted(void *cookie, enum px_cluster_status st, const char *why, void *arg)

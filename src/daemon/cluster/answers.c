@@ -188,6 +188,7 @@ void cl_answers_forget(cl_part_t *p)
     p->answered = NULL;
     p->nanswered = 0;
     p->answered_loaded = 0;
+    p->rerunning = 0;
 }
 
 /* Reads the ids of the partition's requests whose answers are stored from `since` (store time,

@@ -124,9 +124,16 @@ int cl_batch_prepare(struct px_cluster *cl, cl_part_t *p, cl_fbatch_t *fb, uint6
         if (tmpl.seq <= p->handed_out) {
             /* An earlier consumer handed it out: it may have run. If its answers are stored it
              * did, to the end: only acknowledge it (an acknowledgement a server failure lost
-             * brings a finished message back, even behind later ones). */
-            if ((done = cl_answered(cl, p, m, stored)) < 0)
+             * brings a finished message back, even behind later ones). Once one of them runs
+             * again, so does every later one: answers can be stored out of order (a holder
+             * paused with some in its connection's buffer and others in the kernel's loses the
+             * latter when the server drops it), and skipping a later answered one would run
+             * its key's requests out of order. */
+            done = p->rerunning ? 0 : cl_answered(cl, p, m, stored);
+            if (done < 0)
                 return 1;
+            if (!done)
+                p->rerunning = 1;
             if (done) {
                 atomic_fetch_add(&p->skipped, 1);
                 if (ack(p, m, tmpl.seq, 0))

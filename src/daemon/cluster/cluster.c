@@ -269,6 +269,11 @@ int px_cluster_connected(px_cluster_t *cl)
     return atomic_load(&cl->ready) && atomic_load(&cl->connected);
 }
 
+void px_cluster_awaiting(px_cluster_t *cl, size_t n)
+{
+    atomic_store(&cl->awaiting, (uint64_t)n);
+}
+
 json_t *px_cluster_report(px_cluster_t *cl)
 {
     json_t *parts = json_array(), *o;

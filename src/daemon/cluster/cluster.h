@@ -128,5 +128,8 @@ void px_cluster_stop(px_cluster_t *c);
 json_t *px_cluster_report(px_cluster_t *c);
 /* Any thread: 1 while connected to NATS. */
 int px_cluster_connected(px_cluster_t *c);
+/* Loop thread: how many of its submitted requests still wait for their answers (the watch that
+ * follows the answers anew when none come while some wait). */
+void px_cluster_awaiting(px_cluster_t *c, size_t n);
 
 #endif

@@ -44,6 +44,9 @@ typedef struct cl_part {
     char **answered;
     size_t nanswered;
     int answered_loaded;
+    /* Partition thread: this consumer has run again a message an earlier one handed out, so it
+     * runs every later such message too (answered or not): re-runs stay a suffix, in order. */
+    int rerunning;
     uint64_t seen_rev, seen_at; /* lease thread: another holder's revision, first seen when */
     pthread_t th;
     int th_live;
@@ -187,7 +190,8 @@ struct px_cluster {
      * publishers set it, the answers' subscription clears it, the lease thread follows the
      * answers anew when it is CL_ANSWER_STALL_NS old. */
     _Atomic uint64_t res_wait_since;
-    unsigned res_stalls; /* lease thread: answers followed anew in a row for a stall */
+    _Atomic uint64_t awaiting; /* the loop: submitted requests without their answers yet */
+    unsigned res_stalls;       /* lease thread: answers followed anew in a row for a stall */
     cl_part_t *parts;
     _Atomic uint64_t members_n, submitted, accepted, refused, results_in, duplicates_stored;
     _Atomic uint64_t stored_messages; /* request messages the publishers stored */

@@ -349,6 +349,12 @@ void *cl_lease_main(void *arg)
 
         uint64_t waiting = atomic_load(&cl->res_wait_since);
 
+        /* Requests wait for answers with none stored since the last answer came (the last
+         * answers came after the last store): the clock starts now. Without this a consumer
+         * that went silent right after delivering an answer was never followed anew. */
+        if (!waiting && atomic_load(&cl->awaiting) &&
+            atomic_compare_exchange_strong(&cl->res_wait_since, &waiting, now))
+            waiting = now;
         if (!waiting)
             cl->res_stalls = 0;
         else if (now >

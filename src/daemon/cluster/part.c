@@ -144,8 +144,8 @@ void *cl_part_main(void *arg)
     natsSubscription *sub = NULL;
     char name[64], tname[16];
     unsigned attempt = 0;
-    uint64_t seen, cseq, active;
-    unsigned errors = 0;
+    uint64_t seen, cseq, active, opened_at = 0;
+    unsigned errors = 0, backoff_ms = 0;
     int64_t ahead_ms = CL_AHEAD_WAIT_MS;
     _Atomic unsigned failed = 0;
     cl_fbatch_t fbs[2], *cur = NULL;
@@ -176,6 +176,23 @@ reopen:
         natsSubscription_Destroy(sub);
         sub = NULL;
     }
+    /* A consumer that must be restarted within a second of its start (its answers could not be
+     * stored: one run saw the answers' stream answer "no responders" for seconds after a
+     * nats-server restart) is restarted after a wait, 100 ms doubling to 2 s: each restart
+     * runs the batch again and costs the recovering servers a consumer. */
+    if (opened_at && px_now_ns() - opened_at < 1000 * PX_MS) {
+        px_cluster_fence_t f = {.p = p, .epoch = atomic_load(&p->epoch)};
+
+        backoff_ms = backoff_ms ? (backoff_ms < 1000 ? backoff_ms * 2 : 2000) : 100;
+        for (unsigned waited = 0; waited < backoff_ms && !atomic_load(&p->stop) &&
+                                  !atomic_load(&cl->stopping) && px_cluster_fence_ok(&f);
+             waited += 100) {
+            struct timespec ts = {0, 100 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+    } else {
+        backoff_ms = 0;
+    }
     seen = atomic_load(&cl->reconnects);
     cseq = 0;
     active = px_now_ns();
@@ -194,6 +211,7 @@ reopen:
         nanosleep(&ts, NULL);
     }
     attempt++; /* a restart after this one needs a fresh consumer */
+    opened_at = px_now_ns();
     atomic_store(&p->serving, 1);
     px_notice("cluster: partition %u held with epoch %llu (consumer %s)", p->id,
               (unsigned long long)atomic_load(&p->epoch), name);
