@@ -395,11 +395,11 @@ void *cl_lease_main(void *arg)
         pthread_mutex_lock(&cl->lease_mu);
         if (!atomic_load(&cl->stopping)) {
             /* Woken early by a partition thread that exited (a hand-off in progress). */
-            uint64_t wait = releasing && !released ? 50 * PX_MS : every;
+            uint64_t wait = releasing && !released ? 50 * PX_MS : every, t = px_now_ns();
             struct timespec ts;
 
-            if (cl->expiry_tick && cl->expiry_tick < px_now_ns() + wait)
-                wait = cl->expiry_tick > px_now_ns() ? cl->expiry_tick - px_now_ns() : 0;
+            if (cl->expiry_tick && cl->expiry_tick < t + wait)
+                wait = cl->expiry_tick > t ? cl->expiry_tick - t : 0;
             ts = px_deadline_after(CLOCK_REALTIME, wait);
             pthread_cond_timedwait(&cl->lease_cv, &cl->lease_mu, &ts);
         }

@@ -137,6 +137,23 @@ static natsStatus fetch(natsMsgList *list, natsSubscription *sub, int batch, int
     return s == NATS_NOT_FOUND ? NATS_TIMEOUT : s;
 }
 
+/* Partition thread: waits ms in steps of 100 ms while the partition is still this thread's
+ * (no stop, lease held). 1 if it still is at the end, 0 as soon as it is not. */
+static int wait_while_held(cl_part_t *p, unsigned ms)
+{
+    px_cluster_fence_t f = {.p = p, .epoch = atomic_load(&p->epoch)};
+
+    for (unsigned waited = 0;; waited += 100) {
+        struct timespec ts = {0, 100 * 1000000};
+
+        if (atomic_load(&p->stop) || atomic_load(&p->cl->stopping) || !px_cluster_fence_ok(&f))
+            return 0;
+        if (waited >= ms)
+            return 1;
+        nanosleep(&ts, NULL);
+    }
+}
+
 void *cl_part_main(void *arg)
 {
     cl_part_t *p = arg;
@@ -181,15 +198,8 @@ reopen:
      * nats-server restart) is restarted after a wait, 100 ms doubling to 2 s: each restart
      * runs the batch again and costs the recovering servers a consumer. */
     if (opened_at && px_now_ns() - opened_at < 1000 * PX_MS) {
-        px_cluster_fence_t f = {.p = p, .epoch = atomic_load(&p->epoch)};
-
         backoff_ms = backoff_ms ? (backoff_ms < 1000 ? backoff_ms * 2 : 2000) : 100;
-        for (unsigned waited = 0; waited < backoff_ms && !atomic_load(&p->stop) &&
-                                  !atomic_load(&cl->stopping) && px_cluster_fence_ok(&f);
-             waited += 100) {
-            struct timespec ts = {0, 100 * 1000000};
-            nanosleep(&ts, NULL);
-        }
+        wait_while_held(p, backoff_ms); /* a stop or a lost lease is seen by the loop below */
     } else {
         backoff_ms = 0;
     }
@@ -201,14 +211,10 @@ reopen:
     /* The same name on every try: creating a consumer that exists with the same configuration
      * succeeds, so a try that timed out but went through is not made twice. */
     while (!(sub = open_consumer(cl, p, attempt, name, sizeof name))) {
-        px_cluster_fence_t f = {.p = p, .epoch = atomic_load(&p->epoch)};
-        struct timespec ts = {0, 200 * 1000000};
-
-        if (atomic_load(&p->stop) || atomic_load(&cl->stopping) || !px_cluster_fence_ok(&f)) {
+        if (!wait_while_held(p, 200)) {
             atomic_store(&p->lost, 1);
             goto out;
         }
-        nanosleep(&ts, NULL);
     }
     attempt++; /* a restart after this one needs a fresh consumer */
     opened_at = px_now_ns();
